@@ -1,0 +1,295 @@
+"""Reference scaled dot-product attention and the one multi-head attention class (MHA, GQA, MQA).
+
+Every faster implementation in this book (tiled, Triton, paged, absorbed MLA) is tested against
+:func:`scaled_dot_product_attention`, which is itself tested against a float64 einsum.
+
+Layout: ``(batch, heads, seq, head_dim)``. Keys/values may have fewer heads than queries
+(``n_kv_heads`` divides ``n_heads``); query head ``h`` uses kv head ``h // (n_heads // n_kv_heads)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_divides, check_float_dtype, check_positive_int, check_rank
+from .masks import causal_mask, sliding_window_mask
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """Validate q ``(B, H, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)``; return B, H, Hkv, Nq, Nk."""
+    check_rank("q", q, 4, "(batch, n_heads, n_queries, head_dim)")
+    check_rank("k", k, 4, "(batch, n_kv_heads, n_keys, head_dim)")
+    check_rank("v", v, 4, "(batch, n_kv_heads, n_keys, value_dim)")
+    check_float_dtype("q", q)
+    batch, n_heads, n_queries, head_dim = q.shape
+    if k.shape[0] != batch or v.shape[0] != batch:
+        raise ValueError(f"q, k and v must share the batch size: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[-1] != head_dim:
+        raise ValueError(f"k must have head_dim={head_dim} like q (shape (B, Hkv, Nk, {head_dim})), got {tuple(k.shape)}")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"v must have shape (B, Hkv, Nk, Dv) = {tuple(k.shape[:3])} + (Dv,), got {tuple(v.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    n_kv_heads = k.shape[1]
+    check_divides("n_kv_heads (k.shape[1])", n_kv_heads, "n_heads (q.shape[1])", n_heads)
+    return batch, n_heads, n_kv_heads, n_queries, k.shape[2]
+
+
+def build_mask(
+    n_queries: int,
+    n_keys: int,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    batch: int = 1,
+    n_heads: int = 1,
+    device: torch.device | str | None = None,
+) -> torch.Tensor | None:
+    """Combine an explicit bool ``mask`` with causal/window structure into one bool mask.
+
+    ``mask`` may be ``(Nq, Nk)`` or ``(B | 1, H | 1, Nq, Nk)``. A ``window`` implies causal
+    (query at position p sees keys p-window < j <= p). Returns ``None`` when nothing is masked,
+    else a bool tensor broadcastable to ``(B, H, Nq, Nk)``.
+    """
+    if window is not None:
+        check_positive_int("window", window)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor (True = may attend), got {getattr(mask, 'dtype', type(mask))}")
+        expected = f"(Nq, Nk) = ({n_queries}, {n_keys}) or (B|1, H|1, Nq, Nk) = ({batch}|1, {n_heads}|1, {n_queries}, {n_keys})"
+        if mask.dim() == 2:
+            ok = tuple(mask.shape) == (n_queries, n_keys)
+        elif mask.dim() == 4:
+            ok = (mask.shape[0] in (1, batch) and mask.shape[1] in (1, n_heads)
+                  and tuple(mask.shape[2:]) == (n_queries, n_keys))
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
+    structure = None
+    if window is not None:
+        structure = sliding_window_mask(n_queries, window, n_keys, device=device)
+    elif causal:
+        structure = causal_mask(n_queries, n_keys, device=device)
+    if structure is None:
+        return mask
+    return structure if mask is None else (mask & structure)
+
+
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale) with masking: the ``(B, H, Nq, Nk)`` attention weights, in fp32 (fp64 for fp64 input).
+
+    Rows whose keys are all masked get weight 0 everywhere (not NaN).
+    """
+    v_stub = k[..., :0]  # validation only: (B, Hkv, Nk, 0)
+    batch, n_heads, n_kv_heads, n_queries, n_keys = _check_qkv(q, k, v_stub)
+    if (causal or window is not None) and n_queries > n_keys:
+        raise ValueError(f"causal attention needs n_queries <= n_keys (queries are the last keys), got {n_queries} > {n_keys}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax stats in fp32 at least
+    group = n_heads // n_kv_heads
+    q5 = q.to(compute_dtype).reshape(batch, n_kv_heads, group, n_queries, q.shape[-1])  # (B, Hkv, G, Nq, D)
+    k5 = k.to(compute_dtype).unsqueeze(2)  # (B, Hkv, 1, Nk, D): shared by the group, no copy
+    scores = (q5 @ k5.transpose(-1, -2)) * scale  # (B, Hkv, G, Nq, Nk)
+    allowed = build_mask(n_queries, n_keys, mask, causal, window, batch, n_heads, device=q.device)
+    if allowed is not None:
+        allowed5 = _split_heads_of_mask(allowed, n_kv_heads, group)  # broadcastable to (B, Hkv, G, Nq, Nk)
+        scores = scores.masked_fill(~allowed5, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    if allowed is not None:
+        weights = weights.masked_fill(~allowed5, 0.0)  # fully masked rows: NaN -> 0
+    return weights.reshape(batch, n_heads, n_queries, n_keys)  # (B, H, Nq, Nk)
+
+
+def _split_heads_of_mask(mask: torch.Tensor, n_kv_heads: int, group: int) -> torch.Tensor:
+    """Reshape a ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)`` mask to broadcast against ``(B, Hkv, G, Nq, Nk)``."""
+    if mask.dim() == 2:
+        return mask  # (Nq, Nk) broadcasts on its own
+    b, h = mask.shape[:2]
+    if h == 1:
+        return mask.unsqueeze(2)  # (B|1, 1, 1, Nq, Nk)
+    return mask.reshape(b, n_kv_heads, group, *mask.shape[2:])  # (B|1, Hkv, G, Nq, Nk)
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The reference attention: ``softmax(q kᵀ · scale + mask) v``.
+
+    Args:
+        q: queries ``(B, H, Nq, D)``, any float dtype.
+        k: keys ``(B, Hkv, Nk, D)``; ``Hkv`` divides ``H`` (GQA/MQA share each kv head among
+            ``H // Hkv`` query heads without copying it).
+        v: values ``(B, Hkv, Nk, Dv)``.
+        mask: optional bool mask, ``True`` = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)``.
+        causal: query i sees keys j <= i + Nk - Nq (queries aligned to the END of the keys).
+        window: sliding window of ``window`` keys including the query itself (implies causal).
+        scale: defaults to ``D ** -0.5``.
+
+    Returns:
+        ``(B, H, Nq, Dv)`` in q's dtype. Softmax statistics are computed in fp32 (fp64 for fp64
+        input); a query whose keys are all masked returns zeros.
+    """
+    _check_qkv(q, k, v)
+    weights = attention_weights(q, k, mask, causal, window, scale)  # (B, H, Nq, Nk), fp32/fp64
+    batch, n_heads, n_queries, n_keys = weights.shape
+    n_kv_heads = k.shape[1]
+    group = n_heads // n_kv_heads
+    weights5 = weights.reshape(batch, n_kv_heads, group, n_queries, n_keys)  # (B, Hkv, G, Nq, Nk)
+    context = weights5 @ v.to(weights.dtype).unsqueeze(2)  # (B, Hkv, G, Nq, Dv)
+    return context.reshape(batch, n_heads, n_queries, v.shape[-1]).to(q.dtype)  # (B, H, Nq, Dv)
+
+
+def torch_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Same contract as :func:`scaled_dot_product_attention`, computed by PyTorch's fused SDPA.
+
+    PyTorch's ``is_causal`` aligns queries to the START of the keys, so for ``Nq != Nk`` (decoding)
+    or a window this passes an explicit bool mask built by :func:`build_mask` instead.
+    """
+    batch, n_heads, n_kv_heads, n_queries, n_keys = _check_qkv(q, k, v)
+    if (causal or window is not None) and n_queries > n_keys:
+        raise ValueError(f"causal attention needs n_queries <= n_keys, got {n_queries} > {n_keys}")
+    use_is_causal = causal and window is None and mask is None and n_queries == n_keys
+    allowed = None if use_is_causal else build_mask(n_queries, n_keys, mask, causal, window, batch, n_heads, q.device)
+    if n_kv_heads != n_heads:
+        try:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=use_is_causal,
+                                                 scale=scale, enable_gqa=True)
+        except TypeError:  # torch < 2.5 has no enable_gqa: repeat the kv heads
+            group = n_heads // n_kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=use_is_causal, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=use_is_causal, scale=scale)
+    if allowed is not None:
+        out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # all-masked rows: zeros, not NaN
+    return out
+
+
+class AttentionFunction(Protocol):
+    """Signature every attention backend follows (see :func:`scaled_dot_product_attention`)."""
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = ...,
+                 causal: bool = ..., window: int | None = ..., scale: float | None = ...) -> torch.Tensor: ...
+
+
+_BACKENDS: dict[str, AttentionFunction] = {"reference": scaled_dot_product_attention, "torch": torch_attention}
+# Backends living in modules that need extra imports (Triton) are loaded on first use.
+_LAZY_BACKENDS: dict[str, str] = {"flash": "attention_lab.flash:flash_attention"}
+
+
+def register_backend(name: str, fn: AttentionFunction) -> None:
+    """Make ``fn`` selectable as ``backend=name`` in :class:`MultiHeadAttention` and TinyGPT."""
+    _BACKENDS[name] = fn
+
+
+def get_backend(name: str) -> AttentionFunction:
+    """Return the attention function called ``name`` ('reference', 'torch', 'flash', ...)."""
+    if name not in _BACKENDS and name in _LAZY_BACKENDS:
+        import importlib
+
+        module_name, attr = _LAZY_BACKENDS[name].split(":")
+        _BACKENDS[name] = getattr(importlib.import_module(module_name), attr)
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(set(_BACKENDS) | set(_LAZY_BACKENDS))}, got {name!r}")
+    return _BACKENDS[name]
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention with ``n_kv_heads`` key/value heads: MHA, GQA and MQA in one class.
+
+    ``n_kv_heads = n_heads`` is MHA, ``1`` is MQA (one K/V head shared by all query heads),
+    anything dividing ``n_heads`` is GQA. K/V are never repeated in memory: the backend maps
+    query head ``h`` to kv head ``h // (n_heads // n_kv_heads)``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        window: int | None = None,
+        causal: bool = True,
+        bias: bool = False,
+        backend: str = "reference",
+    ) -> None:
+        super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("n_heads", n_heads)
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        check_positive_int("n_kv_heads", n_kv_heads)
+        check_divides("n_kv_heads", n_kv_heads, "n_heads", n_heads)
+        if head_dim is None:
+            check_divides("n_heads", n_heads, "d_model", d_model)
+            head_dim = d_model // n_heads
+        check_positive_int("head_dim", head_dim)
+        if window is not None:
+            check_positive_int("window", window)
+        get_backend(backend)  # fail early on a bad name
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
+        self.window, self.causal, self.backend = window, causal, backend
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x ``(B, T, d_model)`` -> q ``(B, H, T, D)``, k and v ``(B, Hkv, T, D)``."""
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``(B, T, d_model)`` -> ``(B, T, d_model)``.
+
+        ``positions`` ``(T,)`` are the absolute positions of the T tokens (used by position-aware
+        variants; plain MHA ignores them). ``cache`` (e.g. :class:`attention_lab.kv_cache.KVCache`)
+        stores this call's keys/values and returns every key/value the queries may see; the
+        queries are aligned to the end of those keys.
+        """
+        check_rank("x", x, 3, "(batch, seq, d_model)")
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (batch, seq, d_model={self.d_model}), got {tuple(x.shape)}")
+        batch, seq, _ = x.shape
+        q, k, v = self.project_qkv(x)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, Nk, D): everything the new queries may attend to
+        attend = get_backend(self.backend)
+        context = attend(q, k, v, mask=mask, causal=self.causal, window=self.window)  # (B, H, T, D)
+        context = context.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)  # (B, T, H*D)
+        return self.out_proj(context)  # (B, T, d_model)
+
+    def make_cache(self, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
+        """A fresh contiguous KV cache for this layer (see :mod:`attention_lab.kv_cache`)."""
+        from .kv_cache import KVCache
+
+        return KVCache(batch_size, max_len, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)

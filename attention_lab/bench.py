@@ -1,0 +1,82 @@
+"""Timing and peak-memory helpers used by chapters and benchmarks (CPU and CUDA)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def time_function(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, device: torch.device | str | None = None) -> float:
+    """Median wall time of ``fn()`` in seconds (CUDA events on a GPU, perf_counter on the CPU)."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class _PeakTracker(TorchDispatchMode):
+    """Counts the bytes of every tensor storage created inside the mode, and their peak while alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in torch.utils._pytree.tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            if key in self._seen or storage.nbytes() == 0:
+                continue  # a view of a storage already counted
+            self._seen.add(key)
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._release, key, storage.nbytes())
+        return out
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str | None = None) -> int:
+    """Peak bytes of tensors allocated while ``fn()`` runs, beyond what existed before.
+
+    CUDA: the allocator's ``max_memory_allocated``. CPU: every tensor storage created inside ``fn``
+    is counted until it is freed (a dispatch mode; exact for PyTorch tensors).
+    """
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    tracker = _PeakTracker()
+    with tracker:
+        result = fn()
+    del result
+    return tracker.peak

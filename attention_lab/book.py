@@ -1,0 +1,130 @@
+"""Build the chapters: percent-format sources in ``notebooks/src/`` -> executed ``notebooks/*.ipynb``.
+
+A source is a Python file whose cells start with ``# %%`` (code) or ``# %% [markdown]`` (markdown,
+each line prefixed by ``# ``). The build stamps every chapter with a Colab badge and the setup cell
+(from ``[project.urls] Repository`` in pyproject.toml: a fork changes that one line), executes it
+top to bottom in a fresh kernel, and regenerates the student version (solutions removed).
+
+    python -m attention_lab.book build            # every chapter
+    python -m attention_lab.book build 01 02      # chapters whose file name starts with 01, 02
+    python -m attention_lab.book build 10 --no-execute
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+SOURCES = NOTEBOOKS / "src"
+STUDENT = NOTEBOOKS / "student"
+
+
+def repository_url() -> str:
+    """The repository's address from pyproject.toml (``[project.urls] Repository``)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    match = re.search(r'^Repository\s*=\s*"(https://github\.com/[^"]+)"', text, re.MULTILINE)
+    if match is None:
+        raise ValueError("pyproject.toml needs [project.urls] Repository = \"https://github.com/OWNER/NAME\"")
+    return match.group(1).rstrip("/")
+
+
+def badge_cell(notebook_path: str) -> nbformat.NotebookNode:
+    slug = repository_url().removeprefix("https://github.com/")
+    url = f"https://colab.research.google.com/github/{slug}/blob/main/{notebook_path}"
+    return nbformat.v4.new_markdown_cell(
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})")
+
+
+def setup_cell() -> nbformat.NotebookNode:
+    url = repository_url()
+    return nbformat.v4.new_code_cell(
+        "# Setup: on Colab, install attention_lab from its repository (Colab's own torch is kept);\n"
+        "# anywhere else this cell only seeds, picks the device and prints versions.\n"
+        "import sys\n"
+        "if \"google.colab\" in sys.modules:\n"
+        "    import subprocess\n"
+        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"attention_lab @ git+{url}\"], check=True)\n"
+        "\n"
+        "from attention_lab.env import setup\n"
+        "device = setup(seed=0)")
+
+
+def parse_source(text: str) -> list[nbformat.NotebookNode]:
+    """Split a percent-format source into notebook cells (markdown lines lose their ``# `` prefix)."""
+    cells = []
+    for chunk in re.split(r"^# %%", text, flags=re.MULTILINE)[1:]:
+        header, _, body = chunk.partition("\n")
+        body = body.strip("\n")
+        if "[markdown]" in header:
+            lines = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in body.splitlines()]
+            cells.append(nbformat.v4.new_markdown_cell("\n".join(lines)))
+        else:
+            cells.append(nbformat.v4.new_code_cell(body))
+    return cells
+
+
+def chapter_notebook(source: Path) -> nbformat.NotebookNode:
+    """The unexecuted notebook for a source file: title cell, badge, setup cell, then the source's cells."""
+    cells = parse_source(source.read_text(encoding="utf-8"))
+    if not cells or cells[0].cell_type != "markdown":
+        raise ValueError(f"{source.name} must start with a markdown title cell")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [cells[0], badge_cell(f"notebooks/{source.stem}.ipynb"), setup_cell(), *cells[1:]]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.metadata["language_info"] = {"name": "python"}
+    return notebook
+
+
+def cell_sources(notebook: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    """(cell type, source) pairs: what must agree between a source file and its committed notebook."""
+    return [(cell.cell_type, cell.source) for cell in notebook.cells]
+
+
+def execute(notebook: nbformat.NotebookNode, timeout: int = 1200) -> nbformat.NotebookNode:
+    """Run every cell in a fresh kernel started in notebooks/ (raises on the first error)."""
+    from nbclient import NotebookClient
+
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return notebook
+
+
+def build(prefixes: list[str], run: bool = True) -> None:
+    from .exercises.student import write_student_notebook
+
+    sources = sorted(SOURCES.glob("*.py"))
+    chosen = [s for s in sources if not prefixes or any(s.stem.startswith(p) for p in prefixes)]
+    if not chosen:
+        raise ValueError(f"no source in {SOURCES} matches {prefixes}")
+    for source in chosen:
+        started = time.perf_counter()
+        notebook = chapter_notebook(source)
+        if run:
+            execute(notebook)
+        target = NOTEBOOKS / f"{source.stem}.ipynb"
+        nbformat.write(notebook, target)
+        write_student_notebook(target)
+        print(f"built {target.relative_to(ROOT)} ({'executed' if run else 'not executed'}) "
+              f"in {time.perf_counter() - started:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m attention_lab.book", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build_parser = sub.add_parser("build", help="convert, execute and write chapters (and their student versions)")
+    build_parser.add_argument("chapters", nargs="*", help="file-name prefixes, e.g. 01 02 (default: all)")
+    build_parser.add_argument("--no-execute", action="store_true", help="write without running")
+    args = parser.parse_args(argv)
+    build(args.chapters, run=not args.no_execute)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,170 @@
+"""TinyGPT: a small decoder-only transformer whose attention is chosen by its config.
+
+Later chapters plug in here: ``n_kv_heads`` (MQA/GQA), ``window`` (sliding window),
+``backend`` ('reference', 'torch', 'flash'), and ``attention`` (the variant's class).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_divides, check_positive_int, check_rank
+
+
+@dataclass(frozen=True)
+class TinyGPTConfig:
+    vocab_size: int  # number of token ids
+    context_length: int = 64  # longest sequence the model sees (learned position table size)
+    d_model: int = 64  # width of the residual stream
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 4  # query heads
+    n_kv_heads: int | None = None  # key/value heads: None = n_heads (MHA), 1 = MQA, else GQA
+    window: int | None = None  # sliding-window size (keys incl. self); None = full causal attention
+    backend: str = "reference"  # attention function: 'reference', 'torch', 'flash'
+    attention: str = "mha"  # attention variant: a key of ATTENTION_VARIANTS
+    dropout: float = 0.0  # dropout on attention output and MLP
+    options: dict = field(default_factory=dict, hash=False)  # extra per-variant settings (e.g. MLA dims)
+
+    def __post_init__(self) -> None:
+        check_positive_int("vocab_size", self.vocab_size)
+        check_positive_int("context_length", self.context_length)
+        check_positive_int("d_model", self.d_model)
+        check_positive_int("n_layers", self.n_layers)
+        check_positive_int("n_heads", self.n_heads)
+        check_divides("n_heads", self.n_heads, "d_model", self.d_model)
+        if self.n_kv_heads is not None:
+            check_positive_int("n_kv_heads", self.n_kv_heads)
+            check_divides("n_kv_heads", self.n_kv_heads, "n_heads", self.n_heads)
+        if self.window is not None:
+            check_positive_int("window", self.window)
+        if self.attention not in ATTENTION_VARIANTS:
+            raise ValueError(f"attention must be one of {sorted(ATTENTION_VARIANTS)}, got {self.attention!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+# Variant name -> "module:factory"; the factory takes a TinyGPTConfig and returns an attention module
+# with forward(x, positions, cache) and make_cache(batch_size, max_len, device, dtype).
+ATTENTION_VARIANTS: dict[str, str] = {
+    "mha": "attention_lab.model:_build_mha",
+}
+
+
+def _build_mha(config: TinyGPTConfig) -> nn.Module:
+    from .attention import MultiHeadAttention
+
+    return MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads,
+                              window=config.window, backend=config.backend)
+
+
+def build_attention(config: TinyGPTConfig) -> nn.Module:
+    """Instantiate the attention module named by ``config.attention``."""
+    module_name, factory = ATTENTION_VARIANTS[config.attention].split(":")
+    return getattr(importlib.import_module(module_name), factory)(config)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: d_model -> 4·d_model -> d_model with GELU."""
+
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, 4 * config.d_model)
+        self.down = nn.Linear(4 * config.d_model, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))  # (B, T, d_model)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = build_attention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache=None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln1(x), positions=positions, cache=cache))  # (B, T, d_model)
+        return x + self.mlp(self.ln2(x))  # (B, T, d_model)
+
+
+class ModelCache:
+    """One cache per layer, created by each layer's attention module; ``length`` = tokens stored."""
+
+    def __init__(self, layers: list) -> None:
+        self.layers = layers
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+
+class TinyGPT(nn.Module):
+    """Token + learned position embeddings, ``n_layers`` blocks, final LayerNorm, tied output head."""
+
+    def __init__(self, config: TinyGPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.position_embedding = nn.Embedding(config.context_length, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_final = nn.LayerNorm(config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.token_embedding.weight  # weight tying
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> ModelCache:
+        """Empty per-layer caches for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        max_len = self.config.context_length if max_len is None else max_len
+        param = self.token_embedding.weight
+        return ModelCache([block.attn.make_cache(batch_size, max_len, param.device, param.dtype)
+                           for block in self.blocks])
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: ModelCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx ``(B, T)`` token ids -> logits ``(B, T, vocab)`` and the mean cross-entropy if ``targets`` ``(B, T)``.
+
+        With a ``cache`` the T tokens continue the ones already cached (positions start at
+        ``cache.length``), and their keys/values are appended to it.
+        """
+        check_rank("idx", idx, 2, "(batch, seq)")
+        batch, seq = idx.shape
+        start = 0 if cache is None else cache.length
+        if start + seq > self.config.context_length:
+            raise ValueError(f"sequence of {start + seq} tokens exceeds context_length={self.config.context_length}")
+        positions = torch.arange(start, start + seq, device=idx.device)  # (T,)
+        x = self.token_embedding(idx) + self.position_embedding(positions)  # (B, T, d_model)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, cache=None if cache is None else cache.layers[i])
+        logits = self.lm_head(self.ln_final(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets must have shape (batch, seq) = {tuple(idx.shape)}, got {tuple(targets.shape)}")
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss

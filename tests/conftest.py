@@ -1,0 +1,19 @@
+"""Shared test set-up: never touch the network; GPU tests skip cleanly without CUDA."""
+
+import os
+
+# Tests (and the notebook kernels nbval starts, which inherit this environment) stay offline.
+os.environ.setdefault("ATTENTION_LAB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
