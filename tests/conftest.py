@@ -9,6 +9,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run under the interpreter on CPU tensors. The flag must be set before any
+# module defining kernels is imported, so it is set here, once, for every test file and notebook kernel.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
