@@ -1,0 +1,105 @@
+"""TinyGPT, training and generation: shapes, learning, cached == uncached, sampling rules, errors."""
+
+import pytest
+import torch
+
+from attention_lab import TinyGPT, TinyGPTConfig
+from attention_lab.data import CharTokenizer, TokenDataset, synthetic_corpus
+from attention_lab.generate import generate, sample_next
+from attention_lab.train import evaluate, train
+
+
+def tiny(**overrides) -> TinyGPT:
+    torch.manual_seed(0)
+    config = dict(vocab_size=29, context_length=40, d_model=32, n_layers=2, n_heads=4)
+    config.update(overrides)
+    return TinyGPT(TinyGPTConfig(**config)).eval()
+
+
+def test_forward_shapes_and_loss():
+    model = tiny()
+    idx = torch.randint(0, 29, (3, 11))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 11, 29)
+    assert loss.ndim == 0 and 2.5 < loss.item() < 4.5  # ~ln(29) at init
+
+
+@pytest.mark.parametrize("n_kv_heads,window,backend", [(None, None, "reference"), (2, None, "reference"),
+                                                       (1, None, "torch"), (None, 5, "reference"), (2, 5, "torch")])
+def test_cached_generation_equals_uncached(n_kv_heads, window, backend):
+    model = tiny(n_kv_heads=n_kv_heads, window=window, backend=backend)
+    for prompt_len, new in [(1, 20), (7, 13), (23, 17)]:
+        prompt = torch.randint(0, 29, (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
+        cached, cached_logits = generate(model, prompt, new, use_cache=True, return_logits=True)
+        plain, plain_logits = generate(model, prompt, new, use_cache=False, return_logits=True)
+        assert torch.equal(cached, plain)
+        torch.testing.assert_close(cached_logits, plain_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_backends_agree_inside_the_model():
+    a, b = tiny(backend="reference"), tiny(backend="torch")
+    idx = torch.randint(0, 29, (2, 17))
+    torch.testing.assert_close(a(idx)[0], b(idx)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_changing_a_future_token_leaves_past_logits_unchanged():
+    model = tiny()
+    idx = torch.randint(0, 29, (1, 12))
+    changed = idx.clone()
+    changed[0, 8] = (changed[0, 8] + 1) % 29
+    torch.testing.assert_close(model(idx)[0][:, :8], model(changed)[0][:, :8])
+
+
+def test_training_lowers_validation_loss():
+    text = synthetic_corpus(200, seed=1)
+    tokenizer = CharTokenizer(text)
+    data = TokenDataset.from_text(text, tokenizer, context_length=32)
+    model = tiny(vocab_size=tokenizer.vocab_size, context_length=32)
+    before = evaluate(model, data)
+    result = train(model, data, steps=60, eval_every=30, progress=False)
+    assert result.steps == [30, 60] and len(result.val_loss) == 2
+    assert result.final_val_loss < before - 0.8
+
+
+def test_sampling_rules():
+    logits = torch.tensor([[0.0, 5.0, 1.0, -2.0]])
+    assert sample_next(logits, temperature=0).item() == 1
+    g = torch.Generator().manual_seed(0)
+    picks = {sample_next(logits, temperature=5.0, top_k=2, generator=g).item() for _ in range(200)}
+    assert picks == {1, 2}  # only the two largest logits can be drawn
+    with pytest.raises(ValueError, match="temperature"):
+        sample_next(logits, temperature=-1)
+    with pytest.raises(ValueError, match="top_k"):
+        sample_next(logits, temperature=1.0, top_k=0)
+
+
+def test_generation_errors_are_clear():
+    model = tiny()
+    with pytest.raises(ValueError, match="context_length=40"):
+        generate(model, torch.zeros(1, 30, dtype=torch.long), 20)
+    with pytest.raises(ValueError, match="idx must have shape"):
+        generate(model, torch.zeros(30, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="exceeds context_length"):
+        model(torch.zeros(1, 41, dtype=torch.long))
+
+
+def test_cache_errors_are_clear():
+    model = tiny()
+    cache = model.new_cache(batch_size=1, max_len=5)
+    model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="KV cache is full"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+    cache = model.new_cache(batch_size=2, max_len=8)
+    with pytest.raises(ValueError, match="batch_size=2"):
+        model(torch.zeros(3, 2, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(d_model=30), "must divide d_model"),
+    (dict(n_kv_heads=3), "n_kv_heads=3 must divide n_heads=4"),
+    (dict(window=0), "window must be an integer >= 1"),
+    (dict(attention="nope"), "attention must be one of"),
+])
+def test_bad_config_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kwargs)

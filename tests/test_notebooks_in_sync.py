@@ -1,0 +1,56 @@
+"""Every chapter notebook matches its source, carries the badge and setup cell, and its student version is current."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from attention_lab.book import NOTEBOOKS, SOURCES, cell_sources, chapter_notebook, repository_url
+from attention_lab.exercises.student import BEGIN, END, strip_solutions, student_path, student_version
+
+SOURCE_FILES = sorted(SOURCES.glob("*.py"))
+
+
+def test_every_source_has_a_notebook_and_back():
+    assert SOURCE_FILES, "no chapter sources found"
+    built = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
+    assert built == {p.stem for p in SOURCE_FILES}
+
+
+@pytest.mark.parametrize("source", SOURCE_FILES, ids=lambda p: p.stem)
+def test_notebook_matches_source_and_is_executed(source):
+    committed = nbformat.read(NOTEBOOKS / f"{source.stem}.ipynb", as_version=4)
+    assert cell_sources(committed) == cell_sources(chapter_notebook(source)), (
+        f"{source.stem}.ipynb is stale: run `python -m attention_lab.book build {source.stem[:2]}`")
+    code = [c for c in committed.cells if c.cell_type == "code" and c.source.strip()]
+    assert all(c.execution_count is not None for c in code), "notebook is not fully executed"
+    assert not any(o.get("output_type") == "error" for c in code for o in c.outputs)
+    assert "colab.research.google.com" in committed.cells[1].source
+    assert repository_url() in committed.cells[2].source and "google.colab" in committed.cells[2].source
+
+
+@pytest.mark.parametrize("source", SOURCE_FILES, ids=lambda p: p.stem)
+def test_student_notebook_is_current_and_has_exercises(source):
+    solved = nbformat.read(NOTEBOOKS / f"{source.stem}.ipynb", as_version=4)
+    student = nbformat.read(student_path(NOTEBOOKS / f"{source.stem}.ipynb"), as_version=4)
+    assert cell_sources(student) == cell_sources(student_version(solved)), "student notebook is stale"
+    joined = "\n".join(c.source for c in student.cells if c.cell_type == "code")
+    assert BEGIN not in joined and END not in joined
+    assert "raise NotImplementedError" in joined, "every chapter needs at least one exercise"
+    assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code")
+
+
+def test_strip_solutions_keeps_indentation():
+    source = "def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\n\nprint(1)"
+    stripped = strip_solutions(source)
+    assert "return x + 1" not in stripped
+    assert "    raise NotImplementedError" in stripped and stripped.endswith("print(1)")
+    namespace = {}
+    exec(stripped.replace("print(1)", ""), namespace)
+    with pytest.raises(NotImplementedError):
+        namespace["f"](0)
+
+
+def test_unbalanced_markers_are_an_error():
+    with pytest.raises(ValueError, match="unbalanced"):
+        strip_solutions("### BEGIN SOLUTION\nx = 1\n")
