@@ -289,7 +289,11 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(context)  # (B, T, d_model)
 
     def make_cache(self, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
-        """A fresh contiguous KV cache for this layer (see :mod:`attention_lab.kv_cache`)."""
-        from .kv_cache import KVCache
+        """A fresh KV cache for this layer (see :mod:`attention_lab.kv_cache`): contiguous, or a rolling
+        buffer of ``min(window, max_len)`` slots when this layer has a sliding ``window``."""
+        from .kv_cache import KVCache, RollingKVCache
 
+        if self.window is not None:
+            return RollingKVCache(batch_size, self.window, self.n_kv_heads, self.head_dim, max_len=max_len,
+                                  device=device, dtype=dtype)
         return KVCache(batch_size, max_len, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
