@@ -1,0 +1,226 @@
+"""FlashAttention in plain PyTorch: tiled forward and backward, never holding the N × N matrix.
+
+Forward (FlashAttention-2 loop order): for each block of ``Br`` queries, stream over blocks of ``Bc``
+keys keeping the running max ``m_i``, running sum ``l_i`` and unnormalised output ``acc`` (the online
+softmax of chapter 08), then write ``O_i = acc / l_i`` and the log-sum-exp ``L_i = m_i + log l_i``.
+
+Backward by recomputation: for each key block, for each query block, rebuild
+``P_ij = exp(S_ij − L_i)`` from the saved LSE and accumulate
+
+    dV_j += P_ijᵀ dO_i
+    dP_ij = dO_i V_jᵀ
+    dS_ij = P_ij ∘ (dP_ij − D_i),   D_i = rowsum(dO_i ∘ O_i)
+    dQ_i += dS_ij K_j · scale
+    dK_j += dS_ijᵀ Q_i · scale
+
+Causal attention and sliding windows skip key blocks that are masked for every query of the block
+(:func:`block_schedule`), and apply the mask only inside blocks that straddle its edge. Extra memory is
+O(N): the LSE and one ``Br × Bc`` tile at a time, never ``N × N``.
+
+Same contract as :func:`attention_lab.attention.scaled_dot_product_attention` (layout ``(B, H, N, D)``,
+GQA/MQA kv heads, bool masks True = may attend, causal aligned to the end of the keys, fp32 statistics,
+fully masked rows give zeros). It is the slow, readable twin of the Triton kernel of chapter 10.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._checks import check_positive_int
+from ..attention import _check_qkv, _split_heads_of_mask, build_mask
+from .online_softmax import online_softmax_update
+
+SKIP, FULL, PARTIAL = 0, 1, 2  # block_schedule codes: no pair allowed / every pair allowed / mask needed inside
+
+
+def block_schedule(n_queries: int, n_keys: int, block_q: int, block_k: int, causal: bool = False,
+                   window: int | None = None) -> torch.Tensor:
+    """Which ``(query block, key block)`` tiles a causal / sliding-window kernel must visit.
+
+    Returns an int8 tensor ``(⌈Nq/Br⌉, ⌈Nk/Bc⌉)`` of :data:`SKIP` (every query–key pair masked: the kernel
+    never loads this K/V block), :data:`FULL` (no pair masked: no mask needed) and :data:`PARTIAL` (the
+    block straddles the mask's edge: apply it inside). Query i sits at position ``i + Nk − Nq``; it sees
+    keys ``j ≤ position`` (causal) and ``j > position − window`` (window, which implies causal).
+    """
+    for name, value in (("block_q", block_q), ("block_k", block_k)):
+        check_positive_int(name, value)
+    offset = n_keys - n_queries
+    n_query_blocks, n_key_blocks = math.ceil(n_queries / block_q), math.ceil(n_keys / block_k)
+    schedule = torch.full((n_query_blocks, n_key_blocks), FULL, dtype=torch.int8)
+    if not causal and window is None:
+        return schedule
+    for i in range(n_query_blocks):
+        first_pos = i * block_q + offset  # position of the block's first query
+        last_pos = min((i + 1) * block_q, n_queries) - 1 + offset
+        for j in range(n_key_blocks):
+            first_key, last_key = j * block_k, min((j + 1) * block_k, n_keys) - 1
+            if first_key > last_pos or (window is not None and last_key <= first_pos - window):
+                schedule[i, j] = SKIP  # entirely in the future, or entirely left of every window
+            elif last_key > first_pos or (window is not None and first_key <= last_pos - window):
+                schedule[i, j] = PARTIAL  # the diagonal (or the window's far edge) cuts through the block
+    return schedule
+
+
+def _block_allowed(rows: slice, cols: slice, offset: int, causal: bool, window: int | None,
+                   mask5: torch.Tensor | None, device: torch.device, partial: bool) -> torch.Tensor | None:
+    """Bool ``(…, Br, Bc)`` of allowed pairs in one tile, or None when every pair is allowed.
+
+    The causal/window rule is the one of :func:`attention_lab.masks.sliding_window_mask`, evaluated for
+    this tile's positions only (never building the N × N mask).
+    """
+    allowed = None
+    if partial:
+        query_pos = torch.arange(rows.start, rows.stop, device=device)[:, None] + offset  # (Br, 1)
+        key_pos = torch.arange(cols.start, cols.stop, device=device)[None, :]  # (1, Bc)
+        allowed = key_pos <= query_pos  # (Br, Bc); partial tiles only exist for causal / window
+        if window is not None:
+            allowed = allowed & (key_pos > query_pos - window)
+    if mask5 is not None:
+        tile = mask5[..., rows, cols]  # broadcastable to (B, Hkv, G, Br, Bc)
+        allowed = tile if allowed is None else (allowed & tile)
+    return allowed
+
+
+def _prepare(q, k, v, mask, causal, window, scale, block_q, block_k):
+    """Validate arguments like the reference does; return sizes, scale, compute dtype and the 5-D mask."""
+    batch, n_heads, n_kv_heads, n_queries, n_keys = _check_qkv(q, k, v)
+    check_positive_int("block_q", block_q)
+    check_positive_int("block_k", block_k)
+    if (causal or window is not None) and n_queries > n_keys:
+        raise ValueError(f"causal attention needs n_queries <= n_keys (queries are the last keys), got {n_queries} > {n_keys}")
+    build_mask(n_queries, n_keys, mask, False, window, batch, n_heads)  # validates mask and window only
+    group = n_heads // n_kv_heads
+    mask5 = None if mask is None else _split_heads_of_mask(mask.to(q.device), n_kv_heads, group)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax stats in fp32 at least
+    return batch, n_heads, n_kv_heads, group, n_queries, n_keys, scale, compute_dtype, mask5
+
+
+def tiled_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                            causal: bool = False, window: int | None = None, scale: float | None = None,
+                            block_q: int = 64, block_k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiled forward pass (no autograd). Returns ``(out, lse)``.
+
+    Args:
+        q ``(B, H, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)``; mask, causal, window, scale as
+        in :func:`attention_lab.attention.scaled_dot_product_attention`; ``block_q`` (Br) and ``block_k``
+        (Bc) are the tile sizes and need not divide the sequence lengths.
+
+    Returns:
+        out ``(B, H, Nq, Dv)`` in q's dtype; lse ``(B, H, Nq)`` fp32 (fp64 for fp64 input), the log-sum-exp
+        ``m_i + log l_i`` of each query's scaled scores, −inf for a query with no visible key.
+    """
+    (batch, n_heads, n_kv_heads, group, n_queries, n_keys, scale, compute_dtype,
+     mask5) = _prepare(q, k, v, mask, causal, window, scale, block_q, block_k)
+    offset = n_keys - n_queries
+    schedule = block_schedule(n_queries, n_keys, block_q, block_k, causal, window)
+    q5 = q.reshape(batch, n_kv_heads, group, n_queries, q.shape[-1])  # (B, Hkv, G, Nq, D): a query group shares K/V
+    out = torch.empty(batch, n_kv_heads, group, n_queries, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, n_kv_heads, group, n_queries, dtype=compute_dtype, device=q.device)
+    for i, row_start in enumerate(range(0, n_queries, block_q)):
+        rows = slice(row_start, min(row_start + block_q, n_queries))
+        q_i = q5[..., rows, :].to(compute_dtype)  # (B, Hkv, G, Br, D)
+        m_i = torch.full(q_i.shape[:-1], -math.inf, dtype=compute_dtype, device=q.device)  # (B, Hkv, G, Br)
+        l_i = torch.zeros_like(m_i)  # (B, Hkv, G, Br)
+        acc = torch.zeros(*q_i.shape[:-1], v.shape[-1], dtype=compute_dtype, device=q.device)  # (B, Hkv, G, Br, Dv)
+        for j, col_start in enumerate(range(0, n_keys, block_k)):
+            if schedule[i, j] == SKIP:
+                continue  # every pair masked: this K/V block is never loaded
+            cols = slice(col_start, min(col_start + block_k, n_keys))
+            k_j = k[:, :, None, cols].to(compute_dtype)  # (B, Hkv, 1, Bc, D): shared by the group
+            v_j = v[:, :, None, cols].to(compute_dtype)  # (B, Hkv, 1, Bc, Dv)
+            scores = (q_i @ k_j.transpose(-1, -2)) * scale  # S_ij = Q_i K_jᵀ · scale   (B, Hkv, G, Br, Bc)
+            allowed = _block_allowed(rows, cols, offset, causal, window, mask5, q.device, schedule[i, j] == PARTIAL)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, -math.inf)
+            m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, v_j)  # chapter 08's update
+        seen = l_i > 0  # False for a query with no visible key
+        out[..., rows, :] = torch.where(seen[..., None], acc / l_i.clamp_min(1e-30)[..., None], 0.0).to(q.dtype)  # O_i = acc / l_i
+        lse[..., rows] = torch.where(seen, m_i + torch.log(l_i.clamp_min(1e-30)), -math.inf)  # L_i = m_i + log l_i
+    return out.reshape(batch, n_heads, n_queries, v.shape[-1]), lse.reshape(batch, n_heads, n_queries)
+
+
+def tiled_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                             lse: torch.Tensor, grad_out: torch.Tensor, mask: torch.Tensor | None = None,
+                             causal: bool = False, window: int | None = None, scale: float | None = None,
+                             block_q: int = 64, block_k: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward pass by recomputation: ``(dq, dk, dv)`` from the saved ``out`` and ``lse``.
+
+    Shapes: q, out, grad_out ``(B, H, Nq, ·)``; k, v ``(B, Hkv, Nk, ·)``; lse ``(B, H, Nq)``. Returns
+    gradients shaped and typed like q, k, v (dk, dv summed over each kv head's query group).
+    """
+    (batch, n_heads, n_kv_heads, group, n_queries, n_keys, scale, compute_dtype,
+     mask5) = _prepare(q, k, v, mask, causal, window, scale, block_q, block_k)
+    offset = n_keys - n_queries
+    schedule = block_schedule(n_queries, n_keys, block_q, block_k, causal, window)
+    head_dim, value_dim = q.shape[-1], v.shape[-1]
+    q5 = q.reshape(batch, n_kv_heads, group, n_queries, head_dim)  # (B, Hkv, G, Nq, D)
+    do5 = grad_out.reshape(batch, n_kv_heads, group, n_queries, value_dim)  # (B, Hkv, G, Nq, Dv)
+    o5 = out.reshape(batch, n_kv_heads, group, n_queries, value_dim)  # (B, Hkv, G, Nq, Dv)
+    lse5 = lse.reshape(batch, n_kv_heads, group, n_queries).to(compute_dtype)  # (B, Hkv, G, Nq)
+    lse5 = torch.where(torch.isinf(lse5), torch.zeros_like(lse5), lse5)  # rows with no key: every score is −inf -> P = 0
+    delta = (do5.to(compute_dtype) * o5.to(compute_dtype)).sum(-1)  # D_i = rowsum(dO_i ∘ O_i)      (B, Hkv, G, Nq)
+    dq = torch.zeros(batch, n_kv_heads, group, n_queries, head_dim, dtype=compute_dtype, device=q.device)
+    dk = torch.empty(batch, n_kv_heads, n_keys, head_dim, dtype=k.dtype, device=q.device)
+    dv = torch.empty(batch, n_kv_heads, n_keys, value_dim, dtype=v.dtype, device=q.device)
+    for j, col_start in enumerate(range(0, n_keys, block_k)):
+        cols = slice(col_start, min(col_start + block_k, n_keys))
+        k_j = k[:, :, None, cols].to(compute_dtype)  # (B, Hkv, 1, Bc, D)
+        v_j = v[:, :, None, cols].to(compute_dtype)  # (B, Hkv, 1, Bc, Dv)
+        dk_j = torch.zeros(batch, n_kv_heads, cols.stop - cols.start, head_dim, dtype=compute_dtype, device=q.device)
+        dv_j = torch.zeros(batch, n_kv_heads, cols.stop - cols.start, value_dim, dtype=compute_dtype, device=q.device)
+        for i, row_start in enumerate(range(0, n_queries, block_q)):
+            if schedule[i, j] == SKIP:
+                continue
+            rows = slice(row_start, min(row_start + block_q, n_queries))
+            q_i = q5[..., rows, :].to(compute_dtype)  # (B, Hkv, G, Br, D)
+            do_i = do5[..., rows, :].to(compute_dtype)  # (B, Hkv, G, Br, Dv)
+            scores = (q_i @ k_j.transpose(-1, -2)) * scale  # S_ij                        (B, Hkv, G, Br, Bc)
+            allowed = _block_allowed(rows, cols, offset, causal, window, mask5, q.device, schedule[i, j] == PARTIAL)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, -math.inf)
+            p = torch.exp(scores - lse5[..., rows, None])  # P_ij = exp(S_ij − L_i), recomputed  (B, Hkv, G, Br, Bc)
+            dv_j += (p.transpose(-1, -2) @ do_i).sum(2)  # dV_j += P_ijᵀ dO_i, summed over the group  (B, Hkv, Bc, Dv)
+            dp = do_i @ v_j.transpose(-1, -2)  # dP_ij = dO_i V_jᵀ                          (B, Hkv, G, Br, Bc)
+            ds = p * (dp - delta[..., rows, None])  # dS_ij = P_ij ∘ (dP_ij − D_i)             (B, Hkv, G, Br, Bc)
+            dq[..., rows, :] += (ds @ k_j) * scale  # dQ_i += dS_ij K_j · scale               (B, Hkv, G, Br, D)
+            dk_j += (ds.transpose(-1, -2) @ q_i).sum(2) * scale  # dK_j += dS_ijᵀ Q_i · scale   (B, Hkv, Bc, D)
+        dk[:, :, cols] = dk_j.to(k.dtype)
+        dv[:, :, cols] = dv_j.to(v.dtype)
+    return dq.reshape(batch, n_heads, n_queries, head_dim).to(q.dtype), dk, dv
+
+
+class TiledAttentionFunction(torch.autograd.Function):
+    """autograd wrapper: the forward saves q, k, v, O and the LSE (O(N) extra), the backward recomputes P."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, causal, window, scale, block_q, block_k):
+        out, lse = tiled_attention_forward(q, k, v, mask, causal, window, scale, block_q, block_k)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.settings = (mask, causal, window, scale, block_q, block_k)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = tiled_attention_backward(q, k, v, out, lse, grad_out.contiguous(), *ctx.settings)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                    causal: bool = False, window: int | None = None, scale: float | None = None,
+                    block_q: int = 64, block_k: int = 64) -> torch.Tensor:
+    """Tiled FlashAttention in PyTorch, differentiable (backward by recomputation from the LSE).
+
+    Args:
+        q: ``(B, H, Nq, D)``; k: ``(B, Hkv, Nk, D)``; v: ``(B, Hkv, Nk, Dv)``; ``Hkv`` divides ``H``.
+        mask: optional bool, True = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)``.
+        causal: query i sees keys j ≤ i + Nk − Nq; window: ``window`` keys including itself (implies causal).
+        scale: defaults to ``D ** -0.5``. block_q, block_k: tile sizes Br, Bc (any positive ints).
+
+    Returns:
+        ``(B, H, Nq, Dv)`` in q's dtype, equal to the reference attention up to rounding.
+    """
+    return TiledAttentionFunction.apply(q, k, v, mask, causal, window, scale, block_q, block_k)
