@@ -238,6 +238,8 @@ class MultiHeadAttention(nn.Module):
         causal: bool = True,
         bias: bool = False,
         backend: str = "reference",
+        rope: bool = False,
+        rope_base: float = 10000.0,
     ) -> None:
         super().__init__()
         check_positive_int("d_model", d_model)
@@ -258,6 +260,11 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.rotary = None  # rope=True: rotate q and k by their positions (attention_lab.rope, chapter 12)
+        if rope:
+            from .rope import RotaryEmbedding
+
+            self.rotary = RotaryEmbedding(head_dim, rope_base)
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``(B, T, d_model)`` -> q ``(B, H, T, D)``, k and v ``(B, Hkv, T, D)``."""
@@ -281,6 +288,11 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"x must have shape (batch, seq, d_model={self.d_model}), got {tuple(x.shape)}")
         batch, seq, _ = x.shape
         q, k, v = self.project_qkv(x)
+        if self.rotary is not None:
+            if positions is None:
+                start = 0 if cache is None else cache.length
+                positions = torch.arange(start, start + seq, device=x.device)  # (T,)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)  # keys are cached already rotated
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, Nk, D): everything the new queries may attend to
         attend = get_backend(self.backend)

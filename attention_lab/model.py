@@ -29,6 +29,7 @@ class TinyGPTConfig:
     attention: str = "mha"  # attention variant: a key of ATTENTION_VARIANTS
     dropout: float = 0.0  # dropout on attention output and MLP
     options: dict = field(default_factory=dict, hash=False)  # extra per-variant settings (e.g. MLA dims)
+    mlp_hidden: int | None = None  # MLP width; None = 4·d_model (set it to match parameter budgets)
 
     def __post_init__(self) -> None:
         check_positive_int("vocab_size", self.vocab_size)
@@ -42,6 +43,8 @@ class TinyGPTConfig:
             check_divides("n_kv_heads", self.n_kv_heads, "n_heads", self.n_heads)
         if self.window is not None:
             check_positive_int("window", self.window)
+        if self.mlp_hidden is not None:
+            check_positive_int("mlp_hidden", self.mlp_hidden)
         if self.attention not in ATTENTION_VARIANTS:
             raise ValueError(f"attention must be one of {sorted(ATTENTION_VARIANTS)}, got {self.attention!r}")
 
@@ -54,6 +57,7 @@ class TinyGPTConfig:
 # with forward(x, positions, cache) and make_cache(batch_size, max_len, device, dtype).
 ATTENTION_VARIANTS: dict[str, str] = {
     "mha": "attention_lab.model:_build_mha",
+    "mla": "attention_lab.mla:build_mla",
 }
 
 
@@ -61,7 +65,8 @@ def _build_mha(config: TinyGPTConfig) -> nn.Module:
     from .attention import MultiHeadAttention
 
     return MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads,
-                              window=config.window, backend=config.backend)
+                              window=config.window, backend=config.backend,
+                              rope=bool(config.options.get("rope", False)))  # options={"rope": True}: RoPE on q, k
 
 
 def build_attention(config: TinyGPTConfig) -> nn.Module:
@@ -71,12 +76,13 @@ def build_attention(config: TinyGPTConfig) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: d_model -> 4·d_model -> d_model with GELU."""
+    """Position-wise feed-forward: d_model -> mlp_hidden (default 4·d_model) -> d_model with GELU."""
 
     def __init__(self, config: TinyGPTConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(config.d_model, 4 * config.d_model)
-        self.down = nn.Linear(4 * config.d_model, config.d_model)
+        hidden = 4 * config.d_model if config.mlp_hidden is None else config.mlp_hidden
+        self.up = nn.Linear(config.d_model, hidden)
+        self.down = nn.Linear(hidden, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
