@@ -80,3 +80,18 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str | None = No
         result = fn()
     del result
     return tracker.peak
+
+
+def attention_cost_curve(attention: Callable, lengths: list[int], head_dim: int = 64, n_heads: int = 4,
+                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                         causal: bool = False) -> dict[str, list[float]]:
+    """Measure ``attention(q, k, v, causal=...)`` at each sequence length: median seconds and peak extra bytes.
+
+    Returns ``{"n": lengths, "seconds": [...], "peak_bytes": [...]}`` for q, k, v ``(1, n_heads, n, head_dim)``.
+    """
+    seconds, peaks = [], []
+    for n in lengths:
+        q, k, v = (torch.randn(1, n_heads, n, head_dim, device=device, dtype=dtype) for _ in range(3))
+        seconds.append(time_function(lambda: attention(q, k, v, causal=causal), device=device))
+        peaks.append(peak_memory(lambda: attention(q, k, v, causal=causal), device=device))
+    return {"n": list(lengths), "seconds": seconds, "peak_bytes": peaks}

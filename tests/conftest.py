@@ -5,6 +5,8 @@ import os
 # Tests (and the notebook kernels nbval starts, which inherit this environment) stay offline.
 os.environ.setdefault("ATTENTION_LAB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# CI runs two workers (and their notebook kernels) on two cores: one thread each avoids oversubscription.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
