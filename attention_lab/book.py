@@ -96,6 +96,40 @@ def execute(notebook: nbformat.NotebookNode, timeout: int = 1200) -> nbformat.No
     return notebook
 
 
+def chapter_title(source: Path) -> str:
+    """The chapter's title: its first markdown line without the leading '# '."""
+    first = parse_source(source.read_text(encoding="utf-8"))[0].source.splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def chapter_table() -> str:
+    """README's chapter table: one row per source, with links to the notebook, its student version and Colab."""
+    slug = repository_url().removeprefix("https://github.com/")
+    rows = ["| chapter | notebook | student version | Colab |", "|---|---|---|---|"]
+    for source in sorted(SOURCES.glob("*.py")):
+        name = f"notebooks/{source.stem}.ipynb"
+        colab = f"https://colab.research.google.com/github/{slug}/blob/main/{name}"
+        rows.append(f"| {chapter_title(source)} | [{source.stem}]({name}) | "
+                    f"[student](notebooks/student/{source.stem}.ipynb) | "
+                    f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab}) |")
+    return "\n".join(rows)
+
+
+def readme_with_chapters(readme: str) -> str:
+    """``readme`` with the text between the chapter markers replaced by :func:`chapter_table`."""
+    start, end = "<!-- chapters:start -->", "<!-- chapters:end -->"
+    if start not in readme or end not in readme:
+        raise ValueError(f"README.md needs the markers {start} and {end}")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{chapter_table()}\n{end}{tail}"
+
+
+def stamp_readme() -> None:
+    path = ROOT / "README.md"
+    path.write_text(readme_with_chapters(path.read_text(encoding="utf-8")), encoding="utf-8")
+
+
 def build(prefixes: list[str], run: bool = True) -> None:
     from .exercises.student import write_student_notebook
 
@@ -113,6 +147,7 @@ def build(prefixes: list[str], run: bool = True) -> None:
         write_student_notebook(target)
         print(f"built {target.relative_to(ROOT)} ({'executed' if run else 'not executed'}) "
               f"in {time.perf_counter() - started:.0f} s")
+    stamp_readme()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     build_parser = sub.add_parser("build", help="convert, execute and write chapters (and their student versions)")
     build_parser.add_argument("chapters", nargs="*", help="file-name prefixes, e.g. 01 02 (default: all)")
     build_parser.add_argument("--no-execute", action="store_true", help="write without running")
+    sub.add_parser("readme", help="refresh only README.md's chapter table")
     args = parser.parse_args(argv)
-    build(args.chapters, run=not args.no_execute)
+    if args.command == "readme":
+        stamp_readme()
+    else:
+        build(args.chapters, run=not args.no_execute)
 
 
 if __name__ == "__main__":

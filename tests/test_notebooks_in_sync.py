@@ -54,3 +54,15 @@ def test_strip_solutions_keeps_indentation():
 def test_unbalanced_markers_are_an_error():
     with pytest.raises(ValueError, match="unbalanced"):
         strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+
+
+def test_readme_chapter_table_is_current_and_ci_runs_the_readme_commands():
+    from attention_lab.book import ROOT, readme_with_chapters
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme == readme_with_chapters(readme), "run `python -m attention_lab.book readme`"
+    commands = [line.split("#")[0].strip() for line in readme.split("```bash", 1)[1].split("```", 1)[0].splitlines()
+                if line.strip()]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert len(commands) == 2 and all(command in ci for command in commands)
