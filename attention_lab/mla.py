@@ -28,6 +28,8 @@ The cache holds ``d_c + d_h^R`` numbers per token per layer. Two inference paths
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -178,13 +180,15 @@ class MultiHeadLatentAttention(nn.Module):
         self.q_down = None if q_latent_dim is None else nn.Linear(d_model, q_latent_dim, bias=False)  # W^DQ
         self.q_norm = None if q_latent_dim is None else nn.RMSNorm(q_latent_dim, eps=1e-6)
         self.q_up = nn.Linear(query_source, inner, bias=False)  # W^UQ (W^Q without query compression)
-        self.q_rope = nn.Linear(query_source, n_heads * rope_dim, bias=False)  # W^QR
         # Keys and values: h -> c^KV (d_c, cached) -> per-head keys and values; h -> one rotary key (cached).
         self.kv_down = nn.Linear(d_model, kv_latent_dim, bias=False)  # W^DKV
         self.kv_norm = nn.RMSNorm(kv_latent_dim, eps=1e-6)  # DeepSeek-V2 §3.1.2: RMSNorm after each latent
         self.k_up = nn.Linear(kv_latent_dim, inner, bias=False)  # W^UK
         self.v_up = nn.Linear(kv_latent_dim, inner, bias=False)  # W^UV
-        self.k_rope = nn.Linear(d_model, rope_dim, bias=False)  # W^KR
+        with warnings.catch_warnings():  # rope_dim=0 gives empty rotary projections; torch warns on their init
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.q_rope = nn.Linear(query_source, n_heads * rope_dim, bias=False)  # W^QR
+            self.k_rope = nn.Linear(d_model, rope_dim, bias=False)  # W^KR
         self.out_proj = nn.Linear(inner, d_model, bias=False)  # W^O
         self.rotary = RotaryEmbedding(rope_dim, rope_base)
 
