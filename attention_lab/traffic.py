@@ -79,6 +79,13 @@ def fused_forward_bytes(n: int, d: int, batch_heads: int = 1, bytes_per_element:
     return batch_heads * (4 * n * d * bytes_per_element + (4 * n if save_lse else 0))
 
 
+def fused_backward_bytes(n: int, d: int, batch_heads: int = 1, bytes_per_element: int = 2) -> int:
+    """The floor for any fused backward: read Q, K, V, O, dO once and write dQ, dK, dV once (8Nd elements),
+    plus the fp32 LSE read (4 bytes per query) and ``D = rowsum(dO ∘ O)`` written and read (8 bytes)."""
+    _check(n, d, batch_heads, bytes_per_element)
+    return batch_heads * (8 * n * d * bytes_per_element + 12 * n)
+
+
 def total_bytes(kernels: list[KernelCost]) -> float:
     """Bytes read plus written by a list of kernels."""
     return float(sum(kernel.bytes_moved for kernel in kernels))

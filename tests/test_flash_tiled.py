@@ -1,0 +1,189 @@
+"""Chapter 09: the tiled PyTorch FlashAttention equals the reference — values, gradients, gradcheck — on odd
+shapes, block sizes that do not divide N, causal, window, GQA, decode alignment and explicit masks."""
+
+import math
+
+import pytest
+import torch
+
+from attention_lab.attention import scaled_dot_product_attention
+from attention_lab.bench import peak_memory
+from attention_lab.exercises import ExerciseError
+from attention_lab.exercises.ch09 import check_block_update
+from attention_lab.flash.tiled import (FULL, PARTIAL, SKIP, block_schedule, tiled_attention,
+                                       tiled_attention_forward)
+from reference import TOLERANCES, allowed_positions, attention_fp64
+
+
+def _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype=torch.float32, seed=0, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, n_heads, n_queries, head_dim, generator=g).to(dtype)
+    k = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=g).to(dtype)
+    v = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=g).to(dtype)
+    return tuple(t.requires_grad_(grad) for t in (q, k, v))
+
+
+CASES = [  # (B, H, Hkv, Nq, Nk, D, causal, window)
+    (2, 4, 4, 37, 37, 16, False, None),
+    (1, 4, 2, 61, 61, 40, True, None),
+    (2, 2, 1, 5, 29, 16, True, None),  # decoding: queries aligned to the end of the keys
+    (1, 3, 3, 50, 50, 16, False, 7),
+    (1, 4, 1, 13, 40, 8, False, 5),
+    (1, 2, 2, 1, 17, 16, False, None),
+]
+
+
+@pytest.mark.parametrize("block_q,block_k", [(16, 16), (7, 5), (64, 64), (1, 3)])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}q{c[3]}k{c[4]}c{int(c[6])}w{c[7]}")
+def test_forward_matches_float64(case, block_q, block_k):
+    batch, heads, kv_heads, nq, nk, d, causal, window = case
+    q, k, v = _qkv(batch, heads, kv_heads, nq, nk, d, seed=nq + block_k)
+    out, lse = tiled_attention_forward(q, k, v, causal=causal, window=window, block_q=block_q, block_k=block_k)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert out.dtype == torch.float32 and lse.shape == (batch, heads, nq)
+    torch.testing.assert_close(out.double(), attention_fp64(q, k, v, causal=causal, window=window), atol=atol, rtol=rtol)
+    # The LSE is log Σ_j exp(s_ij) over visible keys.
+    group = heads // kv_heads
+    scores = (q.double() @ k.double().repeat_interleave(group, 1).transpose(-1, -2)) * d**-0.5
+    allowed = allowed_positions(nq, nk, causal, window)
+    expected_lse = torch.logsumexp(scores.masked_fill(~allowed, -math.inf), dim=-1)
+    torch.testing.assert_close(lse.double(), expected_lse, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}q{c[3]}k{c[4]}c{int(c[6])}w{c[7]}")
+def test_gradients_match_reference_autograd(case):
+    batch, heads, kv_heads, nq, nk, d, causal, window = case
+    q, k, v = _qkv(batch, heads, kv_heads, nq, nk, d, dtype=torch.float64, seed=3, grad=True)
+    out = tiled_attention(q, k, v, causal=causal, window=window, block_q=8, block_k=6)
+    grad = torch.randn_like(out)
+    tiled_grads = torch.autograd.grad(out, (q, k, v), grad)
+    reference_grads = torch.autograd.grad(attention_fp64(q, k, v, causal=causal, window=window), (q, k, v), grad)
+    for name, got, want in zip("qkv", tiled_grads, reference_grads):
+        assert got.shape == want.shape, name
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10, msg=f"d{name}")
+
+
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (False, 3)])
+def test_gradcheck_float64_small_shapes(causal, window):
+    q, k, v = _qkv(1, 2, 1, 6, 9 if causal or window else 7, 3, dtype=torch.float64, seed=5, grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: tiled_attention(q, k, v, causal=causal, window=window, block_q=3, block_k=4), (q, k, v))
+
+
+def test_explicit_mask_with_fully_masked_row_gives_zeros_and_finite_grads():
+    q, k, v = _qkv(2, 1, 1, 7, 7, 3, dtype=torch.float64, seed=6, grad=True)
+    mask = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(1)) > 0.4
+    mask[:, :, 4] = False  # query 4 sees nothing
+    out = tiled_attention(q, k, v, mask=mask, block_q=4, block_k=3)
+    torch.testing.assert_close(out, attention_fp64(q, k, v, mask=mask))
+    assert (out[:, :, 4] == 0).all()
+    _, lse = tiled_attention_forward(q, k, v, mask=mask, block_q=4, block_k=3)
+    assert torch.isneginf(lse[:, :, 4]).all()
+    assert torch.autograd.gradcheck(lambda q, k, v: tiled_attention(q, k, v, mask=mask, block_q=4, block_k=3), (q, k, v))
+
+
+def test_half_precision_within_pytorch_own_error():
+    q, k, v = _qkv(1, 2, 2, 70, 70, 32, dtype=torch.bfloat16, seed=7)
+    expected = attention_fp64(q, k, v, causal=True)
+    ours = (tiled_attention(q, k, v, causal=True, block_q=16, block_k=16).double() - expected).abs().max()
+    theirs = (scaled_dot_product_attention(q, k, v, causal=True).double() - expected).abs().max()
+    assert ours <= 2 * theirs + 1e-3
+
+
+def test_window_at_least_n_equals_causal_and_one_block_equals_reference():
+    q, k, v = _qkv(1, 2, 2, 23, 23, 8, seed=8)
+    torch.testing.assert_close(tiled_attention(q, k, v, window=23, block_q=5, block_k=4),
+                               tiled_attention(q, k, v, causal=True, block_q=5, block_k=4))
+    torch.testing.assert_close(tiled_attention(q, k, v, block_q=100, block_k=100), scaled_dot_product_attention(q, k, v))
+
+
+def test_block_schedule_skips_masked_blocks():
+    causal = block_schedule(64, 64, 16, 16, causal=True)
+    assert causal.tolist() == [[PARTIAL, SKIP, SKIP, SKIP], [FULL, PARTIAL, SKIP, SKIP],
+                               [FULL, FULL, PARTIAL, SKIP], [FULL, FULL, FULL, PARTIAL]]
+    assert (block_schedule(64, 64, 16, 16) == FULL).all()
+    window = block_schedule(64, 64, 16, 16, window=16)
+    assert (window == SKIP).sum() == 16 - 7 and (window == FULL).sum() == 0
+    # The schedule is exact: a block is SKIP iff no pair is allowed, FULL iff every pair is.
+    for nq, nk, bq, bk, w in [(37, 37, 8, 5, None), (5, 29, 2, 7, None), (50, 50, 7, 9, 6), (13, 40, 4, 3, 5)]:
+        schedule = block_schedule(nq, nk, bq, bk, causal=True, window=w)
+        allowed = allowed_positions(nq, nk, causal=True, window=w)
+        for i in range(schedule.shape[0]):
+            for j in range(schedule.shape[1]):
+                tile = allowed[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+                state = SKIP if not tile.any() else FULL if tile.all() else PARTIAL
+                assert schedule[i, j] == state, (nq, nk, bq, bk, w, i, j)
+
+
+def test_extra_memory_is_linear_not_quadratic():
+    def peaks(n):
+        q, k, v = _qkv(1, 2, 2, n, n, 16, seed=n)
+        return (peak_memory(lambda: scaled_dot_product_attention(q, k, v, causal=True), "cpu"),
+                peak_memory(lambda: tiled_attention(q, k, v, causal=True, block_q=32, block_k=32), "cpu"))
+
+    (naive_small, tiled_small), (naive_big, tiled_big) = peaks(128), peaks(512)
+    assert naive_big / naive_small > 10  # quadratic: 4x N -> ~16x bytes
+    assert tiled_big / tiled_small < 5  # linear: 4x N -> ~4x bytes
+    assert tiled_big < naive_big / 4
+
+
+def test_bad_input_is_a_clear_error():
+    q, k, v = _qkv(1, 2, 2, 9, 5, 8)
+    with pytest.raises(ValueError, match="n_queries <= n_keys"):
+        tiled_attention(q, k, v, causal=True)
+    with pytest.raises(ValueError, match="block_q must be"):
+        tiled_attention(q, k, v, block_q=0)
+    with pytest.raises(ValueError, match="head_dim"):
+        tiled_attention(q, k[..., :4], v)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        tiled_attention(q, k, v, mask=torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="window must be"):
+        tiled_attention(q[:, :, :5], k, v, window=0)
+
+
+# --- the chapter 09 exercise ---------------------------------------------------------------------------
+
+def block_update_solution(q_block, k_block, v_block, m_i, l_i, acc, scale):
+    scores = (q_block @ k_block.T) * scale
+    m_new = torch.maximum(m_i, scores.amax(-1))
+    p = torch.exp(scores - m_new[:, None])
+    alpha = torch.exp(m_i - m_new)
+    return m_new, alpha * l_i + p.sum(-1), alpha[:, None] * acc + p @ v_block
+
+
+def no_rescale_of_acc(q_block, k_block, v_block, m_i, l_i, acc, scale):
+    m_new, l_new, _ = block_update_solution(q_block, k_block, v_block, m_i, l_i, acc, scale)
+    p = torch.exp((q_block @ k_block.T) * scale - m_new[:, None])
+    return m_new, l_new, acc + p @ v_block
+
+
+def forgets_scale(q_block, k_block, v_block, m_i, l_i, acc, scale):
+    return block_update_solution(q_block, k_block, v_block, m_i, l_i, acc, 1.0)
+
+
+def inverted_alpha(q_block, k_block, v_block, m_i, l_i, acc, scale):
+    scores = (q_block @ k_block.T) * scale
+    m_new = torch.maximum(m_i, scores.amax(-1))
+    p = torch.exp(scores - m_new[:, None])
+    alpha = torch.exp(m_new - m_i).nan_to_num(0.0, posinf=0.0)
+    return m_new, alpha * l_i + p.sum(-1), alpha[:, None] * acc + p @ v_block
+
+
+def normalises_inside_loop(q_block, k_block, v_block, m_i, l_i, acc, scale):
+    m_new, l_new, acc_new = block_update_solution(q_block, k_block, v_block, m_i, l_i, acc, scale)
+    return m_new, l_new, acc_new / l_new[:, None]
+
+
+def stub(*args):
+    raise NotImplementedError("exercise: write this part")
+
+
+def test_ch09_checker_passes_solution(capsys):
+    assert check_block_update(block_update_solution)
+    assert "✓" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong", [no_rescale_of_acc, forgets_scale, inverted_alpha, normalises_inside_loop, stub])
+def test_ch09_checker_rejects_classic_mistakes(wrong):
+    with pytest.raises(ExerciseError):
+        check_block_update(wrong)
