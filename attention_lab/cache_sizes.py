@@ -47,7 +47,8 @@ class ModelShape:
 # Published configurations. KV bytes per token in fp16 follow from these alone.
 PUBLISHED_MODELS: dict[str, ModelShape] = {m.name: m for m in [
     ModelShape("GPT-2 small", 12, 12, 12, 64,
-               source="Radford et al. 2019, 'Language Models are Unsupervised Multitask Learners' (124M: 12 layers, d=768)"),
+               source="Radford et al. 2019, 'Language Models are Unsupervised Multitask Learners' "
+                      "(124M: 12 layers, d=768)"),
     ModelShape("Llama-2-7B", 32, 32, 32, 128,
                source="Touvron et al. 2023, 'Llama 2', Table 1 and model card (32 layers, d=4096, 32 heads)"),
     ModelShape("Llama-2-70B", 80, 64, 8, 128,

@@ -3,13 +3,18 @@
 Generating token N+1 without a cache re-runs the model on all N tokens: every layer recomputes
 3·N·d projected numbers (Q, K, V of every token) and an N×N score matrix. With a cache it projects
 only the new token (its q, and 2·d new cache entries k, v) and computes N scores against the cache.
+:func:`measure_generation_speed` times both paths on a real model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ._checks import check_positive_int
+from .bench import time_function
+from .generate import generate
 
 
 @dataclass(frozen=True)
@@ -59,3 +64,25 @@ def generation_multiply_adds(prompt_tokens: int, new_tokens: int, d_model: int, 
         steps = range(prompt_tokens, prompt_tokens + new_tokens)
         total += sum(decode_step_work(n, d_model, cached=False, mlp_ratio=mlp_ratio).multiply_adds for n in steps)
     return n_layers * total
+
+
+def measure_generation_speed(model: torch.nn.Module, new_token_counts: list[int], prompt_tokens: int = 1,
+                             repeats: int = 1, seed: int = 0) -> dict[str, list]:
+    """Time greedy generation of each count of new tokens, with and without the KV cache.
+
+    Returns ``{"new_tokens": [...], "cached_seconds": [...], "uncached_seconds": [...],
+    "cached_tokens_per_s": [...], "uncached_tokens_per_s": [...]}`` (median of ``repeats`` runs,
+    batch of one sequence, on the model's device; CUDA timings use events).
+    """
+    check_positive_int("prompt_tokens", prompt_tokens)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(model.config.vocab_size, (1, prompt_tokens), generator=generator).to(device)  # (1, P)
+    generate(model, prompt, min(8, model.config.context_length - prompt_tokens))  # warm-up (allocator, kernels)
+    result: dict[str, list] = {"new_tokens": list(new_token_counts)}
+    for use_cache, name in ((True, "cached"), (False, "uncached")):
+        seconds = [time_function(lambda: generate(model, prompt, n, use_cache=use_cache), warmup=0,
+                                 repeats=repeats, device=device) for n in new_token_counts]
+        result[f"{name}_seconds"] = seconds
+        result[f"{name}_tokens_per_s"] = [n / s for n, s in zip(new_token_counts, seconds)]
+    return result

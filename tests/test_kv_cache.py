@@ -5,7 +5,7 @@ import torch
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig, scaled_dot_product_attention
 from attention_lab.cache_sizes import GiB, KiB, MiB, PUBLISHED_MODELS, ModelShape, format_bytes
-from attention_lab.decode_cost import decode_step_work, generation_multiply_adds
+from attention_lab.decode_cost import decode_step_work, generation_multiply_adds, measure_generation_speed
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch03 import check_cache_append
 from attention_lab.generate import generate
@@ -124,6 +124,14 @@ def test_decode_step_work_matches_the_lecture_counts():
     ratios = [generation_multiply_adds(4, new, d, 2, cached=False) / generation_multiply_adds(4, new, d, 2, cached=True)
               for new in (1, 8, 64)]
     assert ratios[0] == pytest.approx(1.0) and ratios[0] < ratios[1] < ratios[2]
+
+
+def test_generation_speed_is_measured_for_both_paths():
+    speed = measure_generation_speed(_model(), [2, 5])
+    assert speed["new_tokens"] == [2, 5]
+    for name in ("cached", "uncached"):
+        assert all(s > 0 for s in speed[f"{name}_seconds"])
+        assert speed[f"{name}_tokens_per_s"] == [n / s for n, s in zip([2, 5], speed[f"{name}_seconds"])]
 
 
 # ---- exercise checker -------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def test_windowed_generation_with_rolling_cache_equals_uncached(window, n_kv_hea
 def test_rolling_cache_errors_are_clear():
     cache = RollingKVCache(2, window=3, n_kv_heads=2, head_dim=4, max_len=5)
     cache.update(torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4))
-    with pytest.raises(ValueError, match="rolling KV cache is full: has seen 4 of max_len=5 positions, cannot append 2"):
+    with pytest.raises(ValueError, match="rolling KV cache is full: has seen 4 of max_len=5 positions, cannot append"):
         cache.update(torch.zeros(2, 2, 2, 4), torch.zeros(2, 2, 2, 4))
     with pytest.raises(ValueError, match="k has batch size 3 but this cache was made for batch_size=2"):
         cache.update(torch.zeros(3, 2, 1, 4), torch.zeros(3, 2, 1, 4))

@@ -48,11 +48,13 @@ def check_cache_append(cache_append: Callable) -> None:
         keys, values = student.update(k, v)
         what = f"step {step} (length {start}, {new_tokens} new)"
         if student.length != reference.length:
-            raise ExerciseError(f"{what}: new_length should be {reference.length}, got {student.length!r}. {_POSITION_HINT}")
+            raise ExerciseError(f"{what}: new_length should be {reference.length}, got {student.length!r}. "
+                                f"{_POSITION_HINT}")
         expect_close(keys, expected_keys, f"{what}: returned keys", hint=_POSITION_HINT, atol=0, rtol=0)
         expect_close(values, expected_values, f"{what}: returned values", hint=_POSITION_HINT, atol=0, rtol=0)
         expect_close(student.keys, reference.keys, f"{what}: the keys buffer after the write",
-                     hint="Write into the buffer in place (buffer[:, :, a:b] = k_new). " + _POSITION_HINT, atol=0, rtol=0)
+                     hint="Write into the buffer in place (buffer[:, :, a:b] = k_new). " + _POSITION_HINT,
+                     atol=0, rtol=0)
         expect_close(student.values, reference.values, f"{what}: the values buffer after the write",
                      hint="Write v_new into the values buffer too. " + _POSITION_HINT, atol=0, rtol=0)
 

@@ -48,8 +48,10 @@ def check_read_order(read_order: Callable[[int, int], torch.Tensor]) -> None:
             if isinstance(actual, torch.Tensor) and actual.dim() == 1:
                 if actual.shape[0] == kept + 1:
                     raise ExerciseError(f"{what}: {kept + 1} slots, one too many — with the new token itself that "
-                                        f"makes window+1 keys. Read only the {kept} position(s) just before position {length}.")
-                same_slots = actual.shape == expected.shape and torch.equal(actual.sort().values, expected.sort().values)
+                                        f"makes window+1 keys. Read only the {kept} position(s) just before "
+                                        f"position {length}.")
+                same_slots = (actual.shape == expected.shape
+                              and torch.equal(actual.sort().values, expected.sort().values))
                 if same_slots and not torch.equal(actual, expected):
                     raise ExerciseError(f"{what}: the right slots {expected.tolist()} in the wrong order "
                                         f"{actual.tolist()}. After the buffer wraps, slot 0 no longer holds the "
