@@ -1,0 +1,70 @@
+"""Chapter 13: variant configs, the comparison's cache numbers, the results round trip, and the exercise checker."""
+
+import pytest
+import torch
+
+from attention_lab.compare import VARIANTS, compare_variants, results_from_dicts, results_to_dicts, variant_config
+from attention_lab.data import CharTokenizer, TokenDataset, synthetic_corpus
+from attention_lab.exercises import ExerciseError
+from attention_lab.exercises.ch13 import check_cache_bytes_per_token
+from attention_lab.model import TinyGPTConfig
+
+BASE = TinyGPTConfig(vocab_size=27, context_length=16, d_model=32, n_layers=2, n_heads=8)
+
+
+def test_variant_configs():
+    assert variant_config(BASE, "MQA").n_kv_heads == 1
+    assert variant_config(BASE, "sliding window").window == 4
+    assert variant_config(BASE, "MHA + Triton flash").backend == "flash"
+    assert variant_config(BASE, "MLA").attention == "mla"
+    with pytest.raises(ValueError, match="name must be one of"):
+        variant_config(BASE, "nope")
+
+
+def test_comparison_cache_bytes_follow_the_formulas():
+    text = synthetic_corpus(60)
+    tokenizer = CharTokenizer(text)
+    base = TinyGPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, d_model=32, n_layers=2, n_heads=8)
+    data = TokenDataset.from_text(text, tokenizer, 16)
+    names = ["MHA", "GQA-2", "MQA", "sliding window"]
+    results = {r.name: r for r in compare_variants(base, names, data, steps=2, speed_batch=2, progress=False)}
+    mha = 2 * 2 * 8 * 4 * 4  # K and V, layers, heads, head_dim, fp32 bytes
+    assert results["MHA"].cache_bytes_per_token == mha
+    assert results["GQA-2"].cache_bytes_per_token == mha / 4
+    assert results["MQA"].cache_bytes_per_token == mha / 8
+    assert results["sliding window"].cache_bytes_per_token == mha * 4 / 16  # 4 slots over a 16-token context
+    assert all(r.decode_tokens_per_s > 0 and r.prefill_tokens_per_s > 0 for r in results.values())
+    rows = results_to_dicts(list(results.values()))
+    assert results_from_dicts(rows) == list(results.values())
+
+
+def _solution(config, bytes_per_element):
+    n_kv = config.n_kv_heads or config.n_heads
+    positions = config.context_length if config.window is None else min(config.window, config.context_length)
+    return 2 * config.n_layers * n_kv * config.head_dim * positions * bytes_per_element / config.context_length
+
+
+def _no_factor_two(config, b):
+    return _solution(config, b) / 2
+
+
+def _query_heads(config, b):
+    return 2 * config.n_layers * config.n_heads * config.head_dim * b
+
+
+def _ignores_window(config, b):
+    return 2 * config.n_layers * (config.n_kv_heads or config.n_heads) * config.head_dim * b
+
+
+def _stub(config, b):
+    raise NotImplementedError
+
+
+def test_checker_passes_solution():
+    assert check_cache_bytes_per_token(_solution)
+
+
+@pytest.mark.parametrize("wrong", [_stub, _no_factor_two, _query_heads, _ignores_window])
+def test_checker_rejects(wrong):
+    with pytest.raises(ExerciseError):
+        check_cache_bytes_per_token(wrong)
