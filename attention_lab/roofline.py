@@ -98,15 +98,21 @@ def plot_roofline(specs, kernels=(), ax=None, intensity_range=(0.05, 2000.0), me
     if measured is not None:
         label, peak, bandwidth = measured
         ax.plot(x, attainable_flops(x, peak, bandwidth) / 1e12, "k--", lw=1, label=label)
-    for kernel in kernels:
-        ax.axvline(kernel.intensity, color="grey", lw=0.8, alpha=0.6)
-        ax.text(kernel.intensity, ax.get_ylim()[0] if ax.get_ylim()[0] > 0 else 0.02, f" {kernel.name}",
-                rotation=90, va="bottom", ha="right", fontsize=8, color="dimgrey")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    top = max(spec.peak_flops for spec in specs) / 1e12
+    bottom = top / 1e5
+    ax.set_ylim(bottom, top * 3)
+    names_at: dict[float, list[str]] = {}  # kernels with the same intensity share one line and label
+    for kernel in kernels:
+        names_at.setdefault(round(kernel.intensity, 6), []).append(kernel.name)
+    for intensity, names in names_at.items():
+        ax.axvline(intensity, color="grey", lw=0.8, alpha=0.6)
+        ax.text(intensity, bottom * 1.5, " " + ", ".join(names), rotation=90, va="bottom", ha="right",
+                fontsize=8, color="dimgrey")
     ax.set_xlabel("arithmetic intensity (FLOP / byte of device memory)")
     ax.set_ylabel("attainable (TFLOP/s)")
     ax.set_title("Roofline: dense 16-bit tensor peak vs memory bandwidth (dotted: ridge points)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     return ax
