@@ -1,0 +1,349 @@
+"""Triton decode attention (chapter 11): one query token per sequence against a paged or contiguous KV cache.
+
+Decoding is memory-bound: each step reads every cached key and value once and does ~2 FLOPs per
+byte. The kernel therefore aims at one thing, reading the cache once at full bandwidth:
+
+* **GQA-aware.** One program handles one KV head and *all* ``G = H / Hkv`` query heads that share
+  it, so a loaded key/value tile serves the whole group (MQA: all H heads) instead of being read G
+  times. The group's queries form the rows of a small matrix, padded to 16 for ``tl.dot``.
+* **Split-K.** Batch × KV heads alone may not fill the GPU (MQA at B=32 gives 32 programs for
+  132 SMs), so the context is cut into partitions, each program computes an online-softmax partial
+  result over one partition, and a second kernel merges the partials (see :func:`_reduce_kernel`).
+* **Paged or contiguous.** With ``PAGED`` each token's row is found through the block table
+  (``block = table[n // PAGE_SIZE]``, ``row = n % PAGE_SIZE``); without it the cache is an ordinary
+  ``(B, Hkv, N, D)`` tensor. Everything else is shared.
+
+Online softmax per program (the FlashAttention recurrence; scores in log2 units so ``exp2`` is used):
+    m_new = max(m_i, rowmax(S))         S = q Kᵀ · scale · log2(e)
+    alpha = 2^(m_i - m_new)             rescales what was accumulated so far
+    P     = 2^(S - m_new)
+    l_i   = alpha · l_i + rowsum(P)
+    acc   = alpha · acc + P V
+Each partition p stores its normalised output o_p = acc_p / l_p with m_p and l_p; merging them:
+    m = max_p m_p,   w_p = 2^(m_p - m) · l_p,   out = Σ_p w_p o_p / Σ_p w_p.
+
+Under ``TRITON_INTERPRET=1`` (set by the tests and the notebook when there is no GPU) the same
+kernels run on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import check_rank
+from .paged import check_paged_inputs
+
+LOG2_E = 1.4426950408889634  # 1 / ln 2: exp(x) = 2^(x · log2 e)
+
+
+@triton.jit
+def _decode_partition_kernel(
+    Q, K, V, BLOCK_TABLES, CONTEXT_LENS,  # inputs
+    OUT, M_PART, L_PART, O_PART,  # outputs: final (one partition) or per-partition results
+    stride_qb, stride_qh,  # q (B, H, D)
+    stride_kb, stride_kt, stride_kh,  # K: paged (blocks, PAGE_SIZE, Hkv, D) or contiguous (B, N, Hkv, D) strides
+    stride_vb, stride_vt, stride_vh,  # V: same meaning as K
+    stride_tb,  # block table row
+    stride_ob, stride_oh,  # out (B, H, D)
+    stride_pb, stride_ph, stride_pp,  # per-partition outputs O_PART (B, H, P, D), in the output dtype
+    stride_mb, stride_mh,  # per-partition maxima M_PART and denominators L_PART (B, H, P), fp32, last dim contiguous
+    qk_scale,  # softmax scale · log2(e)
+    partition_size,  # tokens per partition (a multiple of TILE_N)
+    GROUP: tl.constexpr,  # query heads per KV head (H / Hkv)
+    GROUP_PAD: tl.constexpr,  # GROUP rounded up to a power of two >= 16 (rows of the tl.dot)
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,  # HEAD_DIM rounded up to a power of two
+    PAGE_SIZE: tl.constexpr,  # tokens per KV block (paged only)
+    TILE_N: tl.constexpr,  # keys per loop iteration
+    PAGED: tl.constexpr,
+    SINGLE_PARTITION: tl.constexpr,  # True: write the normalised output directly, no reduction step
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    part = tl.program_id(2)
+    length = tl.load(CONTEXT_LENS + seq)
+    start = part * partition_size
+    if start >= length:  # this partition is past the end of a shorter sequence: nothing to do
+        return
+    end = tl.minimum(start + partition_size, length)
+
+    rows = tl.arange(0, GROUP_PAD)  # query heads of this group, padded
+    row_ok = rows < GROUP
+    heads = kv_head * GROUP + rows
+    d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = d < HEAD_DIM
+    q = tl.load(Q + seq * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (GROUP_PAD, HEAD_DIM_PAD)
+
+    m_i = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)  # running max (log2 units)
+    l_i = tl.zeros((GROUP_PAD,), dtype=tl.float32)  # running softmax denominator
+    acc = tl.zeros((GROUP_PAD, HEAD_DIM_PAD), dtype=tl.float32)  # running numerator P V
+
+    for tile_start in range(start, end, TILE_N):
+        n = tile_start + tl.arange(0, TILE_N)  # token positions of this tile
+        n_ok = n < end
+        if PAGED:
+            block = tl.load(BLOCK_TABLES + seq * stride_tb + n // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
+            k_rows = block * stride_kb + (n % PAGE_SIZE) * stride_kt  # (TILE_N,)
+            v_rows = block * stride_vb + (n % PAGE_SIZE) * stride_vt
+        else:
+            k_rows = seq.to(tl.int64) * stride_kb + n.to(tl.int64) * stride_kt
+            v_rows = seq.to(tl.int64) * stride_vb + n.to(tl.int64) * stride_vt
+        if HEAD_DIM == HEAD_DIM_PAD:
+            kv_mask = n_ok[:, None]  # a mask constant along D keeps the loads 16 bytes wide
+        else:
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + kv_head * stride_kh + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
+        v = tl.load(V + kv_head * stride_vh + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
+
+        scores = tl.dot(q, tl.trans(k)) * qk_scale  # S = q Kᵀ · scale · log2 e: (GROUP_PAD, TILE_N)
+        scores = tl.where(n_ok[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))  # m_new = max(m_i, rowmax(S))
+        alpha = tl.exp2(m_i - m_new)  # alpha = 2^(m_i - m_new)
+        p = tl.exp2(scores - m_new[:, None])  # P = 2^(S - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)  # l_i = alpha · l_i + rowsum(P)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)  # acc = alpha · acc + P V
+        m_i = m_new
+
+    out_mask = row_ok[:, None] & d_ok[None, :]
+    out = acc / l_i[:, None]  # o = acc / l_i: the partition saw at least one key, so l_i > 0
+    if SINGLE_PARTITION:
+        tl.store(OUT + seq * stride_ob + heads[:, None] * stride_oh + d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=out_mask)
+    else:  # normalised, so it is safe in 16 bits: half the bytes of an fp32 acc to write and read back
+        base = seq * stride_pb + heads * stride_ph + part * stride_pp  # (GROUP_PAD,)
+        tl.store(O_PART + base[:, None] + d[None, :], out.to(O_PART.dtype.element_ty), mask=out_mask)
+        stat = seq * stride_mb + heads * stride_mh + part  # (GROUP_PAD,)
+        tl.store(M_PART + stat, m_i, mask=row_ok)
+        tl.store(L_PART + stat, l_i, mask=row_ok)
+
+
+@triton.jit
+def _reduce_kernel(
+    M_PART, L_PART, O_PART, CONTEXT_LENS, OUT,
+    stride_pb, stride_ph, stride_pp,  # O_PART (B, H, P, D)
+    stride_mb, stride_mh,  # M_PART, L_PART (B, H, P)
+    stride_ob, stride_oh,
+    partition_size,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    PARTS_PAD: tl.constexpr,  # number of partitions rounded up to a power of two
+    CHUNK: tl.constexpr,  # partitions merged per iteration
+):
+    """Merge one head's partition results: m = max_p m_p, w_p = 2^(m_p - m) · l_p, out = Σ w_p o_p / Σ w_p."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    length = tl.load(CONTEXT_LENS + seq)
+    n_parts = tl.cdiv(length, partition_size)  # partitions this sequence really used
+    stat = seq * stride_mb + head * stride_mh
+    all_parts = tl.arange(0, PARTS_PAD)
+    m_all = tl.load(M_PART + stat + all_parts, mask=all_parts < n_parts, other=float("-inf"))
+    m = tl.max(m_all, 0)  # m = max_p m_p
+    m = tl.where(m == float("-inf"), 0.0, m)  # empty sequence: keep the weights at 0, not NaN
+
+    d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = d < HEAD_DIM
+    acc = tl.zeros((HEAD_DIM_PAD,), dtype=tl.float32)
+    l_sum = tl.zeros((CHUNK,), dtype=tl.float32)
+    for first in range(0, n_parts, CHUNK):
+        parts = first + tl.arange(0, CHUNK)
+        p_ok = parts < n_parts
+        m_p = tl.load(M_PART + stat + parts, mask=p_ok, other=float("-inf"))
+        l_p = tl.load(L_PART + stat + parts, mask=p_ok, other=0.0)
+        o_p = tl.load(O_PART + seq * stride_pb + head * stride_ph + parts[:, None] * stride_pp + d[None, :],
+                      mask=p_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # (CHUNK, HEAD_DIM_PAD)
+        w = tl.exp2(m_p - m) * l_p  # w_p = 2^(m_p - m) · l_p: partition p's share of the softmax mass
+        l_sum += w
+        acc += tl.sum(w[:, None] * o_p, 0)
+    l_total = tl.sum(l_sum, 0)
+    out = acc / tl.where(l_total > 0, l_total, 1.0)  # an empty sequence gives zeros
+    tl.store(OUT + seq * stride_ob + head * stride_oh + d, out.to(OUT.dtype.element_ty), mask=d_ok)
+
+
+# ---------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Launch parameters: keys per loop iteration, warps per program, software-pipelining depth."""
+
+    tile_n: int
+    num_warps: int
+    num_stages: int
+
+
+def decode_config(head_dim: int, element_size: int, capability: tuple[int, int] | None) -> DecodeConfig:
+    """The tile for a device: K and V tiles of ``tile_n × head_dim`` are kept ``num_stages`` deep in
+    shared memory, so the 64 KiB of a T4 (sm_75) gets 32-key tiles and 2 stages, while Ampere and
+    Hopper (163 / 227 KiB) take 64 keys and 3 stages; checked per architecture by
+    ``tests/test_decode_compile.py``."""
+    if capability is None or capability < (8, 0):
+        return DecodeConfig(tile_n=32, num_warps=4, num_stages=2)
+    if head_dim * element_size > 256:  # D > 128 in 16-bit (or fp32 at D=128): halve the tile
+        return DecodeConfig(tile_n=32, num_warps=4, num_stages=3)
+    return DecodeConfig(tile_n=64, num_warps=4, num_stages=3)
+
+
+def choose_partition_size(max_len: int, programs: int, group: int, tile_n: int, n_sms: int,
+                          programs_per_sm: int = 16, max_extra_traffic: float = 1 / 16) -> int:
+    """Tokens per split-K partition.
+
+    More partitions give more programs (``programs`` = B · Hkv before splitting), which balances
+    the work over the ``n_sms`` multiprocessors: aim for ``programs_per_sm`` each. But every
+    partition writes one output per query head and the reduction reads it back: ``G · P / N`` of
+    the KV bytes for P partitions of N tokens and a group of G query heads, so P is capped to keep
+    that under ``max_extra_traffic``. A partition is never shorter than 4 tiles.
+    """
+    if max_len <= 0:
+        return tile_n
+    wanted_parts = math.ceil(programs_per_sm * n_sms / max(programs, 1))
+    affordable_parts = max(1, int(max_extra_traffic * max_len / group))
+    parts = max(1, min(wanted_parts, affordable_parts))
+    size = max(math.ceil(max_len / parts), 4 * tile_n)
+    return math.ceil(size / tile_n) * tile_n  # a whole number of tiles
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _device_facts(device: torch.device) -> tuple[tuple[int, int] | None, int]:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return (props.major, props.minor), props.multi_processor_count
+    return None, 4  # the interpreter: a few partitions are enough to exercise the reduction
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+# ---------------------------------------------------------------------- launch
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[int, int, int],
+            v_strides: tuple[int, int, int], block_tables: torch.Tensor | None, context_lens: torch.Tensor,
+            n_kv_heads: int, page_size: int, max_len: int, scale: float | None,
+            partition_size: int | None, config: DecodeConfig | None) -> torch.Tensor:
+    if q.device.type != "cuda" and not _interpreting():
+        raise ValueError("the Triton decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before importing "
+                         "attention_lab.decode_kernel, to run it on the CPU); paged_attention_reference works anywhere")
+    batch, n_heads, _, head_dim = q.shape
+    group = n_heads // n_kv_heads
+    capability, n_sms = _device_facts(q.device)
+    if config is None:
+        config = decode_config(head_dim, q.element_size(), capability)
+    if partition_size is None:
+        partition_size = choose_partition_size(max_len, batch * n_kv_heads, group, config.tile_n, n_sms)
+    if partition_size < 1 or partition_size % config.tile_n != 0:
+        raise ValueError(f"partition_size must be a positive multiple of tile_n={config.tile_n}, got {partition_size}")
+    n_parts = max(1, math.ceil(max_len / partition_size))
+    scale = head_dim ** -0.5 if scale is None else scale
+
+    q3 = q.reshape(batch, n_heads, head_dim)  # (B, H, D)
+    if q3.stride(-1) != 1:
+        q3 = q3.contiguous()
+    out = torch.empty_like(q3)  # (B, H, D)
+    single = n_parts == 1
+    if single:  # a sequence of length 0 launches no work: start from zeros
+        out.zero_()
+        o_part = m_part = l_part = out  # unused
+        p_strides, m_strides = (0, 0, 0), (0, 0)
+    else:
+        o_part = torch.empty(batch, n_heads, n_parts, head_dim, device=q.device, dtype=q.dtype)  # (B, H, P, D)
+        m_part = torch.empty(batch, n_heads, n_parts, device=q.device, dtype=torch.float32)  # (B, H, P)
+        l_part = torch.empty(batch, n_heads, n_parts, device=q.device, dtype=torch.float32)  # (B, H, P)
+        p_strides, m_strides = o_part.stride()[:3], m_part.stride()[:2]
+    tables = block_tables if block_tables is not None else context_lens  # unused when not paged
+    head_dim_pad = max(16, _next_pow2(head_dim))
+    _decode_partition_kernel[(batch, n_kv_heads, n_parts)](
+        q3, k, v, tables, context_lens,
+        out, m_part, l_part, o_part,
+        q3.stride(0), q3.stride(1),
+        *k_strides, *v_strides,
+        tables.stride(0),
+        out.stride(0), out.stride(1),
+        *p_strides, *m_strides,
+        scale * LOG2_E, partition_size,
+        GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
+        PAGE_SIZE=page_size, TILE_N=config.tile_n, PAGED=block_tables is not None, SINGLE_PARTITION=single,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if not single:
+        _reduce_kernel[(batch, n_heads)](
+            m_part, l_part, o_part, context_lens, out,
+            *p_strides, *m_strides, out.stride(0), out.stride(1), partition_size,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, PARTS_PAD=_next_pow2(n_parts), CHUNK=16,
+            num_warps=4,
+        )
+    return out.view(batch, n_heads, 1, head_dim)  # (B, H, 1, D)
+
+
+def paged_decode(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.Tensor, block_tables: torch.Tensor,
+                 context_lens: torch.Tensor, scale: float | None = None, partition_size: int | None = None,
+                 config: DecodeConfig | None = None, max_len: int | None = None) -> torch.Tensor:
+    """Decode attention through block tables (same contract as :func:`attention_lab.paged.paged_attention_reference`).
+
+    Args:
+        q: ``(B, H, 1, D)`` fp16/bf16 (fp32 works; on a GPU its dot products use TF32).
+        key_blocks, value_blocks: ``(num_blocks, block_size, Hkv, D)``, the last dim contiguous.
+        block_tables: ``(B, max_blocks)`` int32. context_lens: ``(B,)`` int32, may differ per sequence.
+        partition_size: split-K partition in tokens (default: chosen to fill the GPU).
+        max_len: ``context_lens.max()`` if already known: saves the device-to-host syncs (of this and of
+            the range check of ``context_lens``), so the call can be captured in a CUDA graph.
+
+    Returns:
+        ``(B, H, 1, D)`` in q's dtype; a sequence of length 0 gets zeros.
+    """
+    check_paged_inputs(q, key_blocks, value_blocks, block_tables, context_lens, check_values=max_len is None)
+    for name, t in (("key_blocks", key_blocks), ("value_blocks", value_blocks)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in head_dim (stride 1), got strides {t.stride()}")
+    block_tables = block_tables.to(torch.int32).contiguous()
+    context_lens = context_lens.to(torch.int32).contiguous()
+    max_len = int(context_lens.max()) if max_len is None else max_len
+    return _launch(q, key_blocks, value_blocks, key_blocks.stride()[:3], value_blocks.stride()[:3], block_tables,
+                   context_lens, key_blocks.shape[2], key_blocks.shape[1], max_len, scale, partition_size, config)
+
+
+def contiguous_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context_lens: torch.Tensor | None = None,
+                      scale: float | None = None, partition_size: int | None = None,
+                      config: DecodeConfig | None = None) -> torch.Tensor:
+    """Grouped decode attention on an ordinary cache: q ``(B, H, 1, D)``, k and v ``(B, Hkv, N, D)``.
+
+    ``context_lens`` ``(B,)`` (default: all N) lets sequences use fewer of the N cached positions.
+    The same kernel as :func:`paged_decode` with the block-table lookup switched off; each KV head
+    is read once for its whole query group. Returns ``(B, H, 1, D)``.
+    """
+    check_rank("q", q, 4, "(batch, n_heads, 1, head_dim)")
+    check_rank("k", k, 4, "(batch, n_kv_heads, n_keys, head_dim)")
+    batch, n_heads, n_queries, head_dim = q.shape
+    if n_queries != 1:
+        raise ValueError(f"q must hold one query token per sequence, shape (B, H, 1, D), got {tuple(q.shape)}")
+    if tuple(v.shape) != tuple(k.shape) or k.shape[0] != batch or k.shape[-1] != head_dim:
+        raise ValueError(f"k and v must both have shape (B={batch}, Hkv, N, D={head_dim}), got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
+    if n_heads % k.shape[1] != 0:
+        raise ValueError(f"n_kv_heads={k.shape[1]} (k.shape[1]) must divide n_heads={n_heads}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        k, v = k.contiguous(), v.contiguous()
+    n_keys = k.shape[2]
+    if context_lens is None:
+        context_lens = torch.full((batch,), n_keys, dtype=torch.int32, device=q.device)
+        max_len = n_keys
+    else:
+        check_rank("context_lens", context_lens, 1, "(batch,)")
+        if context_lens.shape[0] != batch or int(context_lens.max()) > n_keys or int(context_lens.min()) < 0:
+            raise ValueError(f"context_lens must have shape ({batch},) with values in [0, {n_keys}], "
+                             f"got {context_lens.tolist()}")
+        context_lens = context_lens.to(device=q.device, dtype=torch.int32).contiguous()
+        max_len = int(context_lens.max())
+    # (B, Hkv, N, D) strides in the kernel's order: per sequence, per token, per head.
+    k_strides = (k.stride(0), k.stride(2), k.stride(1))
+    v_strides = (v.stride(0), v.stride(2), v.stride(1))
+    return _launch(q, k, v, k_strides, v_strides, None, context_lens, k.shape[1], 1, max_len, scale,
+                   partition_size, config)

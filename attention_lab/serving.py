@@ -1,0 +1,316 @@
+"""Continuous batching on the paged KV cache (chapter 11): TinyGPT serving many requests at once.
+
+Every step of :class:`ServingEngine`:
+
+1. **Admit** waiting requests in arrival order while the pool has free blocks for their prompts
+   (and ``max_batch`` allows). A new request is *prefilled*: its prompt runs through TinyGPT once,
+   its keys/values land in freshly allocated blocks, and its first token is sampled. With
+   ``n_samples > 1`` the prompt is prefilled once and the sequence is *forked*: the samples
+   share the prompt's blocks until each writes its own tokens (copy-on-write).
+2. **Decode** one token for every running sequence admitted earlier: one batched forward pass
+   with one query per sequence, each attending to its own context through its block table
+   (sequences of different lengths in one batch). When the pool runs out of blocks, the newest
+   request is *preempted*: its blocks are freed and it goes back to the head of the queue, to be
+   recomputed later from its prompt plus the tokens it already produced.
+3. **Retire** sequences that have all their tokens, freeing their blocks for the next step.
+
+Requests finish and join at any step, so the batch never waits for its slowest member. The
+outputs equal generating each request alone with the contiguous cache
+(:func:`attention_lab.generate.generate` with the same seed), which the tests check token by token.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ._checks import check_positive_int
+from .generate import sample_next
+from .model import ModelCache, TinyGPT
+from .paged import OutOfBlocksError, PagedKVCache, blocks_needed, paged_attention_reference
+
+
+@dataclass
+class Request:
+    """One prompt to continue by ``max_new_tokens`` tokens, ``n_samples`` times.
+
+    Sample ``i`` draws from ``torch.Generator().manual_seed(seed + i)``, so it equals
+    ``generate(model, prompt, max_new_tokens, temperature, top_k, generator=that generator)``.
+    """
+
+    prompt: list[int]
+    max_new_tokens: int
+    n_samples: int = 1
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int | None = None
+    seed: int = 0
+    arrival_step: int = 0  # the step at which the request reaches the server
+
+
+@dataclass
+class StepStats:
+    """What the pool held after one step's decode (before finished sequences were freed)."""
+
+    step: int
+    running: int  # sequences in the cache
+    waiting: int  # requests queued (arrived or not)
+    blocks_used: int
+    tokens_stored: int  # filled slots, a shared block counted once
+    block_size: int
+    preemptions: int  # requests preempted so far
+
+    @property
+    def utilisation(self) -> float:
+        """Filled slots / slots in allocated blocks (1.0 for an empty pool)."""
+        return self.tokens_stored / (self.blocks_used * self.block_size) if self.blocks_used else 1.0
+
+
+@dataclass(eq=False)  # identity, not field equality: two identical requests are still two
+class _Sequence:
+    request: int  # index of its request
+    sample: int  # which of the request's samples
+    tokens: list[int]  # prompt + every token sampled so far (the last one is not cached yet)
+    remaining: int  # tokens still to sample
+    generator: torch.Generator | None
+    seq_id: int = -1  # id in the paged cache while resident
+
+
+@dataclass(eq=False)
+class _Group:
+    """Sequences admitted and preempted together: the samples of one request."""
+
+    sequences: list[_Sequence]
+    arrival: int
+    fresh: bool = True  # nothing sampled yet: all samples share the prompt
+    order: int = 0  # admission counter (the newest is preempted first)
+
+
+@dataclass
+class ServingResult:
+    outputs: list[list[list[int]]]  # outputs[request][sample]: prompt + generated tokens
+    stats: list[StepStats] = field(default_factory=list)
+    copies: int = 0  # blocks copied on write
+    peak_blocks: int = 0
+
+
+class _PrefillLayer:
+    """One layer's view of one paged sequence, with the ``update(k, v)`` interface TinyGPT's attention calls."""
+
+    def __init__(self, cache: PagedKVCache, layer: int, seq_id: int, slots: torch.Tensor, start: int) -> None:
+        self.cache, self.layer, self.seq_id, self.slots, self.length = cache, layer, seq_id, slots, start
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v ``(1, Hkv, T, D)`` in the reserved slots; return all of the sequence's ``(1, Hkv, length, D)``."""
+        self.cache.write(self.layer, self.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))  # (T, Hkv, D)
+        keys, values = self.cache.gather(self.layer, self.seq_id)  # (Hkv, length, D)
+        return keys.unsqueeze(0), values.unsqueeze(0)
+
+
+class ServingEngine:
+    """Continuous batching with TinyGPT on a :class:`~attention_lab.paged.PagedKVCache` of ``num_blocks`` blocks.
+
+    ``decode``: 'reference' (gather + the reference attention, any device), 'triton' (the paged
+    decode kernel; a GPU, or the interpreter on the CPU), or 'auto' (Triton on a GPU).
+    ``share_prompt=False`` prefills every sample separately (to measure what sharing saves).
+    """
+
+    def __init__(self, model: TinyGPT, num_blocks: int, block_size: int = 16, max_batch: int | None = None,
+                 decode: str = "auto", share_prompt: bool = True) -> None:
+        from .attention import MultiHeadAttention
+
+        for block in model.blocks:
+            if not isinstance(block.attn, MultiHeadAttention) or block.attn.window is not None:
+                raise ValueError("ServingEngine needs TinyGPT with full causal MultiHeadAttention "
+                                 "(attention='mha', window=None)")
+        if decode not in ("auto", "reference", "triton"):
+            raise ValueError(f"decode must be 'auto', 'reference' or 'triton', got {decode!r}")
+        if max_batch is not None:
+            check_positive_int("max_batch", max_batch)
+        param = model.token_embedding.weight
+        if decode == "auto":
+            decode = "triton" if param.device.type == "cuda" else "reference"
+        self.model, self.decode, self.max_batch, self.share_prompt = model, decode, max_batch, share_prompt
+        attn = model.blocks[0].attn
+        self.cache = PagedKVCache(len(model.blocks), num_blocks, block_size, attn.n_kv_heads, attn.head_dim,
+                                  device=param.device, dtype=param.dtype)
+
+    # ------------------------------------------------------------------ the loop
+    @torch.no_grad()
+    def run(self, requests: list[Request]) -> ServingResult:
+        """Serve every request to completion; returns the outputs and one :class:`StepStats` per step."""
+        self.model.eval()
+        groups = [self._make_group(i, r) for i, r in enumerate(requests)]
+        self._requests = requests
+        waiting: deque[_Group] = deque(sorted(groups, key=lambda g: g.arrival))  # stable: ties keep order
+        running: list[_Group] = []
+        result = ServingResult(outputs=[[list(r.prompt) for _ in range(r.n_samples)] for r in requests])
+        preemptions, admitted_count, step = 0, 0, 0
+        while waiting or running:
+            admitted = []
+            while waiting and waiting[0].arrival <= step:
+                group = waiting[0]
+                if self.max_batch is not None and sum(len(g.sequences) for g in running) + len(group.sequences) > self.max_batch:
+                    break
+                if self._blocks_to_admit(group) > self.cache.allocator.num_free:
+                    break
+                waiting.popleft()
+                admitted_count += 1
+                group.order = admitted_count
+                self._prefill(group)
+                running.append(group)
+                admitted.append(group)
+            if not running and waiting and waiting[0].arrival <= step:
+                raise RuntimeError("the next request cannot be admitted into an empty pool")  # guarded in _make_group
+
+            decoding = [s for g in running if g not in admitted for s in g.sequences if s.remaining > 0]
+            slots: dict[int, torch.Tensor] = {}
+            for seq in decoding:
+                while seq.seq_id >= 0:
+                    try:
+                        slots[id(seq)] = self.cache.append(seq.seq_id, 1)
+                        break
+                    except OutOfBlocksError:
+                        victim = running.pop()  # the newest request gives its blocks back
+                        self._preempt(victim, result)
+                        if victim.sequences:
+                            waiting.appendleft(victim)
+                        preemptions += 1
+            batch = [s for s in decoding if s.seq_id >= 0]
+            if batch:
+                self._decode(batch, [slots[id(s)] for s in batch])
+
+            result.stats.append(StepStats(step, len(self.cache.block_tables), len(waiting),
+                                          self.cache.allocator.num_used, self.cache.tokens_stored(),
+                                          self.cache.block_size, preemptions))
+            result.peak_blocks = max(result.peak_blocks, self.cache.allocator.num_used)
+            for group in list(running):
+                for seq in group.sequences:
+                    if seq.remaining == 0 and seq.seq_id >= 0:
+                        self._retire(seq, result)
+                if all(s.seq_id < 0 for s in group.sequences):
+                    running.remove(group)
+            step += 1
+        result.copies = self.cache.copies
+        return result
+
+    # ------------------------------------------------------------------ pieces
+    def _make_group(self, index: int, request: Request) -> _Group:
+        check_positive_int("max_new_tokens", request.max_new_tokens)
+        check_positive_int("n_samples", request.n_samples)
+        if not request.prompt:
+            raise ValueError(f"request {index}: prompt must hold at least one token")
+        total = len(request.prompt) + request.max_new_tokens
+        if total > self.model.config.context_length:
+            raise ValueError(f"request {index}: prompt ({len(request.prompt)}) + max_new_tokens "
+                             f"({request.max_new_tokens}) exceeds context_length={self.model.config.context_length}")
+        worst = request.n_samples * blocks_needed(total - 1, self.cache.block_size)
+        if worst > self.cache.allocator.num_blocks:
+            raise ValueError(f"request {index} may need {worst} blocks but the pool has only "
+                             f"{self.cache.allocator.num_blocks}: make num_blocks larger")
+        if self.max_batch is not None and request.n_samples > self.max_batch:
+            raise ValueError(f"request {index}: n_samples={request.n_samples} exceeds max_batch={self.max_batch}")
+        device = self.model.token_embedding.weight.device
+        sequences = []
+        for sample in range(request.n_samples):
+            generator = None
+            if request.temperature > 0:
+                generator = torch.Generator(device=device).manual_seed(request.seed + sample)
+            sequences.append(_Sequence(index, sample, list(request.prompt), request.max_new_tokens, generator))
+        return _Group(sequences, request.arrival_step)
+
+    def _blocks_to_admit(self, group: _Group) -> int:
+        size = self.cache.block_size
+        if group.fresh:
+            copies = 1 if self.share_prompt else len(group.sequences)
+            return copies * blocks_needed(len(group.sequences[0].tokens), size)
+        return sum(blocks_needed(len(s.tokens), size) for s in group.sequences if s.remaining > 0)
+
+    def _prefill(self, group: _Group) -> None:
+        """Run the uncached tokens of the group's sequences through TinyGPT and sample each one's next token."""
+        live = [s for s in group.sequences if s.remaining > 0]
+        if group.fresh and self.share_prompt:
+            first = live[0]
+            first.seq_id = self.cache.add_sequence()
+            logits = self._prefill_one(first.seq_id, first.tokens)
+            for seq in live[1:]:
+                seq.seq_id = self.cache.fork(first.seq_id)  # shares every prompt block
+            all_logits = [logits] * len(live)
+        else:
+            all_logits = []
+            for seq in live:
+                seq.seq_id = self.cache.add_sequence()
+                all_logits.append(self._prefill_one(seq.seq_id, seq.tokens))
+        group.fresh = False
+        for seq, logits in zip(live, all_logits):
+            self._sample(seq, logits)
+
+    def _prefill_one(self, seq_id: int, tokens: list[int]) -> torch.Tensor:
+        """Feed ``tokens`` to a new paged sequence through TinyGPT's own forward; returns the last logits ``(1, vocab)``."""
+        device = self.model.token_embedding.weight.device
+        slots = self.cache.append(seq_id, len(tokens))
+        views = ModelCache([_PrefillLayer(self.cache, i, seq_id, slots, 0) for i in range(len(self.model.blocks))])
+        logits, _ = self.model(torch.tensor([tokens], device=device), cache=views)  # (1, T, vocab)
+        return logits[:, -1]  # (1, vocab)
+
+    def _decode(self, batch: list[_Sequence], slots: list[torch.Tensor]) -> None:
+        """One token for each sequence of ``batch``: a batched forward with one query per sequence."""
+        model = self.model
+        device = model.token_embedding.weight.device
+        tokens = torch.tensor([[s.tokens[-1]] for s in batch], device=device)  # (B, 1)
+        positions = torch.tensor([len(s.tokens) - 1 for s in batch], device=device)  # (B,)
+        slot_rows = torch.cat(slots)  # (B,)
+        tables, lengths = self.cache.batch_tables([s.seq_id for s in batch])  # (B, max_blocks), (B,)
+        x = model.token_embedding(tokens) + model.position_embedding(positions)[:, None]  # (B, 1, d_model)
+        for layer, block in enumerate(model.blocks):
+            attn = block.attn
+            q, k, v = attn.project_qkv(block.ln1(x))  # q (B, H, 1, D); k, v (B, Hkv, 1, D)
+            self.cache.write(layer, slot_rows, k[:, :, 0], v[:, :, 0])  # (B, Hkv, D)
+            context = self._attend(q, layer, tables, lengths)  # (B, H, 1, D)
+            context = context.transpose(1, 2).reshape(len(batch), 1, attn.n_heads * attn.head_dim)  # (B, 1, H·D)
+            x = x + block.dropout(attn.out_proj(context))  # (B, 1, d_model)
+            x = x + block.mlp(block.ln2(x))
+        logits = model.lm_head(model.ln_final(x))[:, -1]  # (B, vocab)
+        for i, seq in enumerate(batch):
+            self._sample(seq, logits[i:i + 1])
+
+    def _attend(self, q: torch.Tensor, layer: int, tables: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        keys, values = self.cache.keys[layer], self.cache.values[layer]  # (num_blocks, block_size, Hkv, D)
+        if self.decode == "triton":
+            from .decode_kernel import paged_decode
+
+            return paged_decode(q, keys, values, tables, lengths)
+        return paged_attention_reference(q, keys, values, tables, lengths)
+
+    def _sample(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        request = self._requests[seq.request]
+        token = sample_next(logits, request.temperature, request.top_k, seq.generator)  # (1, 1)
+        seq.tokens.append(int(token))
+        seq.remaining -= 1
+
+    def _retire(self, seq: _Sequence, result: ServingResult) -> None:
+        self.cache.free(seq.seq_id)
+        seq.seq_id = -1
+        result.outputs[seq.request][seq.sample] = list(seq.tokens)
+
+    def _preempt(self, group: _Group, result: ServingResult) -> None:
+        """Free all of the group's blocks; finished samples are kept, the rest will be recomputed."""
+        for seq in group.sequences:
+            if seq.seq_id >= 0:
+                if seq.remaining == 0:
+                    self._retire(seq, result)
+                else:
+                    self.cache.free(seq.seq_id)
+                    seq.seq_id = -1
+        group.sequences = [s for s in group.sequences if s.remaining > 0]
+        group.fresh = False
+
+
+def generate_paged(model: TinyGPT, prompts: list[list[int]], max_new_tokens: int | list[int], num_blocks: int,
+                   block_size: int = 16, **engine_options) -> list[list[int]]:
+    """Greedy continuation of several prompts at once on the paged cache; returns prompt + new tokens for each."""
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    engine = ServingEngine(model, num_blocks, block_size, **engine_options)
+    result = engine.run([Request(list(p), n) for p, n in zip(prompts, budgets)])
+    return [outputs[0] for outputs in result.outputs]

@@ -1,0 +1,132 @@
+"""Shared by the decode benchmarks: environment record, CUDA-graph timing, copy bandwidth, error measure."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+L2_FLUSH_BYTES = 256 * 2**20  # rotate inputs until a timed graph touches at least this much (H100 L2: 50 MiB)
+
+
+def environment() -> dict:
+    """Card, capability, SMs and versions: recorded in every result file."""
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "card": torch.cuda.get_device_name(0),
+        "capability": f"{props.major}.{props.minor}",
+        "sms": props.multi_processor_count,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
+def copy_bandwidth(n_bytes: int = 2**31) -> float:
+    """Bytes/s of a device-to-device copy, read + write counted (the ceiling a memory-bound kernel aims at)."""
+    from attention_lab.hardware import measure_copy_bandwidth
+
+    return measure_copy_bandwidth(n_bytes=n_bytes, repeats=20)
+
+
+def copies_for(bytes_per_call: int) -> int:
+    """How many input sets to rotate through so that repeated calls cannot be served from L2."""
+    return max(1, math.ceil(L2_FLUSH_BYTES / max(bytes_per_call, 1)))
+
+
+def time_graph(calls: list, replays: int = 15, min_calls: int = 8) -> float:
+    """Median seconds per call of ``calls`` (callables, e.g. one per rotated input set), captured in a CUDA graph.
+
+    A graph replays the launches without Python in between, so small kernels are timed by their
+    GPU time, not by launch overhead; SDPA and the Triton kernels are timed the same way.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up (compile, allocate) outside the capture
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    rounds = max(1, math.ceil(min_calls / len(calls)))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(rounds):
+            for call in calls:
+                call()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del graph
+    return statistics.median(times) / (rounds * len(calls))
+
+
+def time_eager(call, repeats: int = 5) -> float:
+    """Median seconds of ``call()`` with CUDA events (for calls that sync and cannot be captured)."""
+    call()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; NaN anywhere gives inf."""
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return math.inf
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def save_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def sweep(make_calls, context: int, kv_bytes: int, replays: int = 5) -> list[dict]:
+    """Time ``make_calls(config, partition_size)`` (a list of calls, one per rotated input set) over a few
+    kernel configs and partition sizes (for tuning).
+
+    ``partition_size=None`` is the library's own choice. Failures are recorded, not raised.
+    """
+    from attention_lab.decode_kernel import DecodeConfig
+
+    configs = [DecodeConfig(64, 4, 2), DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4), DecodeConfig(32, 4, 3),
+               DecodeConfig(128, 4, 3), DecodeConfig(128, 8, 3)]
+    rows = []
+    for config in configs:
+        for partition in (None, 256, 512, 1024, 2048, 4096):
+            if partition is not None and (partition % config.tile_n or partition > context):
+                continue
+            try:
+                seconds = time_graph(make_calls(config, partition), replays=replays)
+            except Exception as error:  # a config that does not compile or launch is reported, not fatal
+                rows.append({"config": vars(config), "partition": partition, "error": repr(error)[:200]})
+                continue
+            rows.append({"config": vars(config), "partition": partition, "ms": seconds * 1e3,
+                         "tb_s": kv_bytes / seconds / 1e12})
+    return rows
+
+
+def best_of(rows: list[dict]) -> dict:
+    return min((r for r in rows if "ms" in r), key=lambda r: r["ms"])

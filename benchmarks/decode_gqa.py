@@ -1,0 +1,149 @@
+"""Grouped decode on a GPU: one decoding step for n_kv_heads in {32, 8, 4, 1} (MHA, GQA-8, GQA-4, MQA).
+
+B=32, H=32, D=128, a contiguous cache of 4k and 32k tokens, bf16 (fp16 on a T4). Compared:
+
+* the project's grouped Triton decode kernel (:func:`attention_lab.decode_kernel.contiguous_decode`):
+  one program per KV head serves its whole query group, so each K/V byte is read once;
+* PyTorch SDPA with ``enable_gqa=True`` (its own choice of backend);
+* the library's reference grouped attention (fp32 math, 4k only: it upcasts the whole cache).
+
+Correctness against a float32 reference is checked before timing. Each time is the median of
+CUDA-graph replays, with inputs rotated so that L2 never serves a repeat; bandwidth is the KV bytes
+(``2·B·Hkv·N·D·bytes``) over the time, also as a ratio of the copy bandwidth measured in the same run.
+
+    PYTHONPATH=. python benchmarks/decode_gqa.py [--out DIR] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_common import (best_of, copies_for, copy_bandwidth, environment, relative_error, save_json,  # noqa: E402
+                           sweep, time_eager, time_graph)
+
+from attention_lab.attention import scaled_dot_product_attention  # noqa: E402
+from attention_lab.decode_kernel import contiguous_decode  # noqa: E402
+
+BATCH, HEADS, HEAD_DIM = 32, 32, 128
+KV_HEADS = [32, 8, 4, 1]
+CONTEXTS = [4096, 32768]
+
+
+def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, copies: int, seed: int):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    sets = []
+    for _ in range(copies):
+        q = torch.randn(BATCH, HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
+        k = torch.randn(BATCH, n_kv_heads, context, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
+        v = torch.randn(BATCH, n_kv_heads, context, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
+        sets.append((q, k, v))
+    return sets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--sweep", action="store_true", help="also time a few tile/partition choices (tuning)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("decode_gqa.py needs a CUDA GPU; the committed results are in benchmarks/results/")
+    env = environment()
+    dtype = torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
+    copy_bytes_s = copy_bandwidth()
+    print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
+          f"copy {copy_bytes_s / 1e12:.2f} TB/s", flush=True)
+    rows, sweeps = [], {}
+    for context in CONTEXTS:
+        for n_kv_heads in KV_HEADS:
+            torch.cuda.empty_cache()
+            kv_bytes = 2 * BATCH * n_kv_heads * context * HEAD_DIM * torch.finfo(dtype).bits // 8
+            copies = copies_for(kv_bytes)
+            sets = make_inputs(n_kv_heads, context, dtype, copies, seed=context + n_kv_heads)
+            gqa = n_kv_heads != HEADS
+            q, k, v = sets[0]
+            few = slice(0, 4)
+            ref32 = scaled_dot_product_attention(q[few].float(), k[few].float(), v[few].float())
+            errors = {"triton_vs_fp32": relative_error(contiguous_decode(q, k, v)[few], ref32),
+                      "sdpa_vs_fp32": relative_error(
+                          F.scaled_dot_product_attention(q[few], k[few], v[few], enable_gqa=gqa), ref32)}
+            times = {
+                "triton_grouped": time_graph([lambda s=s: contiguous_decode(*s) for s in sets]),
+                "sdpa_enable_gqa": time_graph([lambda s=s: F.scaled_dot_product_attention(*s, enable_gqa=gqa)
+                                               for s in sets]),
+            }
+            if context <= 4096:
+                times["reference_grouped_fp32"] = time_eager(lambda: scaled_dot_product_attention(q, k, v), repeats=3)
+            row = {"n_kv_heads": n_kv_heads, "group": HEADS // n_kv_heads, "context": context, "batch": BATCH,
+                   "heads": HEADS, "head_dim": HEAD_DIM, "dtype": str(dtype).removeprefix("torch."),
+                   "kv_bytes": kv_bytes, "rotated_input_sets": copies,
+                   "correct": errors["triton_vs_fp32"] < 1e-2, "errors": errors,
+                   "ms": {name: t * 1e3 for name, t in times.items()},
+                   "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
+                   "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()},
+                   "triton_vs_sdpa_speed": times["sdpa_enable_gqa"] / times["triton_grouped"]}
+            rows.append(row)
+            print(f"N={context:5d} Hkv={n_kv_heads:2d}: triton {row['ms']['triton_grouped']:.4f} ms "
+                  f"({row['of_copy']['triton_grouped']:.0%} of copy), SDPA {row['ms']['sdpa_enable_gqa']:.4f} ms "
+                  f"({row['of_copy']['sdpa_enable_gqa']:.0%}), {errors}", flush=True)
+            if args.sweep:
+                def make_calls(config, partition):
+                    return [lambda s=s: contiguous_decode(*s, config=config, partition_size=partition) for s in sets]
+
+                rows_sweep = sweep(make_calls, context, kv_bytes)
+                sweeps[f"hkv{n_kv_heads}_n{context}"] = rows_sweep
+                print("  sweep best:", best_of(rows_sweep), flush=True)
+            del sets, q, k, v
+    payload = {"benchmark": "decode_gqa", "environment": env, "copy_tb_s": copy_bytes_s / 1e12, "rows": rows}
+    if sweeps:
+        payload["sweep"] = sweeps
+    save_json(args.out / "decode_gqa.json", payload)
+    plot(payload, args.out / "decode_gqa.png")
+    print_table(payload)
+
+
+def print_table(payload: dict) -> None:
+    print(f"\ncopy bandwidth {payload['copy_tb_s']:.2f} TB/s on {payload['environment']['card']}")
+    print(f"{'N':>6} {'Hkv':>4} | {'triton ms':>9} {'TB/s':>5} {'%copy':>6} | {'SDPA ms':>8} {'TB/s':>5} {'%copy':>6} "
+          f"| {'SDPA/triton':>11} ok")
+    for r in payload["rows"]:
+        print(f"{r['context']:>6} {r['n_kv_heads']:>4} | {r['ms']['triton_grouped']:9.4f} {r['tb_s']['triton_grouped']:5.2f} "
+              f"{r['of_copy']['triton_grouped']:6.1%} | {r['ms']['sdpa_enable_gqa']:8.4f} {r['tb_s']['sdpa_enable_gqa']:5.2f} "
+              f"{r['of_copy']['sdpa_enable_gqa']:6.1%} | {r['triton_vs_sdpa_speed']:11.2f} {r['correct']}")
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(CONTEXTS), figsize=(10, 4), sharey=True)
+    copy = payload["copy_tb_s"]
+    for ax, context in zip(axes, CONTEXTS):
+        rows = [r for r in payload["rows"] if r["context"] == context]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["tb_s"]["triton_grouped"] for r in rows], 0.4, label="grouped Triton kernel")
+        ax.bar(x + 0.2, [r["tb_s"]["sdpa_enable_gqa"] for r in rows], 0.4, label="SDPA (enable_gqa=True)")
+        ax.axhline(copy, color="black", linestyle="--", linewidth=1, label=f"copy ({copy:.2f} TB/s)")
+        ax.set_xticks(x, [f"{r['n_kv_heads']}\n(G={r['group']})" for r in rows])
+        ax.set_xlabel("n_kv_heads (query heads per KV head)")
+        ax.set_title(f"context {context // 1024}k")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("effective KV-read bandwidth (TB/s)")
+    axes[0].legend(fontsize=8, loc="lower left")
+    env = payload["environment"]
+    fig.suptitle(f"Decode step, B=32, H=32, D=128, {payload['rows'][0]['dtype']}: "
+                 f"{env['card']}, torch {env['torch']}, triton {env['triton']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

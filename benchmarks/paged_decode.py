@@ -1,0 +1,183 @@
+"""Paged decode on a GPU: the Triton paged kernel vs contiguous SDPA decode vs the gather reference.
+
+One decoding step (one query token per sequence) over a KV cache of ``context`` tokens,
+B=32, H=32, n_kv_heads 32 and 8, D=128, context 4k and 32k, bf16 (fp16 on cards without bf16),
+KV blocks of 16 tokens scattered at random over the pool. For each shape:
+
+1. correctness first: the paged kernel against a float32 reference (and against SDPA) on the same
+   tokens, with equal and with random per-sequence lengths;
+2. time per step (CUDA graphs, inputs rotated so that L2 cannot serve repeats), the effective
+   KV-read bandwidth ``2·B·Hkv·N·D·bytes / time`` and its ratio to the copy bandwidth measured in
+   the same run.
+
+    PYTHONPATH=. python benchmarks/paged_decode.py [--out DIR] [--sweep]
+
+Writes ``paged_decode.json`` and ``paged_decode.png`` into DIR (default benchmarks/results) and
+prints a table. ``--sweep`` also times a few tile/warp/stage/partition choices (how the defaults were tuned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_common import (best_of, copies_for, copy_bandwidth, environment, relative_error, save_json,  # noqa: E402
+                           sweep, time_eager, time_graph)
+
+from attention_lab.attention import scaled_dot_product_attention, torch_attention  # noqa: E402
+from attention_lab.decode_kernel import contiguous_decode, paged_decode  # noqa: E402
+from attention_lab.paged import gather_kv, paged_attention_reference  # noqa: E402
+
+BATCH, HEADS, HEAD_DIM, BLOCK_SIZE = 32, 32, 128, 16
+SHAPES = [(32, 4096), (8, 4096), (32, 32768), (8, 32768)]  # (n_kv_heads, context)
+TARGET_OF_COPY, TARGET_OF_SDPA = 0.85, 1 / 1.15  # DESIGN §5: >= 85% of copy, within 15% of SDPA
+
+
+def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, seed: int):
+    """q (B, H, 1, D); a pool (num_blocks, 16, Hkv, D) whose blocks are handed out in random order."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    blocks_per_seq = context // BLOCK_SIZE
+    num_blocks = BATCH * blocks_per_seq
+    shape = (num_blocks, BLOCK_SIZE, n_kv_heads, HEAD_DIM)
+    key_blocks = torch.randn(shape, device="cuda", dtype=dtype, generator=g)
+    value_blocks = torch.randn(shape, device="cuda", dtype=dtype, generator=g)
+    tables = torch.randperm(num_blocks, device="cuda", generator=g).view(BATCH, blocks_per_seq).to(torch.int32)
+    lens = torch.full((BATCH,), context, device="cuda", dtype=torch.int32)
+    q = torch.randn(BATCH, HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
+    return q, key_blocks, value_blocks, tables, lens
+
+
+def check(q, key_blocks, value_blocks, tables, lens, k, v) -> dict:
+    """Relative errors of the paged kernel: vs float32 (4 sequences), vs SDPA (all), with random lengths."""
+    errors = {}
+    out = paged_decode(q, key_blocks, value_blocks, tables, lens)
+    few = slice(0, 4)
+    ref32 = scaled_dot_product_attention(q[few].float(), k[few].float(), v[few].float())
+    errors["paged_vs_fp32"] = relative_error(out[few], ref32)
+    errors["sdpa_vs_fp32"] = relative_error(F.scaled_dot_product_attention(
+        q[few], k[few], v[few], enable_gqa=k.shape[1] != q.shape[1]), ref32)
+    errors["paged_vs_sdpa"] = relative_error(out, F.scaled_dot_product_attention(
+        q, k, v, enable_gqa=k.shape[1] != q.shape[1]))
+    errors["contiguous_kernel_vs_fp32"] = relative_error(contiguous_decode(q[few], k[few], v[few]), ref32)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    context = k.shape[2]
+    random_lens = torch.randint(1, context + 1, (q.shape[0],), device="cuda", generator=g, dtype=torch.int32)
+    random_lens[0], random_lens[1] = 1, context
+    out = paged_decode(q, key_blocks, value_blocks, tables, random_lens)
+    worst = 0.0
+    for b in range(4):
+        n = int(random_lens[b])
+        ref = scaled_dot_product_attention(q[b:b + 1].float(), k[b:b + 1, :, :n].float(), v[b:b + 1, :, :n].float())
+        worst = max(worst, relative_error(out[b:b + 1], ref))
+    errors["paged_random_lengths_vs_fp32"] = worst
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--sweep", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("paged_decode.py needs a CUDA GPU; the committed results are in benchmarks/results/")
+    env = environment()
+    dtype = torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
+    copy_bytes_s = copy_bandwidth()
+    print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
+          f"copy {copy_bytes_s / 1e12:.2f} TB/s", flush=True)
+    rows, sweeps = [], {}
+    for n_kv_heads, context in SHAPES:
+        torch.cuda.empty_cache()
+        q, key_blocks, value_blocks, tables, lens = make_inputs(n_kv_heads, context, dtype, seed=context + n_kv_heads)
+        k, v, _ = gather_kv(key_blocks, value_blocks, tables, lens)
+        k, v = k.contiguous(), v.contiguous()  # the contiguous cache (B, Hkv, N, D) holding the same tokens
+        kv_bytes = 2 * k.numel() * k.element_size()
+        errors = check(q, key_blocks, value_blocks, tables, lens, k, v)
+        ok = errors["paged_vs_fp32"] < 1e-2 and errors["paged_random_lengths_vs_fp32"] < 1e-2
+        gqa = n_kv_heads != HEADS
+        copies = copies_for(kv_bytes)  # 1 for every shape here (>= 0.5 GB), kept for smaller runs
+        times = {
+            "paged_triton": time_graph([lambda: paged_decode(q, key_blocks, value_blocks, tables, lens, max_len=context)] * copies),
+            "contiguous_triton": time_graph([lambda: contiguous_decode(q, k, v)] * copies),
+            "sdpa_contiguous": time_graph([lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)] * copies),
+            "gather_reference": time_eager(lambda: paged_attention_reference(q, key_blocks, value_blocks, tables, lens,
+                                                                             attend=torch_attention)),
+        }
+        row = {"n_kv_heads": n_kv_heads, "context": context, "batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM,
+               "block_size": BLOCK_SIZE, "dtype": str(dtype).removeprefix("torch."), "kv_bytes": kv_bytes,
+               "correct": ok, "errors": errors,
+               "ms": {name: t * 1e3 for name, t in times.items()},
+               "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
+               "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()},
+               "paged_vs_sdpa_speed": times["sdpa_contiguous"] / times["paged_triton"]}
+        rows.append(row)
+        print(f"Hkv={n_kv_heads:2d} N={context:5d}: paged {row['ms']['paged_triton']:.3f} ms "
+              f"{row['tb_s']['paged_triton']:.2f} TB/s ({row['of_copy']['paged_triton']:.0%} of copy), "
+              f"SDPA {row['ms']['sdpa_contiguous']:.3f} ms, correct={ok} {errors}", flush=True)
+        if args.sweep:
+            def make_calls(config, partition):
+                return [lambda: paged_decode(q, key_blocks, value_blocks, tables, lens, max_len=context,
+                                             config=config, partition_size=partition)]
+
+            rows_sweep = sweep(make_calls, context, kv_bytes)
+            sweeps[f"hkv{n_kv_heads}_n{context}"] = rows_sweep
+            print("  sweep best:", best_of(rows_sweep), "| library choice:",
+                  [r for r in rows_sweep if r["partition"] is None and "ms" in r][:3], flush=True)
+        del q, key_blocks, value_blocks, tables, lens, k, v
+    payload = {"benchmark": "paged_decode", "environment": env, "copy_tb_s": copy_bytes_s / 1e12,
+               "targets": {"of_copy": TARGET_OF_COPY, "speed_vs_sdpa": TARGET_OF_SDPA}, "rows": rows}
+    if sweeps:
+        payload["sweep"] = sweeps
+    save_json(args.out / "paged_decode.json", payload)
+    plot(payload, args.out / "paged_decode.png")
+    print_table(payload)
+
+
+def print_table(payload: dict) -> None:
+    copy = payload["copy_tb_s"]
+    print(f"\ncopy bandwidth {copy:.2f} TB/s on {payload['environment']['card']}")
+    print(f"{'Hkv':>4} {'N':>6} | {'paged ms':>8} {'TB/s':>5} {'%copy':>6} | {'contig ms':>9} {'SDPA ms':>8} "
+          f"{'SDPA TB/s':>9} | {'gather ms':>9} | {'SDPA/paged':>10} ok")
+    for r in payload["rows"]:
+        print(f"{r['n_kv_heads']:>4} {r['context']:>6} | {r['ms']['paged_triton']:8.3f} {r['tb_s']['paged_triton']:5.2f} "
+              f"{r['of_copy']['paged_triton']:6.1%} | {r['ms']['contiguous_triton']:9.3f} {r['ms']['sdpa_contiguous']:8.3f} "
+              f"{r['tb_s']['sdpa_contiguous']:9.2f} | {r['ms']['gather_reference']:9.3f} | "
+              f"{r['paged_vs_sdpa_speed']:10.2f} {r['correct']}")
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = payload["rows"]
+    names = [("paged_triton", "paged Triton kernel"), ("contiguous_triton", "same kernel, contiguous cache"),
+             ("sdpa_contiguous", "PyTorch SDPA, contiguous cache"), ("gather_reference", "gather + SDPA (reference)")]
+    x = np.arange(len(rows))
+    width = 0.2
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, (key, label) in enumerate(names):
+        ax.bar(x + (i - 1.5) * width, [r["tb_s"][key] for r in rows], width, label=label)
+    copy = payload["copy_tb_s"]
+    ax.axhline(copy, color="black", linestyle="--", linewidth=1, label=f"copy bandwidth ({copy:.2f} TB/s)")
+    ax.axhline(TARGET_OF_COPY * copy, color="grey", linestyle=":", linewidth=1, label="85% of copy (target)")
+    ax.set_xticks(x, [f"Hkv={r['n_kv_heads']}\nN={r['context'] // 1024}k" for r in rows])
+    ax.set_ylabel("effective KV-read bandwidth (TB/s)")
+    env = payload["environment"]
+    ax.set_title(f"Decode step, B=32, H=32, D=128, {rows[0]['dtype']}, blocks of {rows[0]['block_size']}\n"
+                 f"{env['card']}, torch {env['torch']}, triton {env['triton']}")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The Triton decode kernels (paged and contiguous) against the float64 reference.
+
+On the CPU they run under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 when
+there is no GPU); the ``gpu`` tests run the compiled kernels in fp16/bf16 on a real GPU.
+"""
+
+import pytest
+import torch
+
+from attention_lab.decode_kernel import DecodeConfig, choose_partition_size, contiguous_decode, paged_decode
+from attention_lab.paged import gather_kv, paged_attention_reference
+from reference import TOLERANCES, attention_fp64
+
+
+def random_pool(lengths, n_heads, n_kv_heads, head_dim, block_size, dtype=torch.float32, device="cpu", seed=0,
+                spare_blocks=3):
+    """q (B, H, 1, D) and a pool whose blocks are handed to the sequences in a random order."""
+    g = torch.Generator().manual_seed(seed)
+    per_seq = [-(-n // block_size) for n in lengths]
+    width = max(per_seq + [1])
+    num_blocks = sum(per_seq) + spare_blocks
+    order = torch.randperm(num_blocks, generator=g)
+    tables = torch.zeros(len(lengths), width, dtype=torch.int32)
+    used = 0
+    for b, count in enumerate(per_seq):
+        tables[b, :count] = order[used:used + count].to(torch.int32)
+        used += count
+    shape = (num_blocks, block_size, n_kv_heads, head_dim)
+    key_blocks = torch.randn(shape, generator=g).to(dtype)
+    value_blocks = torch.randn(shape, generator=g).to(dtype)
+    q = torch.randn(len(lengths), n_heads, 1, head_dim, generator=g).to(dtype)
+    lens = torch.tensor(lengths, dtype=torch.int32)
+    return [t.to(device) for t in (q, key_blocks, value_blocks, tables, lens)]
+
+
+def expected_fp64(q, key_blocks, value_blocks, tables, lens):
+    k, v, valid = gather_kv(key_blocks, value_blocks, tables, lens)  # (B, Hkv, N_max, D)
+    return attention_fp64(q, k, v, mask=valid[:, None, None, :])  # (B, H, 1, D) float64
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_dim,block_size,partition,lengths", [
+    (6, 6, 16, 1, None, [5, 1, 9]),            # MHA, one token per block
+    (6, 2, 40, 8, 32, [0, 1, 8, 77]),          # GQA, head_dim not a power of two, empty sequence, 3 partitions
+    (8, 1, 64, 16, 32, [33, 64, 100]),         # MQA: one KV load serves all 8 query heads
+    (4, 2, 16, 5, None, [23, 4]),              # a block size that is not a power of two
+])
+def test_paged_decode_matches_float64(n_heads, n_kv_heads, head_dim, block_size, partition, lengths):
+    inputs = random_pool(lengths, n_heads, n_kv_heads, head_dim, block_size, seed=sum(lengths))
+    out = paged_decode(*inputs, partition_size=partition)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert out.shape == inputs[0].shape and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected_fp64(*inputs), atol=atol, rtol=rtol)
+    if 0 in lengths:
+        assert torch.all(out[lengths.index(0)] == 0)  # nothing to attend to: zeros, not NaN
+
+
+def test_paged_decode_equals_reference_and_contiguous_kernel():
+    """Paged == gathering into a contiguous cache == the contiguous kernel on the same tokens."""
+    lengths = [70, 31, 96]
+    q, key_blocks, value_blocks, tables, lens = random_pool(lengths, 4, 2, 32, 16, seed=3)
+    paged = paged_decode(q, key_blocks, value_blocks, tables, lens, partition_size=32)
+    reference = paged_attention_reference(q, key_blocks, value_blocks, tables, lens)
+    k, v, _ = gather_kv(key_blocks, value_blocks, tables, lens)
+    contiguous = contiguous_decode(q, k.contiguous(), v.contiguous(), context_lens=lens, partition_size=32)
+    torch.testing.assert_close(paged, reference, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(paged, contiguous, atol=1e-6, rtol=1e-6)
+
+
+def test_contiguous_decode_matches_float64_with_and_without_lengths():
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 8, 1, 16, generator=g)
+    k, v = torch.randn(2, 2, 45, 16, generator=g), torch.randn(2, 2, 45, 16, generator=g)
+    atol, rtol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(contiguous_decode(q, k, v).double(), attention_fp64(q, k, v), atol=atol, rtol=rtol)
+    lens = torch.tensor([45, 12])
+    expected = torch.cat([attention_fp64(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n]) for b, n in enumerate([45, 12])])
+    torch.testing.assert_close(contiguous_decode(q, k, v, context_lens=lens, partition_size=32).double(), expected,
+                               atol=atol, rtol=rtol)
+
+
+def test_decode_errors_name_the_argument(monkeypatch):
+    q, key_blocks, value_blocks, tables, lens = random_pool([5, 9], 4, 2, 16, 4)
+    with pytest.raises(ValueError, match=r"one query token per sequence, shape \(B, H, 1, D\)"):
+        paged_decode(q.expand(2, 4, 2, 16), key_blocks, value_blocks, tables, lens)
+    with pytest.raises(ValueError, match="must divide n_heads"):
+        paged_decode(q[:, :3], key_blocks, value_blocks, tables, lens)
+    with pytest.raises(ValueError, match="share one dtype"):
+        paged_decode(q.double(), key_blocks, value_blocks, tables, lens)
+    with pytest.raises(ValueError, match="context_lens must lie in"):
+        paged_decode(q, key_blocks, value_blocks, tables, torch.tensor([5, 99], dtype=torch.int32))
+    with pytest.raises(ValueError, match="multiple of tile_n"):
+        paged_decode(q, key_blocks, value_blocks, tables, lens, partition_size=20, config=DecodeConfig(16, 4, 2))
+    with pytest.raises(ValueError, match=r"k and v must both have shape"):
+        contiguous_decode(q, torch.randn(2, 2, 9, 16), torch.randn(2, 2, 8, 16))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        paged_decode(q, key_blocks, value_blocks, tables, lens)
+
+
+def test_partition_size_balances_work_and_extra_traffic():
+    # GQA-8 at B=32, 32k context: 256 programs; split so that ~16 programs per SM (132 SMs) have work.
+    size = choose_partition_size(32768, 32 * 8, 4, 64, 132)
+    parts = -(-32768 // size)
+    assert size % 64 == 0 and 256 * parts >= 16 * 132 - 256
+    # MQA at B=32, 4k: 32 programs want many partitions, but each writes 32 head outputs; the extra
+    # traffic G·P/N stays under 1/16 of the KV bytes.
+    size = choose_partition_size(4096, 32, 32, 64, 132)
+    assert 32 * -(-4096 // size) / 4096 <= 1 / 16
+    assert choose_partition_size(10, 1, 1, 64, 132) == 256  # never below 4 tiles
+
+
+# ---------------------------------------------------------------------- on a real GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_dim,block_size", [(32, 32, 128, 16), (32, 8, 128, 16),
+                                                                     (32, 1, 64, 32), (12, 4, 80, 8)])
+def test_paged_decode_on_gpu(dtype, n_heads, n_kv_heads, head_dim, block_size):
+    if dtype == torch.bfloat16 and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bf16 needs sm_80 or newer")
+    lengths = [1, 17, 1000, 4097, 0, 2500]
+    inputs = random_pool(lengths, n_heads, n_kv_heads, head_dim, block_size, dtype=dtype, device="cuda", seed=11)
+    expected = expected_fp64(*inputs)
+    for partition in (None, 256, 4160):  # auto, many partitions, one partition
+        out = paged_decode(*inputs, partition_size=partition)
+        atol, rtol = TOLERANCES[dtype]
+        torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+    q, k_blocks, v_blocks, tables, lens = inputs
+    k, v, _ = gather_kv(k_blocks, v_blocks, tables, lens)
+    contiguous = contiguous_decode(q, k.contiguous(), v.contiguous(), context_lens=lens)
+    torch.testing.assert_close(contiguous.double(), expected, atol=TOLERANCES[dtype][0], rtol=TOLERANCES[dtype][1])
+
+
+@pytest.mark.gpu
+def test_contiguous_decode_matches_sdpa_on_gpu():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for n_kv_heads in (32, 8, 4, 1):
+        q = torch.randn(4, 32, 1, 128, device="cuda", dtype=torch.float16, generator=g)
+        k = torch.randn(4, n_kv_heads, 3001, 128, device="cuda", dtype=torch.float16, generator=g)
+        v = torch.randn(4, n_kv_heads, 3001, 128, device="cuda", dtype=torch.float16, generator=g)
+        expected = attention_fp64(q, k, v)
+        torch.testing.assert_close(contiguous_decode(q, k, v).double(), expected, atol=2e-3, rtol=2e-3)
