@@ -1,0 +1,620 @@
+"""FlashAttention in Triton: forward and backward kernels, an autograd Function, and ``flash_attention``.
+
+Read top to bottom: index helpers, the online-softmax step, the forward kernel, the three backward
+kernels (delta, dK/dV, dQ), then the Python wrapper. Names follow the FlashAttention papers
+(Dao et al. 2022; Dao 2023): for a block of queries the kernel keeps ``m_i`` (running row max),
+``l_i`` (running row sum of exponentials) and ``acc`` (running un-normalised output).
+
+Conventions (DESIGN.md §3): tensors ``(B, H, N, D)``; keys/values may have ``Hkv`` heads and query
+head ``h`` reads kv head ``h // (H // Hkv)`` (no copy); causal aligns the queries to the END of the
+keys; a window of ``w`` keys includes the query itself; statistics in fp32; fully masked rows give 0.
+
+What makes it fast, each visible below:
+
+* ``exp2`` instead of ``exp``: scores are multiplied by ``scale · log2(e)`` once, since
+  ``exp(x - m) = exp2(x·log2 e - m·log2 e)`` — the change of base is folded into the scale.
+* Causal/window attention visits only the key blocks a query block can see, and applies the
+  element-wise mask only to blocks that straddle the diagonal, the window's left edge or the end
+  of the sequence; every other block runs the unmasked fast path.
+* GQA/MQA: the kv head is ``h // group``; the dK/dV program of a kv head loops over the query
+  heads of its group, so their gradients are summed without atomics and K/V are never repeated.
+* The forward saves each row's log-sum-exp, so the backward recomputes the weights
+  ``P = exp2(S·scale·log2 e - lse)`` block by block instead of storing the (N × N) matrix.
+
+Without a GPU, set ``TRITON_INTERPRET=1`` before importing this module: the same kernels then run
+on CPU tensors under Triton's interpreter (slow, but exact enough to test against float64).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from ..attention import _check_qkv
+from . import triton_configs
+
+LOG2_E = 1.4426950408889634  # log2(e) = 1 / ln 2: exp(x) = exp2(x · LOG2_E)
+MAX_HEAD_DIM = 128
+
+
+def interpreting() -> bool:
+    """True when this module's kernels run under Triton's CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return not isinstance(_attn_fwd, triton.runtime.jit.JITFunction)
+
+
+# ----------------------------------------------------------------------------------------------
+# Index helpers: which blocks a program visits, and which (query, key) pairs are allowed.
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _key_blocks(m0, n_queries, n_keys, window,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Keys visited by the query rows [m0, m0 + BLOCK_M), split into three runs of blocks:
+
+    [lo, mid_lo) masked (left edge of a window), [mid_lo, mid_hi) unmasked (every pair allowed),
+    [mid_hi, hi) masked (the causal diagonal and the last, partial block).
+    Query i sees key j iff j <= i + (n_keys - n_queries) (causal) and j > i + offset - window.
+    """
+    offset = n_keys - n_queries  # queries are the last n_queries positions
+    lo = 0
+    hi = n_keys
+    full_lo = 0
+    full_hi = n_keys // BLOCK_N * BLOCK_N  # whole blocks only: no bounds check needed
+    if CAUSAL:
+        hi = tl.minimum(hi, m0 + BLOCK_M + offset)  # the last row sees keys up to m0 + BLOCK_M - 1 + offset
+        full_hi = tl.minimum(full_hi, (m0 + offset + 1) // BLOCK_N * BLOCK_N)  # the first row sees these
+    if HAS_WINDOW:
+        lo = tl.maximum(m0 + offset - window + 1, 0) // BLOCK_N * BLOCK_N  # first key the first row sees
+        full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M + offset - window, 0), BLOCK_N) * BLOCK_N  # last row sees these
+    if HAS_MASK:
+        full_hi = 0  # an explicit mask can forbid any pair: mask every block
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    mid_hi = tl.maximum(tl.minimum(full_hi, hi), mid_lo)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def _query_blocks(n0, n_queries, n_keys, window,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Queries that see the key rows [n0, n0 + BLOCK_N), as three runs like :func:`_key_blocks`."""
+    offset = n_keys - n_queries
+    lo = 0
+    hi = n_queries
+    full_lo = 0
+    full_hi = n_queries // BLOCK_M * BLOCK_M
+    if CAUSAL:
+        lo = tl.maximum(n0 - offset, 0) // BLOCK_M * BLOCK_M  # query i sees key n0 once i >= n0 - offset
+        full_lo = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - offset, 0), BLOCK_M) * BLOCK_M  # ...and the whole block
+    if HAS_WINDOW:
+        hi = tl.minimum(hi, n0 + BLOCK_N - 1 + window - offset)  # i < j + window - offset for the last key
+        full_hi = tl.minimum(full_hi, tl.maximum(n0 + window - offset, 0) // BLOCK_M * BLOCK_M)  # ...first key
+    full_hi = tl.where(n0 + BLOCK_N > n_keys, 0, full_hi)  # a partial key block: mask every query block
+    if HAS_MASK:
+        full_hi = 0  # an explicit mask can forbid any pair: mask every block
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    mid_hi = tl.maximum(tl.minimum(full_hi, hi), mid_lo)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def _allowed(q_idx, k_idx, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
+             CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Bool tile: may query ``q_idx`` attend to key ``k_idx``? (index tensors broadcast to the tile)."""
+    offset = n_keys - n_queries
+    ok = (q_idx < n_queries) & (k_idx < n_keys)
+    if CAUSAL:
+        ok = ok & (k_idx <= q_idx + offset)
+    if HAS_WINDOW:
+        ok = ok & (k_idx > q_idx + offset - window)
+    if HAS_MASK:
+        ok = ok & (tl.load(M_ptr + q_idx * stride_mm + k_idx * stride_mn, mask=ok, other=0) != 0)
+    return ok
+
+
+@triton.jit
+def _load_rows(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CHECK_ROWS: tl.constexpr):
+    """Load a (rows, BLOCK_D) tile; zero rows >= n_rows (if CHECK_ROWS) and padded columns >= HEAD_DIM."""
+    if CHECK_ROWS:
+        if BLOCK_D == HEAD_DIM:
+            tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+        else:
+            tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    return tile
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _online_softmax_step(acc, m_i, l_i, qk, v):
+    """One key block of the online softmax (chapter 08), for a block of query rows.
+
+    acc ``(BLOCK_M, BLOCK_D)`` fp32, m_i and l_i ``(BLOCK_M,)`` fp32; qk ``(BLOCK_M, BLOCK_N)``
+    fp32 scores already multiplied by scale·log2(e) (masked entries = -inf); v ``(BLOCK_N, BLOCK_D)``.
+    Returns the updated (acc, m_i, l_i).
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, 1))                  # m_new = max(m_i, rowmax(S_j))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)    # a row that has seen no key yet: avoid -inf - -inf
+    alpha = tl.exp2(m_i - m_ref)                            # alpha = 2^(m_i - m_new): rescales the old state
+    p = tl.exp2(qk - m_ref[:, None])                        # P_j = 2^(S_j - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)                        # l_new = alpha·l_i + rowsum(P_j)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])    # acc_new = alpha·acc + P_j V_j
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attn_fwd_inner(acc, m_i, l_i, q, K_ptrs, V_ptrs, stride_kn, stride_vn, start, stop, qk_scale,
+                    offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Stream the key/value blocks [start, stop) through the online softmax of one query block."""
+    for start_n in range(start, stop, BLOCK_N):
+        cols = start_n + offs_n                                                            # key indices (BLOCK_N,)
+        k = _load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        v = _load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale                                             # S_j·log2 e (BLOCK_M, BLOCK_N)
+        if MASKED:
+            allowed = _allowed(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
+                               M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+            qk = tl.where(allowed, qk, float("-inf"))
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, qk, v)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE, M,
+              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+              stride_mb, stride_mh, stride_mm, stride_mn,
+              n_heads, n_queries, n_keys, group, window, qk_scale, q_bucket, k_bucket,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """One program = BLOCK_M queries of one (batch, head): O = softmax(Q Kᵀ·scale) V and the rows' log2-sum-exp.
+
+    Q, O ``(B, H, Nq, D)``; K, V ``(B, Hkv, Nk, D)``; LSE ``(B, H, Nq)`` fp32; M an optional uint8 mask.
+    ``q_bucket``/``k_bucket`` (next powers of two of the lengths) are only the autotuning key.
+    """
+    start_m = tl.program_id(0)
+    if CAUSAL:
+        start_m = tl.num_programs(0) - 1 - start_m  # longest rows first: better load balance at the tail
+    batch_head = tl.program_id(1)
+    b = batch_head // n_heads
+    h = batch_head % n_heads
+    kv_h = h // group  # GQA/MQA: query head h reads kv head h // group
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = K + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh
+    m_base = M + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+    K_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]  # (BLOCK_N, BLOCK_D)
+    V_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+
+    q = _load_rows(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, n_queries, offs_d,
+                   HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D), stays in registers for the whole loop
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")  # running max (log2 units)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                 # running sum of 2^(s - m_i)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)        # running un-normalised output
+
+    lo, mid_lo, mid_hi, hi = _key_blocks(start_m * BLOCK_M, n_queries, n_keys, window,
+                                         BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK)
+    if HAS_WINDOW:  # blocks cut by the window's left edge
+        acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K_ptrs, V_ptrs, stride_kn, stride_vn, lo, mid_lo, qk_scale,
+                                        offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                                        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_MASK)
+    # blocks every row sees completely: no mask, no bounds checks
+    acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K_ptrs, V_ptrs, stride_kn, stride_vn, mid_lo, mid_hi, qk_scale,
+                                    offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_MASK)
+    # the causal diagonal, the last partial block, or everything under an explicit mask
+    acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K_ptrs, V_ptrs, stride_kn, stride_vn, mid_hi, hi, qk_scale,
+                                    offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_MASK)
+
+    # Epilogue: O = acc / l (once, not per block); a row that saw no key (l = 0) gives 0 and lse = +inf.
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # log2 Σ_j 2^(s_ij) in scaled units
+    o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < n_queries) & (offs_d[None, :] < HEAD_DIM))
+    tl.store(LSE + batch_head.to(tl.int64) * n_queries + offs_m, lse, mask=offs_m < n_queries)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward: delta = rowsum(dO ∘ O); dK, dV per key block; dQ per query block.
+#   P = exp2(S·scale·log2 e - lse)   dV = Pᵀ dO   dP = dO Vᵀ   dS = P ∘ (dP - delta)
+#   dQ = scale · dS K                dK = scale · dSᵀ Q
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_bwd_delta(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
+                    n_heads, n_queries, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta_i = Σ_d dO_id · O_id for BLOCK_M rows of one (batch, head); DELTA ``(B, H, Nq)`` fp32."""
+    batch_head = tl.program_id(1)
+    b = batch_head // n_heads
+    h = batch_head % n_heads
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_rows(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
+                   + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
+                    + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
+    tl.store(DELTA + batch_head.to(tl.int64) * n_queries + offs_m, delta, mask=offs_m < n_queries)
+
+
+@triton.jit
+def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, start, stop,
+                       qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+                       CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Accumulate dK, dV of one key block over the query blocks [start, stop) of one query head."""
+    for start_m in range(start, stop, BLOCK_M):
+        rows = start_m + offs_m                                                                   # (BLOCK_M,)
+        q = _load_rows(Q_ptrs + start_m * stride_qm, rows, n_queries, offs_d, HEAD_DIM, BLOCK_D, MASKED)     # (BLOCK_M, BLOCK_D)
+        do = _load_rows(DO_ptrs + start_m * stride_dom, rows, n_queries, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_M, BLOCK_D)
+        if MASKED:
+            lse = tl.load(lse_ptr + rows, mask=rows < n_queries, other=float("inf"))
+            delta = tl.load(delta_ptr + rows, mask=rows < n_queries, other=0.0)
+        else:
+            lse = tl.load(lse_ptr + rows)
+            delta = tl.load(delta_ptr + rows)
+        qk_t = tl.dot(k, tl.trans(q))                                # Sᵀ (BLOCK_N, BLOCK_M)
+        p_t = tl.exp2(qk_t * qk_scale - lse[None, :])                # Pᵀ, recomputed from the saved lse
+        if MASKED:
+            allowed = _allowed(rows[None, :], offs_n[:, None], n_queries, n_keys, window,
+                               M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+            p_t = tl.where(allowed, p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv)                       # dV += Pᵀ dO   (BLOCK_N, BLOCK_D)
+        dp_t = tl.dot(v, tl.trans(do))                               # dPᵀ = V dOᵀ   (BLOCK_N, BLOCK_M)
+        ds_t = p_t * (dp_t - delta[None, :])                         # dSᵀ = Pᵀ ∘ (dPᵀ - delta)
+        dk = tl.dot(ds_t.to(q.dtype), q, dk)                         # dK += dSᵀ Q   (BLOCK_N, BLOCK_D)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
+                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                 stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                 stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                 stride_mb, stride_mh, stride_mm, stride_mn,
+                 n_heads, n_kv_heads, n_queries, n_keys, group, window, qk_scale, scale, q_bucket, k_bucket,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """One program = BLOCK_N keys of one (batch, kv head): dK, dV summed over the ``group`` query heads."""
+    start_n = tl.program_id(0)
+    batch_kv_head = tl.program_id(1)
+    b = batch_kv_head // n_kv_heads
+    kv_h = batch_kv_head % n_kv_heads
+    n0 = start_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(K + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn
+                   + offs_d[None, :], offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
+    v = _load_rows(V + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn
+                   + offs_d[None, :], offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    lo, mid_lo, mid_hi, hi = _query_blocks(n0, n_queries, n_keys, window, BLOCK_M, BLOCK_N,
+                                           CAUSAL, HAS_WINDOW, HAS_MASK)
+    for g in range(group):  # the query heads sharing this kv head
+        h = kv_h * group + g
+        Q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+        DO_ptrs = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :]
+        row_base = (b * n_heads + h).to(tl.int64) * n_queries
+        m_base = M + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+        # the causal diagonal (low query blocks), then unmasked blocks, then the window's edge / last partial block
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, LSE + row_base, DELTA + row_base, stride_qm, stride_dom,
+                                    lo, mid_lo, qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window,
+                                    m_base, stride_mm, stride_mn, HEAD_DIM, BLOCK_D, BLOCK_M, True,
+                                    CAUSAL, HAS_WINDOW, HAS_MASK)
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, LSE + row_base, DELTA + row_base, stride_qm, stride_dom,
+                                    mid_lo, mid_hi, qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window,
+                                    m_base, stride_mm, stride_mn, HEAD_DIM, BLOCK_D, BLOCK_M, False,
+                                    CAUSAL, HAS_WINDOW, HAS_MASK)
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, LSE + row_base, DELTA + row_base, stride_qm, stride_dom,
+                                    mid_hi, hi, qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window,
+                                    m_base, stride_mm, stride_mn, HEAD_DIM, BLOCK_D, BLOCK_M, True,
+                                    CAUSAL, HAS_WINDOW, HAS_MASK)
+    dk = dk * scale  # dK = scale · dSᵀ Q
+    out_mask = (offs_n[:, None] < n_keys) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(DK + b.to(tl.int64) * stride_dkb + kv_h.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn
+             + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(DV + b.to(tl.int64) * stride_dvb + kv_h.to(tl.int64) * stride_dvh + offs_n[:, None] * stride_dvn
+             + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, start, stop, qk_scale,
+                      offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Accumulate dQ of one query block over the key blocks [start, stop)."""
+    for start_n in range(start, stop, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        v = _load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        qk = tl.dot(q, tl.trans(k))                                  # S (BLOCK_M, BLOCK_N)
+        p = tl.exp2(qk * qk_scale - lse[:, None])                    # P recomputed from the saved lse
+        if MASKED:
+            allowed = _allowed(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
+                               M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+            p = tl.where(allowed, p, 0.0)
+        dp = tl.dot(do, tl.trans(v))                                 # dP = dO Vᵀ (BLOCK_M, BLOCK_N)
+        ds = p * (dp - delta[:, None])                               # dS = P ∘ (dP - delta)
+        dq = tl.dot(ds.to(k.dtype), k, dq)                           # dQ += dS K (BLOCK_M, BLOCK_D)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_q(Q, K, V, DO, DQ, LSE, DELTA, M,
+                stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                stride_dqb, stride_dqh, stride_dqm, stride_mb, stride_mh, stride_mm, stride_mn,
+                n_heads, n_queries, n_keys, group, window, qk_scale, scale, q_bucket, k_bucket,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+    """One program = BLOCK_M queries of one (batch, head): dQ over the key blocks they see."""
+    start_m = tl.program_id(0)
+    if CAUSAL:
+        start_m = tl.num_programs(0) - 1 - start_m
+    batch_head = tl.program_id(1)
+    b = batch_head // n_heads
+    h = batch_head % n_heads
+    kv_h = h // group
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
+                   + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
+    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
+                    + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
+    row_ok = offs_m < n_queries
+    lse = tl.load(LSE + batch_head.to(tl.int64) * n_queries + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + batch_head.to(tl.int64) * n_queries + offs_m, mask=row_ok, other=0.0)
+    K_ptrs = K + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+    V_ptrs = V + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    m_base = M + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, mid_lo, mid_hi, hi = _key_blocks(start_m * BLOCK_M, n_queries, n_keys, window,
+                                         BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK)
+    if HAS_WINDOW:
+        dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, lo, mid_lo, qk_scale,
+                               offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_MASK)
+    dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, mid_lo, mid_hi, qk_scale,
+                           offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                           HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_MASK)
+    dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, mid_hi, hi, qk_scale,
+                           offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                           HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_MASK)
+    dq = dq * scale  # dQ = scale · dS K
+    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
+             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+# ----------------------------------------------------------------------------------------------
+# Autotuned versions (GPU) and the fixed tile used under the interpreter (CPU).
+# ----------------------------------------------------------------------------------------------
+
+_KEY = ["q_bucket", "k_bucket", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_MASK"]
+_attn_fwd_tuned = triton.autotune(triton_configs.FORWARD_CONFIGS, key=_KEY,
+                                  prune_configs_by={"early_config_prune": triton_configs.make_pruner("forward")})(_attn_fwd)
+_attn_bwd_kv_tuned = triton.autotune(triton_configs.BACKWARD_KV_CONFIGS, key=_KEY,
+                                     prune_configs_by={"early_config_prune": triton_configs.make_pruner("backward_kv")}
+                                     )(_attn_bwd_kv)
+_attn_bwd_q_tuned = triton.autotune(triton_configs.BACKWARD_Q_CONFIGS, key=_KEY,
+                                    prune_configs_by={"early_config_prune": triton_configs.make_pruner("backward_q")}
+                                    )(_attn_bwd_q)
+
+INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 16}  # small tiles: many block boundaries in tiny tests, fast in numpy
+
+
+def _bucket(n: int) -> int:
+    """Autotuning key for a length: the next power of two (>= 16), so a growing cache is not re-tuned at every step."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def _mask_args(mask: torch.Tensor | None, batch: int, n_heads: int, n_queries: int, n_keys: int, like: torch.Tensor):
+    """The mask as a uint8 view broadcast to ``(B, H, Nq, Nk)`` (stride 0 on broadcast dims) and its 4 strides."""
+    if mask is None:
+        return like, (0, 0, 0, 0)
+    mask4 = mask if mask.dim() == 4 else mask[None, None]  # (B|1, H|1, Nq, Nk)
+    mask4 = mask4.to(like.device).expand(batch, n_heads, n_queries, n_keys).view(torch.uint8)
+    return mask4, tuple(mask4.stride())
+
+
+def check_dtype_supported(dtype: torch.dtype, capability: int) -> None:
+    """Raise ``ValueError`` if the GPU of compute capability ``capability`` (75 = sm_75) cannot run ``dtype``."""
+    if dtype == torch.bfloat16 and capability < triton_configs.BF16_MIN_CAPABILITY:
+        raise ValueError(f"q has dtype bfloat16, which needs a GPU of compute capability >= 8.0; this one is "
+                         f"sm_{capability} (e.g. a Colab T4): pass float16 tensors instead (q.half(), k.half(), v.half())")
+
+
+def _check_device(q: torch.Tensor) -> None:
+    """The kernels need a CUDA tensor, or CPU tensors under the interpreter; bf16 needs sm_80+."""
+    if interpreting():
+        return
+    if not q.is_cuda:
+        raise RuntimeError("flash_attention runs its Triton kernels on a CUDA GPU; on the CPU set TRITON_INTERPRET=1 "
+                           "before importing attention_lab.flash.triton_attention to run them under Triton's interpreter")
+    check_dtype_supported(q.dtype, triton_configs.device_capability(q.device))
+
+
+def _prepare(q, k, v, mask, causal, window, scale):
+    """Validate the arguments; return the shapes and the kernels' scalar arguments."""
+    batch, n_heads, n_kv_heads, n_queries, n_keys = _check_qkv(q, k, v)
+    head_dim = q.shape[-1]
+    if v.shape[-1] != head_dim:
+        raise ValueError(f"v must have head_dim={head_dim} like q (shape (B, Hkv, Nk, {head_dim})) for the Triton "
+                         f"kernel, got {tuple(v.shape)}")
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim (q.shape[-1]) must be <= {MAX_HEAD_DIM} for the Triton kernel, got {head_dim}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernel, got {q.dtype}")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        causal = True  # a window implies causal
+    if causal and n_queries > n_keys:
+        raise ValueError(f"causal attention needs n_queries <= n_keys (queries are the last keys), "
+                         f"got {n_queries} > {n_keys}")
+    if mask is not None:
+        from ..attention import build_mask
+
+        build_mask(n_queries, n_keys, mask, batch=batch, n_heads=n_heads)  # validates dtype and shape
+    _check_device(q)
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    return batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """The kernels index the head dimension with stride 1; any other layout (e.g. a (B, N, H, D) transpose) is fine."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _forward(q, k, v, mask, causal, window, scale, tile=None):
+    """Run the forward kernel: returns O ``(B, H, Nq, D)`` and the rows' log2-sum-exp ``(B, H, Nq)`` fp32."""
+    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = _prepare(
+        q, k, v, mask, causal, window, scale)
+    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(batch, n_heads, n_queries, device=q.device, dtype=torch.float32)
+    mask_tensor, mask_strides = _mask_args(mask, batch, n_heads, n_queries, n_keys, q)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    args = (q, k, v, out, lse, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+            *mask_strides, n_heads, n_queries, n_keys, n_heads // n_kv_heads, window or 0, scale * LOG2_E,
+            _bucket(n_queries), _bucket(n_keys))
+    flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
+                 HAS_MASK=mask is not None)
+    grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
+    if tile is None and not interpreting():
+        _attn_fwd_tuned[grid](*args, **flags)
+    else:
+        _attn_fwd[grid](*args, **flags, **(tile or INTERPRETER_TILE))
+    return out, lse
+
+
+def _backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None):
+    """Run the three backward kernels: returns dq, dk, dv shaped like q, k, v."""
+    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = _prepare(
+        q, k, v, mask, causal, window, scale)
+    do = _last_dim_contiguous(do)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    delta = torch.empty_like(lse)  # (B, H, Nq) fp32
+    delta_block = 64 if tile is None and not interpreting() else 16
+    _attn_bwd_delta[(triton.cdiv(n_queries, delta_block), batch * n_heads)](
+        out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    mask_tensor, mask_strides = _mask_args(mask, batch, n_heads, n_queries, n_keys, q)
+    group = n_heads // n_kv_heads
+    flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
+                 HAS_MASK=mask is not None)
+    buckets = (_bucket(n_queries), _bucket(n_keys))
+    kv_args = (q, k, v, do, dk, dv, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+               *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], *mask_strides,
+               n_heads, n_kv_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
+    q_args = (q, k, v, do, dq, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+              *do.stride()[:3], *dq.stride()[:3], *mask_strides,
+              n_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
+    kv_grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads)  # noqa: E731
+    q_grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
+    if tile is None and not interpreting():
+        _attn_bwd_kv_tuned[kv_grid](*kv_args, **flags)
+        _attn_bwd_q_tuned[q_grid](*q_args, **flags)
+    else:
+        _attn_bwd_kv[kv_grid](*kv_args, **flags, **(tile or INTERPRETER_TILE))
+        _attn_bwd_q[q_grid](*q_args, **flags, **(tile or INTERPRETER_TILE))
+    return dq, dk, dv
+
+
+@contextlib.contextmanager
+def online_softmax_step_replaced(step):
+    """Inside this context the forward kernel calls ``step`` instead of :func:`_online_softmax_step`.
+
+    ``step`` is a ``@triton.jit`` (or plain Python) function with the same signature; this is how the
+    chapter-10 exercise plugs a student's update into the real kernel. Only under the interpreter:
+    a compiled kernel has its helpers inlined at compile time.
+    """
+    if not interpreting():
+        raise RuntimeError("replacing the online-softmax step needs Triton's interpreter (TRITON_INTERPRET=1)")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    module = globals()
+    saved = module["_online_softmax_step"]
+    module["_online_softmax_step"] = InterpretedFunction(getattr(step, "fn", step))
+    try:
+        yield
+    finally:
+        module["_online_softmax_step"] = saved
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: the forward saves (q, k, v, O, lse); the backward recomputes P block by block."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, causal, window, scale, tile):
+        out, lse = _forward(q, k, v, mask, causal, window, scale, tile)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mask, ctx.causal, ctx.window, ctx.scale, ctx.tile = mask, causal, window, scale, tile
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, ctx.mask, ctx.causal, ctx.window, ctx.scale, ctx.tile)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    scale: float | None = None,
+    tile: dict | None = None,
+) -> torch.Tensor:
+    """FlashAttention (Triton): same contract as :func:`attention_lab.attention.scaled_dot_product_attention`.
+
+    Args:
+        q: queries ``(B, H, Nq, D)``, fp16/bf16 (fp32 works; on a GPU its matrix products use tf32).
+            ``D <= 128``; any ``D`` is padded to a power of two inside the kernel.
+        k: keys ``(B, Hkv, Nk, D)``, ``Hkv`` dividing ``H`` (GQA/MQA without copying K/V).
+        v: values ``(B, Hkv, Nk, D)``.
+        mask: optional bool mask, True = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)``.
+        causal: query i sees keys j <= i + Nk - Nq (queries aligned to the END of the keys).
+        window: sliding window of ``window`` keys including the query itself (implies causal).
+        scale: defaults to ``D ** -0.5``.
+        tile: ``{"BLOCK_M": .., "BLOCK_N": ..}`` to bypass autotuning (tests, the notebook's steps).
+
+    Returns:
+        ``(B, H, Nq, D)`` in q's dtype; differentiable in q, k, v. Rows with no visible key give 0.
+        bf16 on a GPU older than sm_80 (a T4) raises ``ValueError``: use fp16 there.
+    """
+    return FlashAttentionFunction.apply(q, k, v, mask, causal, window, scale, tile)
+
+
+__all__ = ["flash_attention", "FlashAttentionFunction", "LOG2_E", "interpreting", "online_softmax_step_replaced",
+           "check_dtype_supported"]

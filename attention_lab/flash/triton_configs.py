@@ -1,0 +1,148 @@
+"""Block sizes for the Triton FlashAttention kernels, and which of them fit a given GPU.
+
+Each kernel has a short list of candidate tiles (``triton.Config``); ``@triton.autotune`` times the
+candidates that survive :func:`prune_configs` on the first call for each shape and keeps the fastest.
+
+Pruning is by shared memory, the resource that decides whether a tile runs at all: a program
+keeps its own tile (the queries, or the keys and values it owns) in shared memory plus
+``num_stages`` copies of the tiles it streams through the loop (software pipelining). If that
+does not fit the GPU's per-block limit the launch fails, so such a config is dropped *before*
+autotuning — never silently at run time. The estimate is checked against what the compiler
+really allocates, for every kernel, config and architecture, by
+:mod:`attention_lab.flash.compile_check` (run in CI on the CPU).
+
+The limits (bytes of shared memory one block may use, the opt-in maximum):
+
+=========  ===========  ===========
+capability  example      bytes
+=========  ===========  ===========
+7.5        T4 (Colab)   64 KiB
+8.0        A100         163 KiB
+8.6/8.9    A10, L4      99 KiB
+9.0        H100, H200   227 KiB
+=========  ===========  ===========
+"""
+
+from __future__ import annotations
+
+import triton
+
+KIB = 1024
+SHARED_MEMORY_PER_BLOCK = {75: 64 * KIB, 80: 163 * KIB, 86: 99 * KIB, 87: 163 * KIB, 89: 99 * KIB, 90: 227 * KIB}
+BF16_MIN_CAPABILITY = 80  # bf16 tensor cores arrive with Ampere (sm_80); a T4 (sm_75) has fp16 only
+
+
+def _config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+
+
+# Forward: a program owns BLOCK_M queries and streams BLOCK_N keys/values per step.
+FORWARD_CONFIGS = [
+    _config(128, 128, 8, 3),  # Hopper: big tiles, deep pipeline
+    _config(128, 64, 8, 3),
+    _config(128, 64, 4, 3),
+    _config(128, 64, 4, 2),   # Ampere/Ada (A100, L4)
+    _config(64, 64, 4, 3),
+    _config(64, 64, 4, 2),
+    _config(64, 32, 4, 2),    # fits a T4 at head_dim 128
+]
+# dK/dV: a program owns BLOCK_N keys/values and streams BLOCK_M queries (with dO, lse, delta) per step.
+BACKWARD_KV_CONFIGS = [
+    _config(64, 128, 8, 3),
+    _config(32, 128, 4, 3),
+    _config(64, 64, 4, 3),
+    _config(32, 64, 4, 3),
+    _config(32, 64, 4, 2),
+    _config(32, 32, 4, 2),    # T4 at head_dim 128
+]
+# dQ: a program owns BLOCK_M queries (with dO) and streams BLOCK_N keys/values per step.
+BACKWARD_Q_CONFIGS = [
+    _config(128, 64, 8, 3),
+    _config(128, 32, 4, 3),
+    _config(64, 64, 4, 3),
+    _config(64, 32, 4, 3),
+    _config(64, 32, 4, 2),
+    _config(32, 32, 4, 2),    # T4 at head_dim 128
+]
+CONFIGS = {"forward": FORWARD_CONFIGS, "backward_kv": BACKWARD_KV_CONFIGS, "backward_q": BACKWARD_Q_CONFIGS}
+
+
+def shared_memory_limit(capability: int) -> int:
+    """Bytes of shared memory one block may use on compute capability ``capability`` (75 = sm_75)."""
+    known = sorted(SHARED_MEMORY_PER_BLOCK)
+    below = [c for c in known if c <= capability]
+    return SHARED_MEMORY_PER_BLOCK[below[-1] if below else known[0]]
+
+
+def estimated_shared_memory(kernel: str, config: triton.Config, block_d: int, element_bytes: int,
+                            capability: int = 90) -> int:
+    """Bytes of shared memory a config of ``kernel`` needs on sm_``capability`` (an upper bound).
+
+    ``block_d`` is the head dimension padded to a power of two; a "row" below is one row of a
+    ``(·, block_d)`` tile, ``block_d · element_bytes`` bytes.
+
+    * sm_80 and newer copy tiles into shared memory asynchronously (cp.async, TMA) and keep
+      ``num_stages`` copies of every tile the loop streams, plus the program's own tiles:
+      forward ``BLOCK_M + stages·2·BLOCK_N`` rows (Q; K and V), dQ ``2·BLOCK_M + stages·2·BLOCK_N``
+      (Q, dO; K, V), dK/dV ``2·BLOCK_N + stages·2·BLOCK_M`` rows (K, V; Q, dO) and the fp32 lse
+      and delta of each streamed row. Exact on sm_90, a little above what sm_80/sm_89 allocate.
+    * sm_75 has no asynchronous copies: loads go through registers, and shared memory holds
+      operands being re-laid out for the tensor cores — each tile about twice (forward
+      ``2·BLOCK_M + 2·BLOCK_N`` rows, dQ ``4·BLOCK_M + 2·BLOCK_N``, dK/dV ``2·BLOCK_M + 4·BLOCK_N``)
+      plus two ``(BLOCK_M, BLOCK_N)`` score tiles; a loose bound, tight at head_dim 128.
+
+    Calibrated with :mod:`attention_lab.flash.compile_check` (Triton 3.9); CI compiles every kept
+    config and checks the real allocation fits, so a wrong estimate fails a test instead of a launch.
+    """
+    block_m, block_n, stages = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_stages
+    row = block_d * element_bytes
+    if kernel not in CONFIGS:
+        raise ValueError(f"kernel must be one of {sorted(CONFIGS)}, got {kernel!r}")
+    if capability >= 80:
+        rows = {"forward": block_m + stages * 2 * block_n,
+                "backward_q": 2 * block_m + stages * 2 * block_n,
+                "backward_kv": 2 * block_n + stages * 2 * block_m}[kernel]
+        stats = stages * block_m * 8 if kernel == "backward_kv" else 0  # lse + delta, fp32
+        return rows * row + stats
+    rows = {"forward": 2 * block_m + 2 * block_n,
+            "backward_q": 4 * block_m + 2 * block_n,
+            "backward_kv": 2 * block_m + 4 * block_n}[kernel]
+    return rows * row + 2 * block_m * block_n * element_bytes
+
+
+def fits(kernel: str, config: triton.Config, block_d: int, element_bytes: int, capability: int) -> bool:
+    """True when ``config`` of ``kernel`` fits the shared memory of compute capability ``capability``."""
+    return estimated_shared_memory(kernel, config, block_d, element_bytes, capability) <= shared_memory_limit(capability)
+
+
+def configs_for(kernel: str, block_d: int, element_bytes: int, capability: int) -> list[triton.Config]:
+    """The candidate configs of ``kernel`` that fit the device: the pruning rule, usable without a GPU."""
+    kept = [c for c in CONFIGS[kernel] if fits(kernel, c, block_d, element_bytes, capability)]
+    if not kept:
+        raise ValueError(f"no {kernel} tile fits sm_{capability} at head_dim {block_d} "
+                         f"({shared_memory_limit(capability) // KIB} KiB of shared memory)")
+    return kept
+
+
+def device_capability(device) -> int:
+    """Compute capability of a CUDA device as one number (sm_90 -> 90)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def make_pruner(kernel: str):
+    """An ``early_config_prune`` hook for ``@triton.autotune``: keep the configs of ``kernel`` that fit the GPU."""
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        tensor = named_args["Q"]
+        capability = device_capability(tensor.device)
+        block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+        kept = [c for c in configs if fits(kernel, c, block_d, tensor.element_size(), capability)]
+        if not kept:
+            raise ValueError(f"no {kernel} tile fits sm_{capability} at head_dim {block_d} with "
+                             f"{tensor.dtype} ({shared_memory_limit(capability) // KIB} KiB of shared memory)")
+        return kept
+
+    return prune
