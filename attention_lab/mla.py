@@ -40,6 +40,11 @@ from .rope import RotaryEmbedding, check_rope_dim
 
 MODES = ("naive", "absorbed")
 
+# DeepSeek-V2's attention (arXiv 2405.04434, §3.1.2): 60 layers, d = 5120, n_h = 128 heads of d_h = 128,
+# d_c = 4·d_h = 512, d_c' = 1536, d_h^R = d_h / 2 = 64.
+DEEPSEEK_V2 = dict(n_layers=60, d_model=5120, n_heads=128, head_dim=128, kv_latent_dim=512, q_latent_dim=1536,
+                   rope_dim=64)
+
 
 def absorb_query(q_content: torch.Tensor, w_uk: torch.Tensor) -> torch.Tensor:
     """Fold the key up-projection into the query: ``W^UK_iᵀ q^C_i`` for every head i.

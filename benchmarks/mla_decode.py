@@ -1,0 +1,243 @@
+"""MLA decode on a GPU: naive (decompress the latent cache every step) vs absorbed (attend over the latents).
+
+One attention layer with DeepSeek-V2's sizes (arXiv 2405.04434 §3.1.2: d_model 5120, n_h 128 heads of
+d_h 128, d_c 512, d_c' 1536, d_h^R 64), bf16, batch 4, one new token per step with 1k … 32k tokens
+already cached. Each step is ``MultiHeadLatentAttention.forward`` on a ``LatentCache`` — the library's
+own code, nothing rewritten for speed; the attention core is PyTorch's SDPA (``backend='torch'``).
+For scale, the same heads as plain MHA decode over a full per-head K/V cache (SDPA) are timed too.
+
+Checks first (bf16 absorbed vs naive vs an fp32 run of the same layer), then times every context
+(GPU time of a CUDA-graph replay, and eager time with Python launching each kernel), writes
+``mla_decode.json`` and ``mla_decode.png`` and prints a table.
+
+    python benchmarks/mla_decode.py                 # on a CUDA GPU; results -> benchmarks/results/
+    python benchmarks/mla_decode.py --out $OUT      # on the lent device
+    python benchmarks/mla_decode.py --quick         # CPU smoke test of the script on tiny sizes
+    python benchmarks/mla_decode.py --plot-only     # redraw mla_decode.png from mla_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # decode_common, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # attention_lab, when not installed
+
+from attention_lab.mla import DEEPSEEK_V2, MultiHeadLatentAttention  # noqa: E402
+
+TINY = dict(d_model=64, n_heads=4, head_dim=16, kv_latent_dim=32, q_latent_dim=48, rope_dim=8)
+CONTEXTS = [1024, 4096, 8192, 16384, 32768]
+BATCH = 4
+
+
+def make_layer(sizes: dict, mode: str, device: torch.device, dtype: torch.dtype) -> MultiHeadLatentAttention:
+    torch.manual_seed(0)
+    layer = MultiHeadLatentAttention(sizes["d_model"], sizes["n_heads"], sizes["kv_latent_dim"], sizes["rope_dim"],
+                                     head_dim=sizes["head_dim"], q_latent_dim=sizes["q_latent_dim"], mode=mode,
+                                     backend="torch")
+    return layer.to(device=device, dtype=dtype).eval()
+
+
+def filled_cache(layer: MultiHeadLatentAttention, batch: int, context: int, seed: int, dtype: torch.dtype):
+    """A cache holding ``context - 1`` random rows (latents of RMS 1, like the RMSNorm output)."""
+    device = layer.out_proj.weight.device
+    cache = layer.make_cache(batch, context, device, dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    cache.rows.normal_(generator=generator)
+    cache.length = context - 1
+    return cache
+
+
+def step_fn(layer, cache, x):
+    """One decode step at a fixed position: rewind the fill pointer, append one token, attend over ``context`` rows."""
+    def step():
+        cache.length = cache.max_len - 1
+        return layer(x, cache=cache)  # (B, 1, d_model)
+    return step
+
+
+def bytes_and_flops(sizes: dict, batch: int, context: int, weight_bytes: int, path: str) -> dict:
+    """The bytes each path must move per step (each tensor read or written once) and its matmul FLOPs."""
+    n_heads, head_dim, latent, rope = sizes["n_heads"], sizes["head_dim"], sizes["kv_latent_dim"], sizes["rope_dim"]
+    element = 2  # bf16
+    cache = batch * context * (latent + rope) * element
+    if path == "absorbed":  # read the cached rows once; scores and context over d_c + d_R and d_c per head
+        return dict(bytes=cache + weight_bytes, cache_bytes=cache,
+                    flops=2 * batch * n_heads * context * ((latent + rope) + latent))
+    if path == "naive":  # also write the decompressed keys [k^C; k^R] and values, then read them back
+        keys = batch * n_heads * context * (head_dim + rope) * element
+        values = batch * n_heads * context * head_dim * element
+        return dict(bytes=cache + weight_bytes + 2 * (keys + values), cache_bytes=cache,
+                    flops=2 * batch * context * latent * n_heads * 2 * head_dim
+                    + 2 * batch * n_heads * context * ((head_dim + rope) + head_dim))
+    cache = 2 * batch * n_heads * context * head_dim * element  # plain MHA: per-head K and V
+    return dict(bytes=cache, cache_bytes=cache, flops=4 * batch * n_heads * context * head_dim)
+
+
+def check_correctness(sizes: dict, device: torch.device, context: int) -> dict:
+    """bf16 absorbed vs bf16 naive vs the same layer and cache in fp32: relative errors of one decode step."""
+    layer32 = make_layer(sizes, "naive", device, torch.float32)
+    cache32 = filled_cache(layer32, 2, context, seed=1, dtype=torch.float32)
+    x32 = torch.randn(2, 1, sizes["d_model"], device=device, generator=torch.Generator(device=device).manual_seed(2))
+    with torch.no_grad():
+        reference = step_fn(layer32, cache32, x32)().double()
+        absorbed32 = copy.deepcopy(layer32)
+        absorbed32.mode = "absorbed"
+        outputs = {"fp32 absorbed": step_fn(absorbed32, cache32, x32)()}
+        for mode in ("naive", "absorbed"):
+            layer = copy.deepcopy(layer32).to(torch.bfloat16)
+            layer.mode = mode
+            cache = layer.make_cache(2, context, device, torch.bfloat16)
+            cache.rows.copy_(cache32.rows)
+            outputs[f"bf16 {mode}"] = step_fn(layer, cache, x32.to(torch.bfloat16))()
+    errors = {name: float((out.double() - reference).norm() / reference.norm()) for name, out in outputs.items()}
+    errors["bf16 absorbed vs bf16 naive"] = float((outputs["bf16 absorbed"].double() - outputs["bf16 naive"].double()).norm()
+                                                  / outputs["bf16 naive"].double().norm())
+    return {"context": context, "batch": 2, "relative_error_vs_fp32_naive": errors}
+
+
+def time_call(calls: list, device: torch.device) -> tuple[float, float]:
+    """(graph seconds, eager seconds) per call: GPU time of a CUDA-graph replay, and eager wall time."""
+    if device.type != "cuda":
+        from attention_lab.bench import time_function
+
+        seconds = time_function(calls[0], warmup=1, repeats=3, device=device)
+        return seconds, seconds
+    from decode_common import time_eager, time_graph
+
+    graph = time_graph(calls)
+    eager = time_eager(calls[0], repeats=10)
+    return graph, eager
+
+
+def run(sizes: dict, contexts: list[int], batch: int, device: torch.device) -> dict:
+    dtype = torch.bfloat16
+    layers = {mode: make_layer(sizes, mode, device, dtype) for mode in ("naive", "absorbed")}
+    layers["absorbed"].load_state_dict(layers["naive"].state_dict())
+    weight_bytes = sum(p.numel() * p.element_size() for p in layers["naive"].parameters())
+    x = torch.randn(batch, 1, sizes["d_model"], device=device, dtype=dtype)
+    rows = []
+    for context in contexts:
+        cache_bytes = batch * context * (sizes["kv_latent_dim"] + sizes["rope_dim"]) * 2
+        copies = 1 if device.type != "cuda" else max(1, -(-(256 * 2**20) // cache_bytes))  # rotate past the L2
+        caches = [filled_cache(layers["naive"], batch, context, seed=i, dtype=dtype) for i in range(copies)]
+        with torch.no_grad():
+            for path in ("naive", "absorbed"):
+                calls = [step_fn(layers[path], cache, x) for cache in caches]
+                graph_s, eager_s = time_call(calls, device)
+                rows.append(dict(context=context, path=path, graph_ms=graph_s * 1e3, eager_ms=eager_s * 1e3,
+                                 **bytes_and_flops(sizes, batch, context, weight_bytes, path)))
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            del caches
+            # Plain MHA with the same heads for scale: one query per head over a full per-head K/V cache.
+            shape = (batch, sizes["n_heads"], context, sizes["head_dim"])
+            k, v = torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype)
+            q = torch.randn(batch, sizes["n_heads"], 1, sizes["head_dim"], device=device, dtype=dtype)
+            graph_s, eager_s = time_call([lambda: F.scaled_dot_product_attention(q, k, v)], device)
+            rows.append(dict(context=context, path="mha_sdpa", graph_ms=graph_s * 1e3, eager_ms=eager_s * 1e3,
+                             **bytes_and_flops(sizes, batch, context, 0, "mha")))
+            del k, v
+        for row in rows[-3:]:
+            row["achieved_GBps"] = row["bytes"] / (row["graph_ms"] * 1e-3) / 1e9
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    speedups = {}
+    for context in contexts:
+        ms = {r["path"]: r["graph_ms"] for r in rows if r["context"] == context}
+        eager = {r["path"]: r["eager_ms"] for r in rows if r["context"] == context}
+        speedups[str(context)] = {"graph": ms["naive"] / ms["absorbed"], "eager": eager["naive"] / eager["absorbed"]}
+    return {"rows": rows, "speedup_absorbed_over_naive": speedups, "layer_weight_bytes": weight_bytes}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, (ax_time, ax_speed) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = {"naive": "MLA naive (decompress cache)", "absorbed": "MLA absorbed (attend over latents)",
+              "mha_sdpa": "MHA attention core only, same heads, full K/V cache (SDPA)"}
+    for kind, style in (("naive", "o-"), ("absorbed", "s-"), ("mha_sdpa", "^--")):
+        points = [r for r in rows if r["path"] == kind]
+        ax_time.plot([r["context"] for r in points], [r["graph_ms"] for r in points], style, label=labels[kind])
+    ax_time.set_xscale("log", base=2)
+    ax_time.set_yscale("log")
+    ax_time.set_xlabel("context (cached tokens)")
+    ax_time.set_ylabel("time per decode step (ms, one layer)")
+    ax_time.set_title("Decode step, DeepSeek-V2 attention sizes, bf16")
+    ax_time.grid(alpha=0.3, which="both")
+    ax_time.legend(fontsize=8)
+    contexts = sorted({r["context"] for r in rows})
+    ax_speed.plot(contexts, [result["speedup_absorbed_over_naive"][str(c)]["graph"] for c in contexts], "s-",
+                  label="GPU time (CUDA graph)")
+    ax_speed.plot(contexts, [result["speedup_absorbed_over_naive"][str(c)]["eager"] for c in contexts], "o--",
+                  label="eager (Python launches)")
+    ax_speed.axhline(3, color="gray", lw=1, ls=":", label="target 3×")
+    ax_speed.set_xscale("log", base=2)
+    ax_speed.set_xlabel("context (cached tokens)")
+    ax_speed.set_ylabel("speed-up, naive time / absorbed time (×)")
+    ax_speed.set_title("Absorbed over naive")
+    ax_speed.grid(alpha=0.3, which="both")
+    ax_speed.legend(fontsize=8)
+    card = result["environment"].get("card", "CPU")
+    fig.suptitle(f"MLA decode, batch {result['batch']} — {card}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and contexts (CPU smoke test)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON in --out")
+    args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((args.out / "mla_decode.json").read_text()), args.out / "mla_decode.png")
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.quick:
+        sys.exit("mla_decode.py needs a CUDA GPU (use --quick for a CPU smoke test of the script)")
+    sizes, contexts = (TINY, [64, 256]) if args.quick else (DEEPSEEK_V2, CONTEXTS)
+    started = time.perf_counter()
+    if device.type == "cuda":
+        from decode_common import environment
+
+        env = environment()
+    else:
+        import platform
+
+        env = {"card": "CPU (smoke test)", "torch": torch.__version__, "python": platform.python_version()}
+    correctness = check_correctness(sizes, device, context=contexts[1])
+    result = {"benchmark": "mla_decode", "environment": env, "sizes": sizes, "batch": BATCH, "dtype": "bfloat16",
+              "attention_backend": "torch (F.scaled_dot_product_attention)", "correctness": correctness}
+    result.update(run(sizes, contexts, BATCH, device))
+    result["seconds"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    from decode_common import save_json
+
+    save_json(args.out / "mla_decode.json", result)
+    plot(result, args.out / "mla_decode.png")
+    print(f"{env.get('card')} | torch {env.get('torch')} | triton {env.get('triton', '-')} | CUDA {env.get('cuda', '-')}")
+    print("correctness (relative error vs fp32):",
+          {k: f"{v:.2e}" for k, v in correctness["relative_error_vs_fp32_naive"].items()})
+    print(f"{'context':>8} {'path':>9} {'graph ms':>9} {'eager ms':>9} {'MB moved':>10} {'GB/s':>7}")
+    for r in result["rows"]:
+        print(f"{r['context']:>8} {r['path']:>9} {r['graph_ms']:>9.3f} {r['eager_ms']:>9.3f} "
+              f"{r['bytes'] / 1e6:>10.1f} {r['achieved_GBps']:>7.0f}")
+    for context, s in result["speedup_absorbed_over_naive"].items():
+        print(f"absorbed over naive at {context}: {s['graph']:.1f}x (graph), {s['eager']:.1f}x (eager)")
+
+
+if __name__ == "__main__":
+    main()
