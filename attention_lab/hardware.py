@@ -70,17 +70,19 @@ GPU_TABLE: dict[str, GPUSpec] = {
 
 
 def spec_for_name(device_name: str) -> GPUSpec | None:
-    """The table row for a driver-reported name ("NVIDIA H100 80GB HBM3", "Tesla T4", ...), or None."""
-    name = device_name.upper()
-    words = name.replace("-", " ").split()  # "NVIDIA A100-SXM4-80GB" -> [..., "A100", "SXM4", "80GB"]
+    """The table row for a driver-reported name ("NVIDIA H100 80GB HBM3", "Tesla T4", ...), or None.
+
+    Variants the table does not hold (H100 NVL, GH200, A100 40GB, ...) give None rather than a wrong row.
+    """
+    words = device_name.upper().replace("-", " ").split()  # "NVIDIA A100-SXM4-80GB" -> [..., "A100", "SXM4", "80GB"]
     if "T4" in words:
         return GPU_TABLE["T4"]
-    if "A100" in name:
-        return GPU_TABLE["A100 SXM 80GB"]
-    if "H200" in name:
+    if "A100" in words and "40GB" not in words:
+        return GPU_TABLE["A100 SXM 80GB"] if "PCIE" not in words else None
+    if "H200" in words and "NVL" not in words:
         return GPU_TABLE["H200 SXM"]
-    if "H100" in name:
-        return GPU_TABLE["H100 PCIe"] if "PCIE" in name else GPU_TABLE["H100 SXM"]
+    if "H100" in words and "NVL" not in words:
+        return GPU_TABLE["H100 PCIe"] if "PCIE" in words else GPU_TABLE["H100 SXM"]
     return None
 
 

@@ -37,7 +37,9 @@ def test_table_rows_are_consistent():
 
 @pytest.mark.parametrize("name,row", [("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"),
                                       ("Tesla T4", "T4"), ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB"),
-                                      ("NVIDIA H200", "H200 SXM"), ("NVIDIA GeForce RTX 4090", None)])
+                                      ("NVIDIA H200", "H200 SXM"), ("NVIDIA GeForce RTX 4090", None),
+                                      ("NVIDIA GH200 480GB", None), ("NVIDIA H100 NVL", None),
+                                      ("NVIDIA A100-SXM4-40GB", None)])
 def test_driver_names_map_to_rows(name, row):
     spec = spec_for_name(name)
     assert (spec.name if spec else None) == row
