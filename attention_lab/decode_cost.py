@@ -8,7 +8,9 @@ only the new token (its q, and 2·d new cache entries k, v) and computes N score
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -66,23 +68,39 @@ def generation_multiply_adds(prompt_tokens: int, new_tokens: int, d_model: int, 
     return n_layers * total
 
 
+def _seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Time of ``fn()``. GPU: median CUDA-event time (:func:`time_function`). CPU: the least process CPU
+    time over ``repeats`` runs — other jobs on a shared machine inflate wall time, and interference only
+    ever adds time, so the fastest run is the cleanest estimate."""
+    if device.type == "cuda":
+        return time_function(fn, warmup=0, repeats=repeats, device=device)
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
 def measure_generation_speed(model: torch.nn.Module, new_token_counts: list[int], prompt_tokens: int = 1,
                              repeats: int = 1, seed: int = 0) -> dict[str, list]:
     """Time greedy generation of each count of new tokens, with and without the KV cache.
 
     Returns ``{"new_tokens": [...], "cached_seconds": [...], "uncached_seconds": [...],
-    "cached_tokens_per_s": [...], "uncached_tokens_per_s": [...]}`` (median of ``repeats`` runs,
-    batch of one sequence, on the model's device; CUDA timings use events).
+    "cached_tokens_per_s": [...], "uncached_tokens_per_s": [...]}`` for a batch of one sequence on the
+    model's device, over ``repeats`` runs: the median CUDA-event time on a GPU, the least process CPU time
+    on the CPU (equal to wall time on an idle machine when torch uses one thread).
     """
     check_positive_int("prompt_tokens", prompt_tokens)
+    check_positive_int("repeats", repeats)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(model.config.vocab_size, (1, prompt_tokens), generator=generator).to(device)  # (1, P)
     generate(model, prompt, min(8, model.config.context_length - prompt_tokens))  # warm-up (allocator, kernels)
     result: dict[str, list] = {"new_tokens": list(new_token_counts)}
     for use_cache, name in ((True, "cached"), (False, "uncached")):
-        seconds = [time_function(lambda: generate(model, prompt, n, use_cache=use_cache), warmup=0,
-                                 repeats=repeats, device=device) for n in new_token_counts]
+        seconds = [_seconds(lambda: generate(model, prompt, n, use_cache=use_cache), repeats, device)
+                   for n in new_token_counts]
         result[f"{name}_seconds"] = seconds
         result[f"{name}_tokens_per_s"] = [n / s for n, s in zip(new_token_counts, seconds)]
     return result
