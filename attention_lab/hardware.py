@@ -64,8 +64,9 @@ GPU_TABLE: dict[str, GPUSpec] = {
                          "NVIDIA H100 datasheet (2022) and H100 architecture whitepaper (2022), PCIe column"),
     "H100 SXM": GPUSpec("H100 SXM", "Hopper", (9, 0), 132, 228, 256, 50, 80, "HBM3", 3.35, 989.4, 989.4,
                         "NVIDIA H100 datasheet (2022) and H100 architecture whitepaper (2022), SXM5 column"),
-    "H200 SXM": GPUSpec("H200 SXM", "Hopper", (9, 0), 132, 228, 256, 50, 141, "HBM3e", 4.8, 989.4, 989.4,
-                        "NVIDIA H200 datasheet (2024): same GH100 compute as the H100 SXM, 141 GB HBM3e at 4.8 TB/s"),
+    "H200 SXM": GPUSpec("H200 SXM", "Hopper", (9, 0), 132, 228, 256, 60, 141, "HBM3e", 4.8, 989.4, 989.4,
+                        "NVIDIA H200 datasheet (2024): same GH100 compute as the H100 SXM, 141 GB HBM3e at 4.8 TB/s; "
+                        "the datasheet gives no L2 size, 60 MiB is what the CUDA driver reports on an H200"),
 }
 
 

@@ -52,7 +52,8 @@ print(f"H100 SXM: all shared memory together is {sram_total_mib:.0f} MiB; HBM is
 # %% [markdown]
 # Sources: NVIDIA's T4 datasheet (2019) and Turing tuning guide; the A100 datasheet (2021) and *NVIDIA A100
 # Tensor Core GPU Architecture* whitepaper (2020); the H100 datasheet and *NVIDIA H100 Tensor Core GPU
-# Architecture* whitepaper (2022), SXM5 and PCIe columns; the H200 datasheet (2024). "smem/SM" is the most
+# Architecture* whitepaper (2022), SXM5 and PCIe columns; the H200 datasheet (2024), which lists no L2
+# size (the H200's is the size its CUDA driver reports). "smem/SM" is the most
 # shared memory an SM can hand its blocks (one block may take 1 KiB less on A100/H100); it is carved from
 # the combined L1/shared array in the next column. Datasheet tensor rates are quoted "with sparsity" — the
 # table halves them to the dense rate that attention actually gets. The free Colab T4 has no bf16 at all.
