@@ -9,6 +9,8 @@ byte. The kernel therefore aims at one thing, reading the cache once at full ban
 * **Split-K.** Batch × KV heads alone may not fill the GPU (MQA at B=32 gives 32 programs for
   132 SMs), so the context is cut into partitions, each program computes an online-softmax partial
   result over one partition, and a second kernel merges the partials (see :func:`_reduce_kernel`).
+  :func:`choose_partition_size` picks the split, :func:`decode_config` the tile, both from a sweep
+  on an H100.
 * **Paged or contiguous.** With ``PAGED`` each token's row is found through the block table
   (``block = table[n // PAGE_SIZE]``, ``row = n % PAGE_SIZE``); without it the cache is an ordinary
   ``(B, Hkv, N, D)`` tensor. Everything else is shared.
@@ -63,6 +65,7 @@ def _decode_partition_kernel(
     TILE_N: tl.constexpr,  # keys per loop iteration
     PAGED: tl.constexpr,
     SINGLE_PARTITION: tl.constexpr,  # True: write the normalised output directly, no reduction step
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (exact fp32 products), "tf32" (ignored) for 16-bit
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -102,13 +105,13 @@ def _decode_partition_kernel(
         k = tl.load(K + kv_head * stride_kh + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
         v = tl.load(V + kv_head * stride_vh + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
 
-        scores = tl.dot(q, tl.trans(k)) * qk_scale  # S = q Kᵀ · scale · log2 e: (GROUP_PAD, TILE_N)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # S = q Kᵀ·scale·log2 e: (GROUP_PAD, TILE_N)
         scores = tl.where(n_ok[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))  # m_new = max(m_i, rowmax(S))
         alpha = tl.exp2(m_i - m_new)  # alpha = 2^(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])  # P = 2^(S - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)  # l_i = alpha · l_i + rowsum(P)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)  # acc = alpha · acc + P V
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)  # acc = alpha · acc + P V
         m_i = m_new
 
     out_mask = row_ok[:, None] & d_ok[None, :]
@@ -177,32 +180,39 @@ class DecodeConfig:
 
 
 def decode_config(head_dim: int, element_size: int, capability: tuple[int, int] | None) -> DecodeConfig:
-    """The tile for a device: K and V tiles of ``tile_n × head_dim`` are kept ``num_stages`` deep in
-    shared memory, so the 64 KiB of a T4 (sm_75) gets 32-key tiles and 2 stages, while Ampere and
-    Hopper (163 / 227 KiB) take 64 keys and 3 stages; checked per architecture by
-    ``tests/test_decode_compile.py``."""
+    """The tile for a device. K and V tiles of ``tile_n × head_dim`` are kept ``num_stages`` deep in
+    shared memory, so a T4 (sm_75, 64 KiB) gets 32-key tiles and 2 stages, Ampere/Ada 64 keys and
+    3 stages, and Hopper (227 KiB) 128 keys, which an H100 sweep found best or within 2% of the
+    best for bf16 at D=128 (benchmarks/results/decode_sweep.json). Every choice is compiled and
+    its shared memory checked per architecture by ``tests/test_decode_compile.py``."""
     if capability is None or capability < (8, 0):
         return DecodeConfig(tile_n=32, num_warps=4, num_stages=2)
-    if head_dim * element_size > 256:  # D > 128 in 16-bit (or fp32 at D=128): halve the tile
+    if head_dim * element_size > 256:  # D > 128 in 16-bit (or fp32 at D=128): a smaller tile
         return DecodeConfig(tile_n=32, num_warps=4, num_stages=3)
+    if capability >= (9, 0):
+        return DecodeConfig(tile_n=128, num_warps=4, num_stages=3)
     return DecodeConfig(tile_n=64, num_warps=4, num_stages=3)
 
 
-def choose_partition_size(max_len: int, programs: int, group: int, tile_n: int, n_sms: int,
-                          programs_per_sm: int = 16, max_extra_traffic: float = 1 / 16) -> int:
-    """Tokens per split-K partition.
+MAX_PARTITION = 4096  # the longest partition measured; at 32k context it was the best or within 1%
 
-    More partitions give more programs (``programs`` = B · Hkv before splitting), which balances
-    the work over the ``n_sms`` multiprocessors: aim for ``programs_per_sm`` each. But every
-    partition writes one output per query head and the reduction reads it back: ``G · P / N`` of
-    the KV bytes for P partitions of N tokens and a group of G query heads, so P is capped to keep
-    that under ``max_extra_traffic``. A partition is never shorter than 4 tiles.
+
+def choose_partition_size(max_len: int, programs: int, group: int, tile_n: int, n_sms: int,
+                          max_extra_traffic: float = 1 / 16) -> int:
+    """Tokens per split-K partition: as long as possible, as long as there is work for every SM.
+
+    ``programs`` = B · Hkv before splitting. Splitting costs: every partition writes one output
+    per query head that the reduction reads back (``G · P / N`` of the KV bytes for P partitions of
+    N tokens and a group of G query heads) plus a second kernel. An H100 sweep (B=32, H=32, D=128:
+    benchmarks/results/decode_sweep.json) found the fastest split to be the fewest partitions
+    giving about one program per SM, each at most :data:`MAX_PARTITION` tokens; many short
+    partitions (16 programs per SM) were 2–10% slower. The extra traffic is capped at
+    ``max_extra_traffic``, and a partition is never shorter than 4 tiles.
     """
     if max_len <= 0:
         return tile_n
-    wanted_parts = math.ceil(programs_per_sm * n_sms / max(programs, 1))
-    affordable_parts = max(1, int(max_extra_traffic * max_len / group))
-    parts = max(1, min(wanted_parts, affordable_parts))
+    parts = max(math.ceil(0.9 * n_sms / max(programs, 1)), math.ceil(max_len / MAX_PARTITION))
+    parts = max(1, min(parts, int(max_extra_traffic * max_len / group)))
     size = max(math.ceil(max_len / parts), 4 * tile_n)
     return math.ceil(size / tile_n) * tile_n  # a whole number of tiles
 
@@ -222,6 +232,15 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
+def launch_plan(batch: int, n_kv_heads: int, n_heads: int, head_dim: int, max_len: int, dtype: torch.dtype,
+                device: torch.device | str) -> tuple[DecodeConfig, int, int]:
+    """The tile config, partition size and number of partitions the kernels use for this problem on ``device``."""
+    capability, n_sms = _device_facts(torch.device(device))
+    config = decode_config(head_dim, torch.finfo(dtype).bits // 8, capability)
+    partition = choose_partition_size(max_len, batch * n_kv_heads, n_heads // n_kv_heads, config.tile_n, n_sms)
+    return config, partition, max(1, math.ceil(max_len / partition))
+
+
 # ---------------------------------------------------------------------- launch
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[int, int, int],
             v_strides: tuple[int, int, int], block_tables: torch.Tensor | None, context_lens: torch.Tensor,
@@ -232,10 +251,12 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
                          "attention_lab.decode_kernel, to run it on the CPU); paged_attention_reference works anywhere")
     batch, n_heads, _, head_dim = q.shape
     group = n_heads // n_kv_heads
-    capability, n_sms = _device_facts(q.device)
+    planned_config, planned_partition, _ = launch_plan(batch, n_kv_heads, n_heads, head_dim, max_len, q.dtype, q.device)
     if config is None:
-        config = decode_config(head_dim, q.element_size(), capability)
-    if partition_size is None:
+        config = planned_config
+        partition_size = planned_partition if partition_size is None else partition_size
+    elif partition_size is None:
+        capability, n_sms = _device_facts(q.device)
         partition_size = choose_partition_size(max_len, batch * n_kv_heads, group, config.tile_n, n_sms)
     if partition_size < 1 or partition_size % config.tile_n != 0:
         raise ValueError(f"partition_size must be a positive multiple of tile_n={config.tile_n}, got {partition_size}")
@@ -269,6 +290,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
         scale * LOG2_E, partition_size,
         GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         PAGE_SIZE=page_size, TILE_N=config.tile_n, PAGED=block_tables is not None, SINGLE_PARTITION=single,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not single:
@@ -287,7 +309,7 @@ def paged_decode(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.
     """Decode attention through block tables (same contract as :func:`attention_lab.paged.paged_attention_reference`).
 
     Args:
-        q: ``(B, H, 1, D)`` fp16/bf16 (fp32 works; on a GPU its dot products use TF32).
+        q: ``(B, H, 1, D)`` fp16/bf16, or fp32 (exact fp32 dot products, slower).
         key_blocks, value_blocks: ``(num_blocks, block_size, Hkv, D)``, the last dim contiguous.
         block_tables: ``(B, max_blocks)`` int32. context_lens: ``(B,)`` int32, may differ per sequence.
         partition_size: split-K partition in tokens (default: chosen to fill the GPU).

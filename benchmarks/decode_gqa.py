@@ -28,7 +28,7 @@ from decode_common import (best_of, copies_for, copy_bandwidth, environment, rel
                            sweep, time_eager, time_graph)
 
 from attention_lab.attention import scaled_dot_product_attention  # noqa: E402
-from attention_lab.decode_kernel import contiguous_decode  # noqa: E402
+from attention_lab.decode_kernel import contiguous_decode, launch_plan  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM = 32, 32, 128
 KV_HEADS = [32, 8, 4, 1]
@@ -44,6 +44,12 @@ def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, copies: int, 
         v = torch.randn(BATCH, n_kv_heads, context, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
         sets.append((q, k, v))
     return sets
+
+
+def plan(n_kv_heads: int, context: int, dtype: torch.dtype) -> dict:
+    """The tile and split the library chose for this shape on this GPU (recorded with the timings)."""
+    config, partition, parts = launch_plan(BATCH, n_kv_heads, HEADS, HEAD_DIM, context, dtype, "cuda")
+    return {**vars(config), "partition_size": partition, "partitions": parts}
 
 
 def main() -> None:
@@ -83,6 +89,7 @@ def main() -> None:
                    "heads": HEADS, "head_dim": HEAD_DIM, "dtype": str(dtype).removeprefix("torch."),
                    "kv_bytes": kv_bytes, "rotated_input_sets": copies,
                    "correct": errors["triton_vs_fp32"] < 1e-2, "errors": errors,
+                   "kernel_plan": plan(n_kv_heads, context, dtype),
                    "ms": {name: t * 1e3 for name, t in times.items()},
                    "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
                    "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()},
@@ -137,11 +144,11 @@ def plot(payload: dict, path: Path) -> None:
         ax.set_title(f"context {context // 1024}k")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("effective KV-read bandwidth (TB/s)")
-    axes[0].legend(fontsize=8, loc="lower left")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=3)
     env = payload["environment"]
     fig.suptitle(f"Decode step, B=32, H=32, D=128, {payload['rows'][0]['dtype']}: "
                  f"{env['card']}, torch {env['torch']}, triton {env['triton']}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
 
 

@@ -30,7 +30,7 @@ from decode_common import (best_of, copies_for, copy_bandwidth, environment, rel
                            sweep, time_eager, time_graph)
 
 from attention_lab.attention import scaled_dot_product_attention, torch_attention  # noqa: E402
-from attention_lab.decode_kernel import contiguous_decode, paged_decode  # noqa: E402
+from attention_lab.decode_kernel import contiguous_decode, launch_plan, paged_decode  # noqa: E402
 from attention_lab.paged import gather_kv, paged_attention_reference  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM, BLOCK_SIZE = 32, 32, 128, 16
@@ -78,6 +78,12 @@ def check(q, key_blocks, value_blocks, tables, lens, k, v) -> dict:
     return errors
 
 
+def plan(n_kv_heads: int, context: int, dtype: torch.dtype) -> dict:
+    """The tile and split the library chose for this shape on this GPU (recorded with the timings)."""
+    config, partition, parts = launch_plan(BATCH, n_kv_heads, HEADS, HEAD_DIM, context, dtype, "cuda")
+    return {**vars(config), "partition_size": partition, "partitions": parts}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -110,7 +116,7 @@ def main() -> None:
         }
         row = {"n_kv_heads": n_kv_heads, "context": context, "batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM,
                "block_size": BLOCK_SIZE, "dtype": str(dtype).removeprefix("torch."), "kv_bytes": kv_bytes,
-               "correct": ok, "errors": errors,
+               "correct": ok, "errors": errors, "kernel_plan": plan(n_kv_heads, context, dtype),
                "ms": {name: t * 1e3 for name, t in times.items()},
                "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
                "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()},
@@ -173,7 +179,7 @@ def plot(payload: dict, path: Path) -> None:
     env = payload["environment"]
     ax.set_title(f"Decode step, B=32, H=32, D=128, {rows[0]['dtype']}, blocks of {rows[0]['block_size']}\n"
                  f"{env['card']}, torch {env['torch']}, triton {env['triton']}")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -61,7 +61,7 @@ def compile_all(capabilities=CAPABILITIES) -> list[dict]:
         config = dk.decode_config(head_dim, 2, (capability // 10, capability % 10))
         for paged in (True, False):
             constexprs = dict(GROUP=group, GROUP_PAD=group, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim, PAGE_SIZE=16,
-                              TILE_N=config.tile_n, PAGED=paged, SINGLE_PARTITION=False)
+                              TILE_N=config.tile_n, PAGED=paged, SINGLE_PARTITION=False, DOT_PRECISION="tf32")
             shared = _shared_memory(dk._decode_partition_kernel, constexprs, capability,
                                     config.num_warps, config.num_stages)
             rows.append(dict(capability=capability, kernel="paged" if paged else "contiguous", tile_n=config.tile_n,

@@ -7,7 +7,8 @@ there is no GPU); the ``gpu`` tests run the compiled kernels in fp16/bf16 on a r
 import pytest
 import torch
 
-from attention_lab.decode_kernel import DecodeConfig, choose_partition_size, contiguous_decode, paged_decode
+from attention_lab.decode_kernel import (MAX_PARTITION, DecodeConfig, choose_partition_size, contiguous_decode,
+                                         paged_decode)
 from attention_lab.paged import gather_kv, paged_attention_reference
 from reference import TOLERANCES, attention_fp64
 
@@ -97,16 +98,18 @@ def test_decode_errors_name_the_argument(monkeypatch):
         paged_decode(q, key_blocks, value_blocks, tables, lens)
 
 
-def test_partition_size_balances_work_and_extra_traffic():
-    # GQA-8 at B=32, 32k context: 256 programs; split so that ~16 programs per SM (132 SMs) have work.
-    size = choose_partition_size(32768, 32 * 8, 4, 64, 132)
-    parts = -(-32768 // size)
-    assert size % 64 == 0 and 256 * parts >= 16 * 132 - 256
-    # MQA at B=32, 4k: 32 programs want many partitions, but each writes 32 head outputs; the extra
-    # traffic G·P/N stays under 1/16 of the KV bytes.
-    size = choose_partition_size(4096, 32, 32, 64, 132)
+def test_partition_size_gives_each_sm_work_with_few_long_partitions():
+    sms = 132
+    # MHA at B=32 already gives 1024 programs: one partition of the whole 4k context.
+    assert choose_partition_size(4096, 32 * 32, 1, 128, sms) == 4096
+    # MQA at B=32 gives 32 programs: 4 partitions of 1024 make ~one program per SM.
+    assert choose_partition_size(4096, 32, 32, 128, sms) == 1024
+    # Long contexts are cut into partitions of at most MAX_PARTITION tokens.
+    assert choose_partition_size(32768, 32 * 8, 4, 128, sms) == MAX_PARTITION
+    # A batch of one with MQA: the extra traffic G·P/N of the partition outputs stays under 1/16.
+    size = choose_partition_size(4096, 1, 32, 64, sms)
     assert 32 * -(-4096 // size) / 4096 <= 1 / 16
-    assert choose_partition_size(10, 1, 1, 64, 132) == 256  # never below 4 tiles
+    assert choose_partition_size(10, 1, 1, 64, sms) == 256  # never below 4 tiles
 
 
 # ---------------------------------------------------------------------- on a real GPU
@@ -120,7 +123,7 @@ def test_paged_decode_on_gpu(dtype, n_heads, n_kv_heads, head_dim, block_size):
     lengths = [1, 17, 1000, 4097, 0, 2500]
     inputs = random_pool(lengths, n_heads, n_kv_heads, head_dim, block_size, dtype=dtype, device="cuda", seed=11)
     expected = expected_fp64(*inputs)
-    for partition in (None, 256, 4160):  # auto, many partitions, one partition
+    for partition in (None, 256, 33 * 128):  # auto, many partitions, one partition (a multiple of every tile_n)
         out = paged_decode(*inputs, partition_size=partition)
         atol, rtol = TOLERANCES[dtype]
         torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
