@@ -465,8 +465,9 @@ def _prepare(q, k, v, mask, causal, window, scale):
     if v.shape[-1] != head_dim:
         raise ValueError(f"v must have head_dim={head_dim} like q (shape (B, Hkv, Nk, {head_dim})) for the Triton "
                          f"kernel, got {tuple(v.shape)}")
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim (q.shape[-1]) must be <= {MAX_HEAD_DIM} for the Triton kernel, got {head_dim}")
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim (q.shape[-1]) must be between 1 and {MAX_HEAD_DIM} for the Triton kernel, "
+                         f"got {head_dim}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernel, got {q.dtype}")
     if window is not None:
@@ -490,6 +491,47 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+_compile_only = False  # True inside precompile(): kernels are compiled (in parallel) but not launched
+
+
+def _launch(tuned, kernel, grid, args, flags, tile):
+    """Launch ``kernel`` with ``tile``, or the autotuned ``tuned`` when no tile is given on a GPU."""
+    if tuned is not None and tile is None and not interpreting():
+        kernel, tile = tuned, {}
+    tile = tile if tile is not None else INTERPRETER_TILE
+    if _compile_only:
+        kernel.warmup(*args, grid=(1,), **flags, **tile)
+    else:
+        kernel[grid](*args, **flags, **tile)
+
+
+def precompile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+               causal: bool = False, window: int | None = None, backward: bool = True, workers: int = 16) -> None:
+    """Compile every autotune config for inputs shaped like q, k, v, in parallel threads, without running them.
+
+    The first call of each new variant (head_dim, causal, window, mask, dtype) otherwise compiles its
+    configs one after another while autotuning; this fills the same caches ahead of time. Uses
+    Triton's asynchronous-compile mode when this Triton has it (3.5+), else compiles one by one.
+    """
+    global _compile_only
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:
+        AsyncCompileMode = None
+    with ThreadPoolExecutor(workers) as pool:
+        context = AsyncCompileMode(pool) if AsyncCompileMode is not None else contextlib.nullcontext()
+        _compile_only = True
+        try:
+            with context:
+                out, lse = _forward(q, k, v, mask, causal, window, None)
+                if backward:
+                    _backward(out, q, k, v, out, lse, mask, causal, window, None)
+        finally:
+            _compile_only = False
+
+
 def _forward(q, k, v, mask, causal, window, scale, tile=None):
     """Run the forward kernel: returns O ``(B, H, Nq, D)`` and the rows' log2-sum-exp ``(B, H, Nq)`` fp32."""
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = _prepare(
@@ -502,27 +544,32 @@ def _forward(q, k, v, mask, causal, window, scale, tile=None):
     args = (q, k, v, out, lse, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             *mask_strides, n_heads, n_queries, n_keys, n_heads // n_kv_heads, window or 0, scale * LOG2_E,
             _bucket(n_queries), _bucket(n_keys))
+    if out.numel() == 0:
+        return out, lse
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
                  HAS_MASK=mask is not None)
     grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
-    if tile is None and not interpreting():
-        _attn_fwd_tuned[grid](*args, **flags)
-    else:
-        _attn_fwd[grid](*args, **flags, **(tile or INTERPRETER_TILE))
+    _launch(_attn_fwd_tuned, _attn_fwd, grid, args, flags, tile)
     return out, lse
 
 
-def _backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None):
-    """Run the three backward kernels: returns dq, dk, dv shaped like q, k, v."""
+def _backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None, tile_q=None):
+    """Run the three backward kernels: returns dq, dk, dv shaped like q, k, v.
+
+    ``tile`` fixes the dK/dV kernel's tile (BLOCK_N keys per program, BLOCK_M queries per step) and,
+    unless ``tile_q`` is given, the dQ kernel's; ``None`` autotunes on a GPU.
+    """
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = _prepare(
         q, k, v, mask, causal, window, scale)
     do = _last_dim_contiguous(do)
+    if q.numel() == 0 or k.numel() == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     block_d = max(16, triton.next_power_of_2(head_dim))
     delta = torch.empty_like(lse)  # (B, H, Nq) fp32
-    delta_block = 64 if tile is None and not interpreting() else 16
-    _attn_bwd_delta[(triton.cdiv(n_queries, delta_block), batch * n_heads)](
-        out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block)
+    delta_block = 16 if interpreting() else 64
+    _launch(None, _attn_bwd_delta, (triton.cdiv(n_queries, delta_block), batch * n_heads),
+            (out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries),
+            dict(HEAD_DIM=head_dim, BLOCK_D=block_d), {"BLOCK_M": delta_block})
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -539,12 +586,8 @@ def _backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None):
               n_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
     kv_grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads)  # noqa: E731
     q_grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
-    if tile is None and not interpreting():
-        _attn_bwd_kv_tuned[kv_grid](*kv_args, **flags)
-        _attn_bwd_q_tuned[q_grid](*q_args, **flags)
-    else:
-        _attn_bwd_kv[kv_grid](*kv_args, **flags, **(tile or INTERPRETER_TILE))
-        _attn_bwd_q[q_grid](*q_args, **flags, **(tile or INTERPRETER_TILE))
+    _launch(_attn_bwd_kv_tuned, _attn_bwd_kv, kv_grid, kv_args, flags, tile)
+    _launch(_attn_bwd_q_tuned, _attn_bwd_q, q_grid, q_args, flags, tile_q or tile)
     return dq, dk, dv
 
 
@@ -607,7 +650,8 @@ def flash_attention(
         causal: query i sees keys j <= i + Nk - Nq (queries aligned to the END of the keys).
         window: sliding window of ``window`` keys including the query itself (implies causal).
         scale: defaults to ``D ** -0.5``.
-        tile: ``{"BLOCK_M": .., "BLOCK_N": ..}`` to bypass autotuning (tests, the notebook's steps).
+        tile: ``{"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..}`` to bypass autotuning
+            (tests, the notebook's steps); the backward kernels use the same tile.
 
     Returns:
         ``(B, H, Nq, D)`` in q's dtype; differentiable in q, k, v. Rows with no visible key give 0.
@@ -617,4 +661,4 @@ def flash_attention(
 
 
 __all__ = ["flash_attention", "FlashAttentionFunction", "LOG2_E", "interpreting", "online_softmax_step_replaced",
-           "check_dtype_supported"]
+           "check_dtype_supported", "precompile"]

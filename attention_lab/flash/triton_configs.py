@@ -102,7 +102,7 @@ def estimated_shared_memory(kernel: str, config: triton.Config, block_d: int, el
         rows = {"forward": block_m + stages * 2 * block_n,
                 "backward_q": 2 * block_m + stages * 2 * block_n,
                 "backward_kv": 2 * block_n + stages * 2 * block_m}[kernel]
-        stats = stages * block_m * 8 if kernel == "backward_kv" else 0  # lse + delta, fp32
+        stats = stages * block_m * 8 + KIB if kernel == "backward_kv" else 0  # lse + delta (fp32), alignment
         return rows * row + stats
     rows = {"forward": 2 * block_m + 2 * block_n,
             "backward_q": 4 * block_m + 2 * block_n,

@@ -1,0 +1,144 @@
+"""Read and plot the committed GPU results of ``benchmarks/flash.py`` (chapter 10 and the README).
+
+The benchmark writes ``benchmarks/results/flash_benchmark.json``; on a CPU the notebook plots that file
+instead of measuring. Throughput is counted the usual way: a forward pass does ``4·B·H·N²·D`` floating
+point operations (two matrix products), half of that when causal, and forward + backward 3.5 times the
+forward (the backward's five matrix products are 2.5 forwards).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "flash_benchmark.json"
+METHODS = {"naive": "naive (reference, N×N in fp32)", "sdpa_flash": "PyTorch SDPA, flash backend",
+           "sdpa_cudnn": "PyTorch SDPA, cuDNN backend", "triton": "this chapter's Triton kernel"}
+STEPS = {"two_pass": "1. two passes (safe softmax)", "online": "2. online softmax, every block masked",
+         "skip": "3. + causal block skipping", "tuned": "4. + autotuned tiles"}
+
+
+def attention_flops(batch: int, heads: int, n: int, head_dim: int, causal: bool, mode: str = "fwd") -> float:
+    """Floating-point operations of one attention call: 4·B·H·N²·D, halved if causal, ×3.5 for forward+backward."""
+    flops = 4.0 * batch * heads * n * n * head_dim * (0.5 if causal else 1.0)
+    return flops * (3.5 if mode == "fwd_bwd" else 1.0)
+
+
+def load(path: str | Path = RESULTS) -> dict | None:
+    """The committed benchmark results, or None when the file does not exist yet."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def rows(results: dict, **where) -> list[dict]:
+    """The timing rows whose fields equal ``where`` (e.g. ``head_dim=128, causal=True, mode="fwd"``)."""
+    return [r for r in results["rows"] if all(r.get(k) == v for k, v in where.items())]
+
+
+def ratio_range(results: dict, head_dim: int, mode: str, min_n: int = 0, method: str = "triton",
+                baseline: str = "sdpa_flash") -> tuple[float, float] | None:
+    """(min, max) over N >= ``min_n`` and causal/non-causal of ``method``'s speed over ``baseline``'s."""
+    ratios = []
+    for r in rows(results, head_dim=head_dim, mode=mode, method=method):
+        if r["n"] < min_n or r["tflops"] is None:
+            continue
+        base = rows(results, head_dim=head_dim, mode=mode, method=baseline, n=r["n"], causal=r["causal"])
+        if base and base[0]["tflops"]:
+            ratios.append(r["tflops"] / base[0]["tflops"])
+    return (min(ratios), max(ratios)) if ratios else None
+
+
+def table(results: dict, mode: str = "fwd") -> str:
+    """A text table of TFLOP/s per (head_dim, causal, N) and method, with the ratio to SDPA-flash."""
+    lines = [f"{'D':>4} {'causal':>6} {'N':>6} " + " ".join(f"{m:>11}" for m in METHODS) + "  triton/flash"]
+    keys = sorted({(r["head_dim"], r["causal"], r["n"]) for r in rows(results, mode=mode)})
+    for head_dim, causal, n in keys:
+        cells, by_method = [], {}
+        for method in METHODS:
+            found = rows(results, head_dim=head_dim, causal=causal, n=n, mode=mode, method=method)
+            value = found[0]["tflops"] if found else None
+            by_method[method] = value
+            cells.append(f"{value:>11.0f}" if value else f"{'—':>11}")
+        ratio = (f"{by_method['triton'] / by_method['sdpa_flash']:.2f}×"
+                 if by_method.get("triton") and by_method.get("sdpa_flash") else "—")
+        lines.append(f"{head_dim:>4} {str(causal):>6} {n:>6} " + " ".join(cells) + f"  {ratio:>11}")
+    return "\n".join(lines)
+
+
+def plot_tflops(results: dict, axes=None):
+    """TFLOP/s against N for every method: rows forward / forward+backward, columns (head_dim, causal)."""
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
+    if axes is None:
+        _, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), sharex=True, squeeze=False)
+    for row, mode in enumerate(("fwd", "fwd_bwd")):
+        for col, (head_dim, causal) in enumerate(panels):
+            ax = axes[row][col]
+            for method, label in METHODS.items():
+                found = sorted(rows(results, head_dim=head_dim, causal=causal, mode=mode, method=method),
+                               key=lambda r: r["n"])
+                found = [r for r in found if r["tflops"]]
+                if found:
+                    ax.plot([r["n"] for r in found], [r["tflops"] for r in found], "o-", label=label,
+                            lw=2.5 if method == "triton" else 1.5)
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{'forward' if mode == 'fwd' else 'forward + backward'}, D={head_dim}"
+                         f"{', causal' if causal else ''}", fontsize=10)
+            ax.set_xlabel("sequence length N (tokens)")
+            ax.set_ylabel("TFLOP/s")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    env = results["environment"]
+    axes[0][0].figure.suptitle(f"Attention throughput on {env['card']} ({results['dtype']}, B·N = "
+                               f"{results['tokens']} tokens, H·D = {results['hidden']})")
+    axes[0][0].figure.tight_layout()
+    return axes
+
+
+def plot_memory(results: dict, ax=None):
+    """Extra GPU memory of one forward call against N (head_dim 128, not causal), log-log."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    for method, label in METHODS.items():
+        found = sorted((r for r in results["memory"] if r["method"] == method and r["mode"] == "fwd"
+                        and r["extra_bytes"] is not None), key=lambda r: r["n"])
+        if found:
+            ax.plot([r["n"] for r in found], [r["extra_bytes"] / 2**20 for r in found], "o-", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length N (tokens)")
+    ax.set_ylabel("extra memory of one forward (MiB)")
+    ax.set_title(f"Memory beyond the inputs, D={results['memory_head_dim']} ({results['environment']['card']})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_steps(results: dict, axes=None):
+    """Forward TFLOP/s of the chapter's four kernel steps against N, causal and not (head_dim 128)."""
+    import matplotlib.pyplot as plt
+
+    panels = sorted({r["causal"] for r in results["steps"]})
+    if axes is None:
+        _, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        axes = axes[0]
+    for ax, causal in zip(axes, panels):
+        for step, label in STEPS.items():
+            found = sorted((r for r in results["steps"] if r["step"] == step and r["causal"] == causal
+                            and r["tflops"]), key=lambda r: r["n"])
+            if found:
+                ax.plot([r["n"] for r in found], [r["tflops"] for r in found], "o-", label=label)
+        flash = sorted(rows(results, head_dim=results["steps_head_dim"], causal=causal, mode="fwd",
+                            method="sdpa_flash"), key=lambda r: r["n"])
+        if flash:
+            ax.plot([r["n"] for r in flash], [r["tflops"] for r in flash], "k--", label="PyTorch SDPA, flash")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length N (tokens)")
+        ax.set_ylabel("forward TFLOP/s")
+        ax.set_title(f"Building the kernel, D={results['steps_head_dim']}{', causal' if causal else ''}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return axes

@@ -1,0 +1,240 @@
+"""GPU benchmark: this chapter's Triton FlashAttention against PyTorch SDPA (flash, cuDNN) and naive attention.
+
+    export PYTHONPATH=$PWD; python3 benchmarks/flash.py            # full sweep (~5 min on an H100)
+    python3 benchmarks/flash.py --quick                           # N ∈ {1k, 4k}, for a first look
+
+Shapes (DESIGN.md §5): head_dim D ∈ {64, 128}, N ∈ {1k … 16k} with B·N = 32k tokens and H·D = 2048,
+causal and not, forward and forward+backward, bf16 (fp16 on a GPU without bf16). Every method runs in
+the same process on the same inputs; times are medians of ``triton.testing.do_bench`` (L2 flushed
+between runs). Writes ``benchmarks/results/flash_benchmark.json`` (card, versions, shapes, every
+number), ``flash_tflops.png``, ``flash_memory.png`` and ``flash_steps.png``, and prints tables last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from attention_lab.attention import scaled_dot_product_attention  # noqa: E402
+from attention_lab.bench import peak_memory  # noqa: E402
+from attention_lab.flash import benchmark_results as br  # noqa: E402
+from attention_lab.flash import triton_attention as ta  # noqa: E402
+from attention_lab.flash.triton_steps import STEPS, step_forward  # noqa: E402
+from decode_common import environment  # noqa: E402
+
+TOKENS, HIDDEN = 32768, 2048
+
+
+def sdpa(backend):
+    def run(q, k, v, causal):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return run
+
+
+METHODS = {
+    "naive": lambda q, k, v, causal: scaled_dot_product_attention(q, k, v, causal=causal),
+    "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION),
+    "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
+    "triton": lambda q, k, v, causal: ta.flash_attention(q, k, v, causal=causal),
+}
+
+
+def make_inputs(batch, heads, n, head_dim, dtype, grad=False, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(batch, heads, n, head_dim, device="cuda", dtype=dtype, generator=g).requires_grad_(grad)
+            for _ in range(3)]
+
+
+def median_seconds(fn, grad_to_none=None) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=30, rep=150, grad_to_none=grad_to_none, return_mode="median") / 1e3
+
+
+def measure(method, batch, heads, n, head_dim, causal, dtype, mode):
+    """Seconds per call of ``method`` (None when it fails or runs out of memory)."""
+    fn = METHODS[method]
+    try:
+        if mode == "fwd":
+            q, k, v = make_inputs(batch, heads, n, head_dim, dtype)
+            with torch.no_grad():
+                return median_seconds(lambda: fn(q, k, v, causal))
+        q, k, v = make_inputs(batch, heads, n, head_dim, dtype, grad=True)
+        grad_out = torch.randn_like(q)
+
+        def step():
+            fn(q, k, v, causal).backward(grad_out)
+        return median_seconds(step, grad_to_none=[q, k, v])
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        print(f"  {method} D={head_dim} N={n} causal={causal} {mode}: {type(error).__name__}: {str(error)[:120]}")
+        return None
+    finally:
+        torch.cuda.empty_cache()
+
+
+def extra_memory(method, batch, heads, n, head_dim, causal, dtype, mode):
+    """Peak bytes allocated beyond the inputs during one call (fwd) or one forward+backward."""
+    fn = METHODS[method]
+    try:
+        q, k, v = make_inputs(batch, heads, n, head_dim, dtype, grad=mode == "fwd_bwd")
+        if mode == "fwd":
+            with torch.no_grad():
+                fn(q, k, v, causal)  # compile / tune outside the measurement
+                return peak_memory(lambda: fn(q, k, v, causal))
+        grad_out = torch.randn_like(q)
+        fn(q, k, v, causal).backward(grad_out)
+        q.grad = k.grad = v.grad = None
+        return peak_memory(lambda: fn(q, k, v, causal).backward(grad_out))
+    except (torch.OutOfMemoryError, RuntimeError):
+        return None
+    finally:
+        torch.cuda.empty_cache()
+
+
+def max_error(batch, heads, n, head_dim, causal, dtype) -> dict:
+    """Max |ours − SDPA-flash| of the output and of dq, on the benchmark inputs (both in ``dtype``)."""
+    q, k, v = make_inputs(batch, heads, n, head_dim, dtype, grad=True, seed=1)
+    grad_out = torch.randn_like(q)
+    result = {}
+    outputs = {}
+    for method in ("triton", "sdpa_flash"):
+        out = METHODS[method](q, k, v, causal)
+        (dq,) = torch.autograd.grad(out, (q,), grad_out)
+        outputs[method] = (out.float(), dq.float())
+    result["out"] = (outputs["triton"][0] - outputs["sdpa_flash"][0]).abs().max().item()
+    result["dq"] = (outputs["triton"][1] - outputs["sdpa_flash"][1]).abs().max().item()
+    return result
+
+
+def autotune_choices() -> dict:
+    """The config the autotuner kept for each key (lengths bucket, head_dim, flags, dtypes)."""
+    chosen = {}
+    for name, tuner in (("forward", ta._attn_fwd_tuned), ("backward_kv", ta._attn_bwd_kv_tuned),
+                        ("backward_q", ta._attn_bwd_q_tuned)):
+        chosen[name] = {str(key): str(config) for key, config in getattr(tuner, "cache", {}).items()}
+    return chosen
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N in {1024, 4096} only")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--no-steps", action="store_true")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    major, _ = torch.cuda.get_device_capability()
+    dtype = torch.bfloat16 if major >= 8 else torch.float16
+    ns = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
+    head_dims = [64, 128]
+    started = time.perf_counter()
+
+    # 1. compile every autotune config of every variant in parallel (otherwise one by one while tuning)
+    for head_dim in head_dims:
+        q, k, v = make_inputs(1, HIDDEN // head_dim, 1024, head_dim, dtype)
+        for causal in (False, True):
+            ta.precompile(q, k, v, causal=causal)
+    print(f"precompiled in {time.perf_counter() - started:.0f} s", flush=True)
+
+    results = {"environment": environment(), "dtype": str(dtype).replace("torch.", ""), "tokens": TOKENS,
+               "hidden": HIDDEN, "flops": "fwd 4·B·H·N²·D (÷2 causal), fwd_bwd 3.5 × fwd",
+               "timing": "triton.testing.do_bench median, L2 flushed", "rows": [], "memory": [],
+               "memory_head_dim": 128, "steps": [], "steps_head_dim": 128, "errors": []}
+    # 2. throughput of every method on every shape
+    for head_dim in head_dims:
+        heads = HIDDEN // head_dim
+        for n in ns:
+            batch = TOKENS // n
+            for causal in (False, True):
+                results["errors"].append(dict(head_dim=head_dim, n=n, causal=causal,
+                                              **max_error(batch, heads, n, head_dim, causal, dtype)))
+                for mode in ("fwd", "fwd_bwd"):
+                    for method in METHODS:
+                        seconds = measure(method, batch, heads, n, head_dim, causal, dtype, mode)
+                        flops = br.attention_flops(batch, heads, n, head_dim, causal, mode)
+                        results["rows"].append(dict(head_dim=head_dim, n=n, batch=batch, heads=heads, causal=causal,
+                                                    mode=mode, method=method, ms=seconds and seconds * 1e3,
+                                                    tflops=seconds and flops / seconds / 1e12))
+            print(f"D={head_dim} N={n} done at {time.perf_counter() - started:.0f} s", flush=True)
+
+    # 3. memory: one forward at every N, forward+backward at the largest (D=128, not causal)
+    head_dim = results["memory_head_dim"]
+    for n in ns:
+        for method in METHODS:
+            for mode in ("fwd", "fwd_bwd") if n == ns[-1] else ("fwd",):
+                extra = extra_memory(method, TOKENS // n, HIDDEN // head_dim, n, head_dim, False, dtype, mode)
+                results["memory"].append(dict(head_dim=head_dim, n=n, batch=TOKENS // n, heads=HIDDEN // head_dim,
+                                              method=method, mode=mode, extra_bytes=extra))
+
+    # 4. the chapter's steps (forward only)
+    if not args.no_steps:
+        head_dim = results["steps_head_dim"]
+        for n in ns:
+            batch, heads = TOKENS // n, HIDDEN // head_dim
+            q, k, v = make_inputs(batch, heads, n, head_dim, dtype)
+            for causal in (False, True):
+                reference = step_forward("tuned", q, k, v, causal=causal)
+                for step in STEPS:
+                    with torch.no_grad():
+                        error = (step_forward(step, q, k, v, causal=causal).float() - reference.float()).abs().max()
+                        seconds = median_seconds(lambda: step_forward(step, q, k, v, causal=causal))
+                    flops = br.attention_flops(batch, heads, n, head_dim, causal)
+                    results["steps"].append(dict(n=n, causal=causal, step=step, ms=seconds * 1e3,
+                                                 tflops=flops / seconds / 1e12, max_error=error.item()))
+        print(f"steps done at {time.perf_counter() - started:.0f} s", flush=True)
+
+    results["autotune"] = autotune_choices()
+    results["seconds"] = round(time.perf_counter() - started)
+    (out_dir / "flash_benchmark.json").write_text(json.dumps(results, indent=1))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = br.plot_tflops(results)
+    axes[0][0].figure.savefig(out_dir / "flash_tflops.png", dpi=110)
+    ax = br.plot_memory(results)
+    ax.figure.tight_layout()
+    ax.figure.savefig(out_dir / "flash_memory.png", dpi=110)
+    if results["steps"]:
+        axes = br.plot_steps(results)
+        axes[0].figure.tight_layout()
+        axes[0].figure.savefig(out_dir / "flash_steps.png", dpi=110)
+    plt.close("all")
+
+    env = results["environment"]
+    print(f"\n{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | {results['dtype']}")
+    for mode in ("fwd", "fwd_bwd"):
+        print(f"\nTFLOP/s, {mode}:\n{br.table(results, mode)}")
+    for mode in ("fwd", "fwd_bwd"):
+        for head_dim in head_dims:
+            span = br.ratio_range(results, head_dim, mode, min_n=4096)
+            if span:
+                print(f"triton / sdpa_flash, {mode}, D={head_dim}, N>=4k: {span[0]:.2f}–{span[1]:.2f}×")
+    big = [m for m in results["memory"] if m["n"] == ns[-1]]
+    print("extra memory at N={}: ".format(ns[-1]) + ", ".join(
+        f"{m['method']} {m['mode']} {m['extra_bytes'] / 2**20:.0f} MiB" if m["extra_bytes"] is not None
+        else f"{m['method']} {m['mode']} —" for m in big))
+    print("max |triton − sdpa_flash|: out {:.3g}, dq {:.3g}".format(max(e["out"] for e in results["errors"]),
+                                                                 max(e["dq"] for e in results["errors"])))
+    if results["steps"]:
+        for step in STEPS:
+            values = [f"{r['tflops']:.0f}" for r in results["steps"] if r["step"] == step and r["causal"]]
+            print(f"step {step:>8} (causal, D=128) TFLOP/s over N: {' '.join(values)}")
+    print(f"total {results['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

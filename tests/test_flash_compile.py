@@ -1,0 +1,51 @@
+"""Every FlashAttention kernel and autotune config compiles for sm_75, sm_80, sm_89 and sm_90 — on a CPU —
+and the shared memory the compiler allocates fits each GPU (T4 64 KiB, A100 163, L4 99, H100 227).
+
+Configs that cannot fit are removed by the code (triton_configs.configs_for / the autotuner's pruning
+hook), not by this test: the test only checks that what the code keeps really fits, and that the
+pruning estimate is an upper bound of the real allocation.
+"""
+
+import pytest
+import triton
+
+from attention_lab.flash import compile_check, triton_configs
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    # One fresh Python without TRITON_INTERPRET (the kernels must be real JITFunctions), all four targets.
+    return compile_check.check_in_subprocess(compile_check.CAPABILITIES)
+
+
+def test_every_kept_config_fits_its_gpu(compiled):
+    checked = [r for r in compiled if r["head_dim"] is not None]
+    assert {r["capability"] for r in checked} == set(compile_check.CAPABILITIES)
+    too_big = [r for r in checked if r["shared"] > r["limit"]]
+    assert not too_big, f"configs kept by the pruning rule that do not fit: {too_big}"
+    for capability in compile_check.CAPABILITIES:  # every kernel has a tile at head_dim 128 on every GPU
+        for kernel in triton_configs.CONFIGS:
+            assert triton_configs.configs_for(kernel, 128, 2, capability)
+
+
+def test_pruning_estimate_bounds_the_real_allocation(compiled):
+    for r in compiled:
+        if r["estimate"] is not None:
+            assert r["shared"] <= r["estimate"], r
+
+
+def test_pruning_rule_drops_what_a_t4_cannot_hold():
+    forward_t4 = triton_configs.configs_for("forward", 128, 2, 75)
+    forward_h100 = triton_configs.configs_for("forward", 128, 2, 90)
+    assert len(forward_h100) == len(triton_configs.FORWARD_CONFIGS)  # 227 KiB holds every candidate
+    assert all(c.kwargs["BLOCK_M"] <= 64 for c in forward_t4)
+    assert triton_configs.shared_memory_limit(86) == triton_configs.shared_memory_limit(89) == 99 * 1024
+    # an fp32 (4-byte) tile needs twice the shared memory: fewer configs fit
+    assert len(triton_configs.configs_for("forward", 128, 4, 90)) < len(forward_h100)
+
+
+def test_a_too_big_tile_compiles_but_does_not_fit():
+    """The reason the check reads metadata.shared: Triton compiles a tile even when the GPU cannot hold it."""
+    big = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3)
+    assert not triton_configs.fits("forward", big, 128, 2, 75)
+    assert triton_configs.estimated_shared_memory("forward", big, 128, 2, 75) > 64 * 1024

@@ -1,0 +1,247 @@
+"""The Triton FlashAttention kernels under Triton's interpreter (CPU): forward and gradients vs float64.
+
+Without a GPU, tests/conftest.py sets TRITON_INTERPRET=1 before the kernels are imported, so the very
+kernels that run on a GPU execute here in numpy — slow, so the shapes are tiny but odd (block edges,
+GQA groups, Nq != Nk, diagonals, windows). The GPU versions of these checks are tests/test_flash_gpu.py.
+"""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from attention_lab.attention import get_backend, scaled_dot_product_attention
+from attention_lab.exercises.ch10 import check_online_softmax_step
+from attention_lab.exercises.core import ExerciseError
+from attention_lab.flash import triton_attention as ta
+from attention_lab.flash.tiled import FULL, PARTIAL, SKIP, block_schedule
+from attention_lab.flash.triton_attention import check_dtype_supported, flash_attention
+from reference import TOLERANCES, attention_fp64
+
+interpreter_only = pytest.mark.skipif(not ta.interpreting(), reason="CPU interpreter tests (GPU: test_flash_gpu.py)")
+TILE_16 = {"BLOCK_M": 16, "BLOCK_N": 16}
+
+
+def _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, n_heads, n_queries, head_dim, generator=g).to(dtype).requires_grad_()
+    k = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=g).to(dtype).requires_grad_()
+    v = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=g).to(dtype).requires_grad_()
+    return q, k, v
+
+
+def _reference_with_grads(q, k, v, grad_out, **kwargs):
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    out = attention_fp64(q64, k64, v64, **kwargs)
+    return (out, *torch.autograd.grad(out, (q64, k64, v64), grad_out.double()))
+
+
+# (batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, tile): every case runs forward and backward
+CASES = {
+    "N=17 D=16": (1, 2, 2, 17, 17, 16, False, None, None),
+    "N=130 D=64 causal GQA-2, BM>BN": (1, 4, 2, 130, 130, 64, True, None, {"BLOCK_M": 32, "BLOCK_N": 16}),
+    "N=1 D=80 MQA": (2, 3, 1, 1, 1, 80, False, None, None),
+    "Nq=17 Nk=130 D=80 causal MQA": (1, 2, 1, 17, 130, 80, True, None, None),
+    "N=130 D=16 window=7, BM<BN": (1, 2, 2, 130, 130, 16, False, 7, {"BLOCK_M": 16, "BLOCK_N": 32}),
+    "Nq=33 Nk=70 D=64 window=20 GQA-3": (1, 3, 1, 33, 70, 64, True, 20, None),
+    "Nq=40 > Nk=17 D=16": (1, 2, 1, 40, 17, 16, False, None, None),
+}
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_and_gradients_match_float64(case):
+    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, tile = CASES[case]
+    q, k, v = _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, seed=n_queries + head_dim)
+    out = flash_attention(q, k, v, causal=causal, window=window, tile=tile)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = _reference_with_grads(q, k, v, grad_out, causal=causal, window=window)
+    atol, rtol = TOLERANCES[torch.float32]
+    for name, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), expected):
+        assert actual.shape == wanted.shape, name
+        torch.testing.assert_close(actual.double(), wanted, atol=5 * atol, rtol=5 * rtol, msg=name)
+
+
+@interpreter_only
+def test_float16_forward_and_gradients():
+    q, k, v = _qkv(1, 2, 1, 33, 33, 16, dtype=torch.float16, seed=3)
+    out = flash_attention(q, k, v, causal=True, tile=TILE_16)
+    assert out.dtype == torch.float16
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = _reference_with_grads(q, k, v, grad_out, causal=True)
+    for actual, wanted in zip((out, *grads), expected):
+        assert actual.dtype == torch.float16
+        torch.testing.assert_close(actual.double(), wanted, atol=1e-2, rtol=1e-2)
+
+
+@interpreter_only
+def test_explicit_mask_and_fully_masked_rows_give_zeros():
+    q, k, v = _qkv(2, 2, 1, 19, 23, 16, seed=5)
+    g = torch.Generator().manual_seed(6)
+    mask = torch.rand(2, 1, 19, 23, generator=g) > 0.4  # (B, 1, Nq, Nk), broadcast over heads
+    mask[0, 0, 3] = False  # query 3 of batch 0 sees nothing
+    mask[1, 0, 18] = False
+    out = flash_attention(q, k, v, mask=mask, tile=TILE_16)
+    assert not out.isnan().any()
+    assert out[0, :, 3].abs().max() == 0 and out[1, :, 18].abs().max() == 0
+    grad_out = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
+    assert dq[0, :, 3].abs().max() == 0
+    expected = _reference_with_grads(q, k, v, grad_out, mask=mask)
+    for actual, wanted in zip((out, dq, dk, dv), expected):
+        torch.testing.assert_close(actual.double(), wanted, atol=1e-4, rtol=1e-4)
+
+
+@interpreter_only
+def test_matches_tiled_pytorch_flash_and_strided_inputs():
+    """A (B, N, H, D) tensor viewed as (B, H, N, D) needs no copy; the result equals chapter 09's tiled version."""
+    from attention_lab.flash.tiled import tiled_attention
+
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 29, 2, 16, generator=g).transpose(1, 2)  # (B, H, N, D), strided
+    k = torch.randn(1, 29, 1, 16, generator=g).transpose(1, 2)
+    v = torch.randn(1, 29, 1, 16, generator=g).transpose(1, 2)
+    out = flash_attention(q, k, v, causal=True, tile=TILE_16)
+    torch.testing.assert_close(out, tiled_attention(q, k, v, causal=True), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True,
+                                                    tile=TILE_16), atol=0, rtol=0)
+
+
+@interpreter_only
+def test_window_as_long_as_the_keys_equals_causal():
+    q, k, v = _qkv(1, 1, 1, 21, 21, 16, seed=8)
+    with torch.no_grad():
+        causal = flash_attention(q, k, v, causal=True, tile=TILE_16)
+        windowed = flash_attention(q, k, v, window=21, tile=TILE_16)
+    torch.testing.assert_close(windowed, causal, atol=1e-6, rtol=1e-6)
+
+
+@interpreter_only
+@pytest.mark.parametrize("n_queries, n_keys, block_m, block_n, window",
+                         [(130, 130, 32, 16, None), (17, 130, 16, 32, None), (130, 130, 16, 32, 20), (33, 70, 32, 16, 9)])
+def test_kernel_visits_exactly_the_blocks_of_the_tiled_schedule(n_queries, n_keys, block_m, block_n, window):
+    """Causal/window skipping: the forward visits every block chapter 09's schedule needs and no other,
+    and runs the unmasked fast path only on blocks where every pair is allowed (the dK/dV kernel likewise)."""
+    schedule = block_schedule(n_queries, n_keys, block_m, block_n, causal=True, window=window)
+    flags = (True, window is not None, False)
+    for i in range(schedule.shape[0]):
+        lo, mid_lo, mid_hi, hi = (int(x) for x in ta._key_blocks(i * block_m, n_queries, n_keys, window or 0,
+                                                                  block_m, block_n, *flags))
+        visited = set(range(lo // block_n, triton.cdiv(hi, block_n)))
+        unmasked = set(range(mid_lo // block_n, mid_hi // block_n))
+        assert visited == {j for j in range(schedule.shape[1]) if schedule[i, j] != SKIP}, f"query block {i}"
+        assert all(schedule[i, j] == FULL for j in unmasked), f"query block {i} skips a needed mask"
+        assert all(schedule[i, j] != PARTIAL or j not in unmasked for j in visited)
+    for j in range(schedule.shape[1]):
+        lo, mid_lo, mid_hi, hi = (int(x) for x in ta._query_blocks(j * block_n, n_queries, n_keys, window or 0,
+                                                                    block_m, block_n, *flags))
+        visited = set(range(lo // block_m, triton.cdiv(hi, block_m)))
+        unmasked = set(range(mid_lo // block_m, mid_hi // block_m))
+        assert visited == {i for i in range(schedule.shape[0]) if schedule[i, j] != SKIP}, f"key block {j}"
+        assert all(schedule[i, j] == FULL for i in unmasked), f"key block {j} skips a needed mask"
+
+
+@interpreter_only
+def test_flash_backend_in_multi_head_attention():
+    from attention_lab.attention import MultiHeadAttention
+
+    torch.manual_seed(0)
+    reference = MultiHeadAttention(32, n_heads=4, n_kv_heads=2)
+    flash = MultiHeadAttention(32, n_heads=4, n_kv_heads=2, backend="flash")
+    flash.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 11, 32)
+    torch.testing.assert_close(flash(x), reference(x), atol=1e-5, rtol=1e-5)
+    assert get_backend("flash") is not None
+
+
+@pytest.mark.parametrize("make_args, match", [
+    (lambda q, k, v: (q, k[..., :8], v), "k must have head_dim"),
+    (lambda q, k, v: (q, k, v[..., :8]), "v must have head_dim"),
+    (lambda q, k, v: (q.expand(1, 2, 5, 16)[..., :0], k[..., :0], v[..., :0]), "head_dim|shape"),
+    (lambda q, k, v: (q[0], k, v), "q must have shape"),
+    (lambda q, k, v: (q.int(), k.int(), v.int()), "floating-point"),
+    (lambda q, k, v: (q[:, :1].expand(1, 3, 5, 16), k, v), "n_kv_heads"),
+])
+def test_bad_input_gives_value_error(make_args, match):
+    q, k, v = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
+    with pytest.raises(ValueError, match=match):
+        flash_attention(*make_args(q, k, v))
+
+
+def test_bad_options_give_value_error():
+    q = torch.randn(1, 1, 5, 16)
+    with pytest.raises(ValueError, match="n_queries <= n_keys"):
+        flash_attention(q, q[:, :, :3], q[:, :, :3], causal=True)
+    with pytest.raises(ValueError, match="window"):
+        flash_attention(q, q, q, window=0)
+    with pytest.raises(ValueError, match="mask"):
+        flash_attention(q, q, q, mask=torch.ones(5, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="head_dim"):
+        big = torch.randn(1, 1, 5, 160)
+        flash_attention(big, big, big)
+
+
+def test_bf16_on_a_t4_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="bfloat16.*sm_75.*float16"):
+        check_dtype_supported(torch.bfloat16, 75)
+    check_dtype_supported(torch.float16, 75)
+    check_dtype_supported(torch.bfloat16, 80)
+
+
+# --- the chapter-10 exercise checker: passes the solution, fails the stub and plausible mistakes ---
+
+@triton.jit
+def _solution(acc, m_i, l_i, qk, v):
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _stub(acc, m_i, l_i, qk, v):
+    raise NotImplementedError
+
+
+@triton.jit
+def _acc_not_rescaled(acc, m_i, l_i, qk, v):
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _exp_instead_of_exp2(acc, m_i, l_i, qk, v):
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _sum_not_rescaled(acc, m_i, l_i, qk, v):
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+def test_exercise_checker_passes_the_solution():
+    assert check_online_softmax_step(_solution)
+
+
+@pytest.mark.parametrize("wrong", [_stub, _acc_not_rescaled, _exp_instead_of_exp2, _sum_not_rescaled])
+def test_exercise_checker_rejects_the_stub_and_wrong_steps(wrong):
+    with pytest.raises(ExerciseError):
+        check_online_softmax_step(wrong)
