@@ -118,6 +118,38 @@ def max_error(batch, heads, n, head_dim, causal, dtype) -> dict:
     return result
 
 
+def _compile_task(task) -> str:
+    """Worker process: compile one autotune config (by index) of every kernel for one variant, or the step kernels."""
+    head_dim, causal, index, dtype_name = task
+    dtype = getattr(torch, dtype_name)
+    q, k, v = make_inputs(1, HIDDEN // head_dim, 1024, head_dim, dtype)
+    if index == "steps":
+        for step in ("two_pass", "online", "skip"):
+            step_forward(step, q, k, v, causal=causal)
+        return f"steps causal={causal}"
+    for tuner in (ta._attn_fwd_tuned, ta._attn_bwd_kv_tuned, ta._attn_bwd_q_tuned):
+        tuner.configs = [tuner.configs[min(index, len(tuner.configs) - 1)]]
+    try:
+        ta.precompile(q, k, v, causal=causal, workers=1)
+    except ValueError as error:  # the one config does not fit this GPU
+        return f"D={head_dim} causal={causal} #{index}: {error}"
+    return f"D={head_dim} causal={causal} #{index}"
+
+
+def precompile_all(head_dims, dtype, processes: int = 16) -> None:
+    """Compile every config of every benchmarked variant in parallel processes; they share Triton's disk cache."""
+    import multiprocessing
+
+    n_configs = max(len(t.configs) for t in (ta._attn_fwd_tuned, ta._attn_bwd_kv_tuned, ta._attn_bwd_q_tuned))
+    dtype_name = str(dtype).replace("torch.", "")
+    tasks = [(d, c, "steps", dtype_name) for d in (128,) for c in (False, True)]
+    tasks += [(d, c, i, dtype_name) for i in range(n_configs) for d in head_dims for c in (False, True)]
+    with multiprocessing.get_context("spawn").Pool(min(processes, len(tasks))) as pool:
+        for done in pool.imap_unordered(_compile_task, tasks):
+            if ":" in done:
+                print("  ", done)
+
+
 def autotune_choices() -> dict:
     """The config the autotuner kept for each key (lengths bucket, head_dim, flags, dtypes)."""
     chosen = {}
@@ -127,11 +159,16 @@ def autotune_choices() -> dict:
     return chosen
 
 
+def save(results: dict, out_dir: Path) -> None:
+    (out_dir / "flash_benchmark.json").write_text(json.dumps(results, indent=1))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N in {1024, 4096} only")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--no-steps", action="store_true")
+    parser.add_argument("--precompile-only", action="store_true", help="fill Triton's cache and stop")
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,11 +179,10 @@ def main(argv=None) -> None:
     started = time.perf_counter()
 
     # 1. compile every autotune config of every variant in parallel (otherwise one by one while tuning)
-    for head_dim in head_dims:
-        q, k, v = make_inputs(1, HIDDEN // head_dim, 1024, head_dim, dtype)
-        for causal in (False, True):
-            ta.precompile(q, k, v, causal=causal)
+    precompile_all(head_dims, dtype)
     print(f"precompiled in {time.perf_counter() - started:.0f} s", flush=True)
+    if args.precompile_only:
+        return
 
     results = {"environment": environment(), "dtype": str(dtype).replace("torch.", ""), "tokens": TOKENS,
                "hidden": HIDDEN, "flops": "fwd 4·B·H·N²·D (÷2 causal), fwd_bwd 3.5 × fwd",
@@ -168,6 +204,7 @@ def main(argv=None) -> None:
                                                     mode=mode, method=method, ms=seconds and seconds * 1e3,
                                                     tflops=seconds and flops / seconds / 1e12))
             print(f"D={head_dim} N={n} done at {time.perf_counter() - started:.0f} s", flush=True)
+            save(results, out_dir)
 
     # 3. memory: one forward at every N, forward+backward at the largest (D=128, not causal)
     head_dim = results["memory_head_dim"]
@@ -177,6 +214,8 @@ def main(argv=None) -> None:
                 extra = extra_memory(method, TOKENS // n, HIDDEN // head_dim, n, head_dim, False, dtype, mode)
                 results["memory"].append(dict(head_dim=head_dim, n=n, batch=TOKENS // n, heads=HIDDEN // head_dim,
                                               method=method, mode=mode, extra_bytes=extra))
+    save(results, out_dir)
+    print(f"memory done at {time.perf_counter() - started:.0f} s", flush=True)
 
     # 4. the chapter's steps (forward only)
     if not args.no_steps:
@@ -194,10 +233,11 @@ def main(argv=None) -> None:
                     results["steps"].append(dict(n=n, causal=causal, step=step, ms=seconds * 1e3,
                                                  tflops=flops / seconds / 1e12, max_error=error.item()))
         print(f"steps done at {time.perf_counter() - started:.0f} s", flush=True)
+        save(results, out_dir)
 
     results["autotune"] = autotune_choices()
     results["seconds"] = round(time.perf_counter() - started)
-    (out_dir / "flash_benchmark.json").write_text(json.dumps(results, indent=1))
+    save(results, out_dir)
 
     import matplotlib
     matplotlib.use("Agg")

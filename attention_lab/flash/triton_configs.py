@@ -39,6 +39,7 @@ def _config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Confi
 # Forward: a program owns BLOCK_M queries and streams BLOCK_N keys/values per step.
 FORWARD_CONFIGS = [
     _config(128, 128, 8, 3),  # Hopper: big tiles, deep pipeline
+    _config(128, 128, 8, 4),  # Hopper at head_dim <= 64
     _config(128, 64, 8, 3),
     _config(128, 64, 4, 3),
     _config(128, 64, 4, 2),   # Ampere/Ada (A100, L4)
@@ -50,6 +51,7 @@ FORWARD_CONFIGS = [
 BACKWARD_KV_CONFIGS = [
     _config(64, 128, 8, 3),
     _config(32, 128, 4, 3),
+    _config(32, 128, 4, 4),
     _config(64, 64, 4, 3),
     _config(32, 64, 4, 3),
     _config(32, 64, 4, 2),
@@ -59,6 +61,7 @@ BACKWARD_KV_CONFIGS = [
 BACKWARD_Q_CONFIGS = [
     _config(128, 64, 8, 3),
     _config(128, 32, 4, 3),
+    _config(128, 32, 4, 4),
     _config(64, 64, 4, 3),
     _config(64, 32, 4, 3),
     _config(64, 32, 4, 2),
