@@ -156,11 +156,13 @@ class MultiHeadLatentAttention(nn.Module):
         rope_base: RoPE's base (10000, as in the paper's pre-training).
         mode: ``'naive'`` (decompress the cache every step) or ``'absorbed'`` (attend over the latents).
         backend: attention function for the core, e.g. ``'reference'`` or ``'torch'``.
+        triton_decode: in the absorbed path, run one-token steps with the Triton latent-decode kernel
+            (:mod:`attention_lab.mla_kernel`; needs a CUDA GPU or ``TRITON_INTERPRET=1``).
     """
 
     def __init__(self, d_model: int, n_heads: int, kv_latent_dim: int, rope_dim: int, head_dim: int | None = None,
                  q_latent_dim: int | None = None, rope_base: float = 10000.0, mode: str = "naive",
-                 causal: bool = True, backend: str = "reference") -> None:
+                 causal: bool = True, backend: str = "reference", triton_decode: bool = False) -> None:
         super().__init__()
         check_positive_int("d_model", d_model)
         check_positive_int("n_heads", n_heads)
@@ -176,7 +178,7 @@ class MultiHeadLatentAttention(nn.Module):
         get_backend(backend)  # fail early on a bad name
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, head_dim
         self.kv_latent_dim, self.rope_dim, self.q_latent_dim = kv_latent_dim, rope_dim, q_latent_dim
-        self.causal, self.backend = causal, backend
+        self.causal, self.backend, self.triton_decode = causal, backend, triton_decode
         self.mode = _check_mode(mode)
         self.scale = (head_dim + rope_dim) ** -0.5  # 1/√(d_h + d_h^R): the score adds both parts
         inner = n_heads * head_dim
@@ -265,6 +267,11 @@ class MultiHeadLatentAttention(nn.Module):
         n_heads, seq = self.n_heads, q_content.shape[2]
         q_latent = absorb_query(q_content, self.k_up.weight)  # (B, H, T, d_c): W^UK_iᵀ q^C_i
         queries = torch.cat([q_latent, q_rot], dim=-1)  # (B, H, T, d_c + d_h^R)
+        if self.triton_decode and seq == 1:  # one new token: the split-K kernel reads each row once per head block
+            from .mla_kernel import latent_decode
+
+            latent_context = latent_decode(queries.view(batch, n_heads, width), rows, self.kv_latent_dim, self.scale)
+            return expand_values(latent_context.unsqueeze(2), self.v_up.weight)  # (B, H, 1, d_h)
         # Every head reads the same rows, so fold the heads into the query axis: one GEMM over the cache.
         queries = queries.reshape(batch, 1, n_heads * seq, width)  # (B, 1, H·T, d_c + d_h^R): row i·T + t
         keys = rows.unsqueeze(1)  # (B, 1, N, d_c + d_h^R)

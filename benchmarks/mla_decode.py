@@ -38,11 +38,12 @@ CONTEXTS = [1024, 4096, 8192, 16384, 32768]
 BATCH = 4
 
 
-def make_layer(sizes: dict, mode: str, device: torch.device, dtype: torch.dtype) -> MultiHeadLatentAttention:
+def make_layer(sizes: dict, mode: str, device: torch.device, dtype: torch.dtype,
+               triton_decode: bool = False) -> MultiHeadLatentAttention:
     torch.manual_seed(0)
     layer = MultiHeadLatentAttention(sizes["d_model"], sizes["n_heads"], sizes["kv_latent_dim"], sizes["rope_dim"],
                                      head_dim=sizes["head_dim"], q_latent_dim=sizes["q_latent_dim"], mode=mode,
-                                     backend="torch")
+                                     backend="torch", triton_decode=triton_decode)
     return layer.to(device=device, dtype=dtype).eval()
 
 
@@ -69,7 +70,7 @@ def bytes_and_flops(sizes: dict, batch: int, context: int, weight_bytes: int, pa
     n_heads, head_dim, latent, rope = sizes["n_heads"], sizes["head_dim"], sizes["kv_latent_dim"], sizes["rope_dim"]
     element = 2  # bf16
     cache = batch * context * (latent + rope) * element
-    if path == "absorbed":  # read the cached rows once; scores and context over d_c + d_R and d_c per head
+    if path.startswith("absorbed"):  # read the cached rows once; scores and context over d_c + d_R and d_c per head
         return dict(bytes=cache + weight_bytes, cache_bytes=cache,
                     flops=2 * batch * n_heads * context * ((latent + rope) + latent))
     if path == "naive":  # also write the decompressed keys [k^C; k^R] and values, then read them back
@@ -92,12 +93,12 @@ def check_correctness(sizes: dict, device: torch.device, context: int) -> dict:
         absorbed32 = copy.deepcopy(layer32)
         absorbed32.mode = "absorbed"
         outputs = {"fp32 absorbed": step_fn(absorbed32, cache32, x32)()}
-        for mode in ("naive", "absorbed"):
+        for mode, triton_decode in (("naive", False), ("absorbed", False), ("absorbed", True)):
             layer = copy.deepcopy(layer32).to(torch.bfloat16)
-            layer.mode = mode
+            layer.mode, layer.triton_decode = mode, triton_decode
             cache = layer.make_cache(2, context, device, torch.bfloat16)
             cache.rows.copy_(cache32.rows)
-            outputs[f"bf16 {mode}"] = step_fn(layer, cache, x32.to(torch.bfloat16))()
+            outputs[f"bf16 {mode}{' (Triton)' if triton_decode else ''}"] = step_fn(layer, cache, x32.to(torch.bfloat16))()
     errors = {name: float((out.double() - reference).norm() / reference.norm()) for name, out in outputs.items()}
     errors["bf16 absorbed vs bf16 naive"] = float((outputs["bf16 absorbed"].double() - outputs["bf16 naive"].double()).norm()
                                                   / outputs["bf16 naive"].double().norm())
@@ -121,7 +122,9 @@ def time_call(calls: list, device: torch.device) -> tuple[float, float]:
 def run(sizes: dict, contexts: list[int], batch: int, device: torch.device) -> dict:
     dtype = torch.bfloat16
     layers = {mode: make_layer(sizes, mode, device, dtype) for mode in ("naive", "absorbed")}
-    layers["absorbed"].load_state_dict(layers["naive"].state_dict())
+    layers["absorbed_triton"] = make_layer(sizes, "absorbed", device, dtype, triton_decode=True)
+    for path in ("absorbed", "absorbed_triton"):
+        layers[path].load_state_dict(layers["naive"].state_dict())
     weight_bytes = sum(p.numel() * p.element_size() for p in layers["naive"].parameters())
     x = torch.randn(batch, 1, sizes["d_model"], device=device, dtype=dtype)
     rows = []
@@ -130,7 +133,7 @@ def run(sizes: dict, contexts: list[int], batch: int, device: torch.device) -> d
         copies = 1 if device.type != "cuda" else max(1, -(-(256 * 2**20) // cache_bytes))  # rotate past the L2
         caches = [filled_cache(layers["naive"], batch, context, seed=i, dtype=dtype) for i in range(copies)]
         with torch.no_grad():
-            for path in ("naive", "absorbed"):
+            for path in ("naive", "absorbed", "absorbed_triton"):
                 calls = [step_fn(layers[path], cache, x) for cache in caches]
                 graph_s, eager_s = time_call(calls, device)
                 rows.append(dict(context=context, path=path, graph_ms=graph_s * 1e3, eager_ms=eager_s * 1e3,
@@ -146,7 +149,7 @@ def run(sizes: dict, contexts: list[int], batch: int, device: torch.device) -> d
             rows.append(dict(context=context, path="mha_sdpa", graph_ms=graph_s * 1e3, eager_ms=eager_s * 1e3,
                              **bytes_and_flops(sizes, batch, context, 0, "mha")))
             del k, v
-        for row in rows[-3:]:
+        for row in rows[-4:]:
             row["achieved_GBps"] = row["bytes"] / (row["graph_ms"] * 1e-3) / 1e9
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -154,7 +157,9 @@ def run(sizes: dict, contexts: list[int], batch: int, device: torch.device) -> d
     for context in contexts:
         ms = {r["path"]: r["graph_ms"] for r in rows if r["context"] == context}
         eager = {r["path"]: r["eager_ms"] for r in rows if r["context"] == context}
-        speedups[str(context)] = {"graph": ms["naive"] / ms["absorbed"], "eager": eager["naive"] / eager["absorbed"]}
+        speedups[str(context)] = {"graph": ms["naive"] / ms["absorbed"], "eager": eager["naive"] / eager["absorbed"],
+                                  "triton_graph": ms["naive"] / ms["absorbed_triton"],
+                                  "triton_eager": eager["naive"] / eager["absorbed_triton"]}
     return {"rows": rows, "speedup_absorbed_over_naive": speedups, "layer_weight_bytes": weight_bytes}
 
 
@@ -166,9 +171,10 @@ def plot(result: dict, path: Path) -> None:
 
     rows = result["rows"]
     fig, (ax_time, ax_speed) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = {"naive": "MLA naive (decompress cache)", "absorbed": "MLA absorbed (attend over latents)",
+    labels = {"naive": "MLA naive (decompress cache)", "absorbed": "MLA absorbed, SDPA core",
+              "absorbed_triton": "MLA absorbed, Triton split-K latent kernel",
               "mha_sdpa": "MHA attention core only, same heads, full K/V cache (SDPA)"}
-    for kind, style in (("naive", "o-"), ("absorbed", "s-"), ("mha_sdpa", "^--")):
+    for kind, style in (("naive", "o-"), ("absorbed", "s-"), ("absorbed_triton", "D-"), ("mha_sdpa", "^--")):
         points = [r for r in rows if r["path"] == kind]
         ax_time.plot([r["context"] for r in points], [r["graph_ms"] for r in points], style, label=labels[kind])
     ax_time.set_xscale("log", base=2)
@@ -179,12 +185,15 @@ def plot(result: dict, path: Path) -> None:
     ax_time.grid(alpha=0.3, which="both")
     ax_time.legend(fontsize=8)
     contexts = sorted({r["context"] for r in rows})
-    ax_speed.plot(contexts, [result["speedup_absorbed_over_naive"][str(c)]["graph"] for c in contexts], "s-",
-                  label="GPU time (CUDA graph)")
-    ax_speed.plot(contexts, [result["speedup_absorbed_over_naive"][str(c)]["eager"] for c in contexts], "o--",
-                  label="eager (Python launches)")
+    speedups = result["speedup_absorbed_over_naive"]
+    for key, style, label in (("graph", "s-", "SDPA core, GPU time (CUDA graph)"), ("eager", "s--", "SDPA core, eager"),
+                              ("triton_graph", "D-", "Triton kernel, GPU time (CUDA graph)"),
+                              ("triton_eager", "D--", "Triton kernel, eager")):
+        if key in speedups[str(contexts[0])]:
+            ax_speed.plot(contexts, [speedups[str(c)][key] for c in contexts], style, label=label)
     ax_speed.axhline(3, color="gray", lw=1, ls=":", label="target 3×")
     ax_speed.set_xscale("log", base=2)
+    ax_speed.set_yscale("log")
     ax_speed.set_xlabel("context (cached tokens)")
     ax_speed.set_ylabel("speed-up, naive time / absorbed time (×)")
     ax_speed.set_title("Absorbed over naive")
@@ -231,12 +240,13 @@ def main() -> None:
     print(f"{env.get('card')} | torch {env.get('torch')} | triton {env.get('triton', '-')} | CUDA {env.get('cuda', '-')}")
     print("correctness (relative error vs fp32):",
           {k: f"{v:.2e}" for k, v in correctness["relative_error_vs_fp32_naive"].items()})
-    print(f"{'context':>8} {'path':>9} {'graph ms':>9} {'eager ms':>9} {'MB moved':>10} {'GB/s':>7}")
+    print(f"{'context':>8} {'path':>15} {'graph ms':>9} {'eager ms':>9} {'MB moved':>10} {'GB/s':>7}")
     for r in result["rows"]:
-        print(f"{r['context']:>8} {r['path']:>9} {r['graph_ms']:>9.3f} {r['eager_ms']:>9.3f} "
+        print(f"{r['context']:>8} {r['path']:>15} {r['graph_ms']:>9.3f} {r['eager_ms']:>9.3f} "
               f"{r['bytes'] / 1e6:>10.1f} {r['achieved_GBps']:>7.0f}")
     for context, s in result["speedup_absorbed_over_naive"].items():
-        print(f"absorbed over naive at {context}: {s['graph']:.1f}x (graph), {s['eager']:.1f}x (eager)")
+        print(f"absorbed over naive at {context}: SDPA core {s['graph']:.1f}x (graph), {s['eager']:.1f}x (eager); "
+              f"Triton kernel {s['triton_graph']:.1f}x (graph), {s['triton_eager']:.1f}x (eager)")
 
 
 if __name__ == "__main__":

@@ -266,3 +266,109 @@ def test_checker_rejects_wrong_answers(wrong):
 def test_checker_rejects_the_untransposed_version_on_a_square_weight():
     with pytest.raises(ExerciseError, match="values differ"):
         check_absorbed_query(untransposed)
+
+
+# --- the Triton latent-decode kernel (runs under TRITON_INTERPRET=1 without a GPU) -----------------
+
+def _latent_reference(q, rows, latent_dim, scale):
+    """softmax(q rowsᵀ · scale) rows[..., :d_c] in float64: q (B, H, C), rows (B, N, C) -> (B, H, d_c)."""
+    weights = torch.softmax(q.double() @ rows.double().transpose(1, 2) * scale, dim=-1)  # (B, H, N)
+    return weights @ rows.double()[..., :latent_dim]
+
+
+@pytest.mark.parametrize("n_heads,latent_dim,rope_dim,n_keys,partition", [
+    (5, 24, 6, 77, 32), (4, 32, 0, 20, None), (17, 16, 8, 130, 64), (1, 48, 16, 1, None)])
+def test_latent_decode_kernel_matches_float64(n_heads, latent_dim, rope_dim, n_keys, partition):
+    from attention_lab.mla_kernel import latent_decode
+
+    g = torch.Generator().manual_seed(n_keys)
+    q = torch.randn(2, n_heads, latent_dim + rope_dim, generator=g)
+    rows = torch.randn(2, n_keys + 3, latent_dim + rope_dim, generator=g)[:, :n_keys]  # a prefix view, like a cache
+    expected = _latent_reference(q, rows, latent_dim, 0.3)
+    torch.testing.assert_close(latent_decode(q, rows, latent_dim, 0.3, partition_size=partition).double(), expected,
+                               atol=2e-5, rtol=2e-5)
+    half = latent_decode(q.half(), rows.half(), latent_dim, 0.3, partition_size=partition)  # (bf16 needs a GPU)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), expected, atol=1e-2, rtol=1e-2)
+
+
+def test_triton_decode_step_equals_the_absorbed_path():
+    layer = make_mla(CONFIGS[1], dtype=torch.float32, mode="absorbed")
+    x = torch.randn(2, 9, 30)
+    cache = layer.make_cache(2, 9, "cpu", torch.float32)
+    with torch.no_grad():
+        expected = layer(x, cache=cache)[:, -1:]
+        cache.length = 8
+        layer.triton_decode = True
+        torch.testing.assert_close(layer(x[:, -1:], cache=cache), expected, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda k: k(torch.randn(2, 3, 10), torch.randn(1, 5, 10), 8, 0.3), r"rows must have shape \(B=2, N, 10\)"),
+    (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10), 11, 0.3), "latent_dim"),
+    (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10).half(), 8, 0.3), "share one dtype"),
+    (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10), 8, 0.3, partition_size=5), "multiple of tile_n"),
+    (lambda k: k(torch.randn(3, 10), torch.randn(2, 5, 10), 8, 0.3), "q must have shape"),
+])
+def test_latent_decode_errors(call, message):
+    from attention_lab.mla_kernel import latent_decode
+
+    with pytest.raises(ValueError, match=message):
+        call(latent_decode)
+
+
+_COMPILE_FOR_EACH_ARCHITECTURE = r"""
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from attention_lab import mla_kernel as mk
+from attention_lab.flash.compile_check import _SharedMemoryMeasured, _stop_after_shared_memory_allocation
+from attention_lab.flash.triton_configs import shared_memory_limit
+
+fn, rows = mk._latent_decode_kernel, []
+for capability in (80, 89, 90):
+    config = mk.latent_decode_config((capability // 10, capability % 10))
+    constexprs = dict(LATENT=512, LATENT_PAD=512, ROPE=64, ROPE_PAD=64, BLOCK_H=config.block_h,
+                      TILE_N=config.tile_n, SINGLE_PARTITION=False, DOT_PRECISION="tf32")
+    types = {"Q": "*fp16", "ROWS": "*fp16", "OUT": "*fp16", "O_PART": "*fp16", "M_PART": "*fp32",
+             "L_PART": "*fp32", "qk_scale": "fp32"}
+    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if signature[n].startswith("*") or n.startswith("stride")}
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    restore = _stop_after_shared_memory_allocation()
+    try:
+        shared = triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                                options={"num_warps": config.num_warps, "num_stages": config.num_stages}).metadata.shared
+    except _SharedMemoryMeasured as measured:
+        shared = measured.shared
+    finally:
+        restore()
+    rows.append(dict(capability=capability, tile_n=config.tile_n, shared=shared, limit=shared_memory_limit(capability)))
+print(json.dumps(rows))
+"""
+
+
+def test_latent_kernel_compiles_and_fits_every_architecture():
+    """DeepSeek-V2's sizes (d_c=512, d_R=64), fp16, sm_80/89/90 with their config: shared memory within the limit."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JITFunctions, not the interpreter's
+    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_EACH_ARCHITECTURE], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["capability"] for r in rows] == [80, 89, 90]
+    for row in rows:
+        assert 0 < row["shared"] <= row["limit"], row
+
+
+def test_latent_kernel_refuses_a_t4_in_one_sentence():
+    from attention_lab.mla_kernel import latent_decode_config
+
+    with pytest.raises(ValueError, match="needs compute capability 8.0 or newer"):
+        latent_decode_config((7, 5))

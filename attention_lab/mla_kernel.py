@@ -1,0 +1,213 @@
+"""Triton kernel for MLA's absorbed decode step (chapter 12): all heads attend over the cached latent rows.
+
+After absorption (:mod:`attention_lab.mla`) one decode step is: for each of the ``H`` heads, a query
+``[q̃ ; q^R]`` of width ``d_c + d_h^R`` against the cached rows ``[c_j ; k^R_j]``, softmax, and the
+weighted sum of the latents ``c_j`` (the first ``d_c`` entries of the same rows). Every head reads
+the *same* rows, and SDPA's kernels parallelise over query rows, not over keys — with the heads
+folded into the query axis a whole batch gets only a handful of programs. This kernel instead:
+
+* **reads each cached row once for a block of heads** — a program holds ``BLOCK_H`` heads' queries as the
+  rows of a ``tl.dot``, and the loaded latent tile serves as the keys' content part AND as the values;
+* **splits the context** (split-K) so that batch × head blocks × partitions fill the GPU; each program
+  keeps the online-softmax state of its partition and the partitions are merged by the chapter-11
+  reduction kernel (:func:`attention_lab.decode_kernel._reduce_kernel`).
+
+Online softmax per program (scores in log2 units, so ``exp2``):
+    S     = (q̃ Cᵀ + q^R K^Rᵀ) · scale · log2(e)      C: latent tile, K^R: rotary-key tile
+    m_new = max(m_i, rowmax(S));  alpha = 2^(m_i - m_new);  P = 2^(S - m_new)
+    l_i   = alpha · l_i + rowsum(P);  acc = alpha · acc + P C
+
+Under ``TRITON_INTERPRET=1`` (tests on a CPU) the kernel runs on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import check_rank
+from .decode_kernel import LOG2_E, _reduce_kernel
+
+
+@triton.jit
+def _latent_decode_kernel(
+    Q, ROWS, OUT, M_PART, L_PART, O_PART,
+    stride_qb, stride_qh,  # q (B, H, d_c + d_R), last dim contiguous
+    stride_rb, stride_rn,  # cached rows (B, N, d_c + d_R), last dim contiguous
+    stride_ob, stride_oh,  # out (B, H, d_c)
+    stride_pb, stride_ph, stride_pp,  # per-partition outputs O_PART (B, H, P, d_c)
+    stride_mb, stride_mh,  # per-partition maxima M_PART and denominators L_PART (B, H, P), fp32
+    n_heads, n_keys,
+    qk_scale,  # softmax scale · log2(e)
+    partition_size,  # keys per partition (a multiple of TILE_N)
+    LATENT: tl.constexpr,  # d_c
+    LATENT_PAD: tl.constexpr,  # d_c rounded up to a power of two >= 16
+    ROPE: tl.constexpr,  # d_h^R
+    ROPE_PAD: tl.constexpr,  # d_h^R rounded up to a power of two >= 16
+    BLOCK_H: tl.constexpr,  # heads per program (rows of the tl.dot)
+    TILE_N: tl.constexpr,  # keys per loop iteration
+    SINGLE_PARTITION: tl.constexpr,  # True: write the normalised output directly, no reduction step
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" (ignored) for 16-bit ones
+):
+    head_block = tl.program_id(0)  # fastest: the programs reading the same rows run together (L2 reuse)
+    part = tl.program_id(1)
+    seq = tl.program_id(2)
+    start = part * partition_size
+    end = tl.minimum(start + partition_size, n_keys)
+
+    heads = head_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_ok = heads < n_heads
+    c = tl.arange(0, LATENT_PAD)
+    c_ok = c < LATENT
+    r = tl.arange(0, ROPE_PAD)
+    r_ok = r < ROPE
+    q_rows = Q + seq * stride_qb + heads[:, None] * stride_qh
+    q_latent = tl.load(q_rows + c[None, :], mask=head_ok[:, None] & c_ok[None, :], other=0.0)  # (BLOCK_H, LATENT_PAD)
+    q_rope = tl.load(q_rows + LATENT + r[None, :], mask=head_ok[:, None] & r_ok[None, :], other=0.0)  # (BLOCK_H, ROPE_PAD)
+
+    m_i = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)  # running max (log2 units)
+    l_i = tl.zeros((BLOCK_H,), dtype=tl.float32)  # running softmax denominator
+    acc = tl.zeros((BLOCK_H, LATENT_PAD), dtype=tl.float32)  # running numerator P C
+
+    for tile_start in range(start, end, TILE_N):
+        n = tile_start + tl.arange(0, TILE_N)
+        n_ok = n < end
+        row = seq.to(tl.int64) * stride_rb + n.to(tl.int64) * stride_rn  # (TILE_N,)
+        if LATENT == LATENT_PAD:
+            latent_mask = n_ok[:, None]  # constant along d_c: keeps the loads 16 bytes wide
+        else:
+            latent_mask = n_ok[:, None] & c_ok[None, :]
+        latent = tl.load(ROWS + row[:, None] + c[None, :], mask=latent_mask, other=0.0)  # (TILE_N, LATENT_PAD)
+        rope_key = tl.load(ROWS + row[:, None] + LATENT + r[None, :], mask=n_ok[:, None] & r_ok[None, :],
+                           other=0.0)  # (TILE_N, ROPE_PAD)
+        scores = tl.dot(q_latent, tl.trans(latent), input_precision=DOT_PRECISION)
+        scores += tl.dot(q_rope, tl.trans(rope_key), input_precision=DOT_PRECISION)
+        scores = scores * qk_scale  # S = (q̃ Cᵀ + q^R K^Rᵀ)·scale·log2 e: (BLOCK_H, TILE_N)
+        scores = tl.where(n_ok[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))  # m_new = max(m_i, rowmax(S))
+        alpha = tl.exp2(m_i - m_new)  # alpha = 2^(m_i - m_new)
+        p = tl.exp2(scores - m_new[:, None])  # P = 2^(S - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)  # l_i = alpha · l_i + rowsum(P)
+        acc = acc * alpha[:, None] + tl.dot(p.to(latent.dtype), latent, input_precision=DOT_PRECISION)  # acc = alpha·acc + P C
+        m_i = m_new
+
+    out_mask = head_ok[:, None] & c_ok[None, :]
+    out = acc / l_i[:, None]  # every partition holds at least one key, so l_i > 0
+    if SINGLE_PARTITION:
+        tl.store(OUT + seq * stride_ob + heads[:, None] * stride_oh + c[None, :], out.to(OUT.dtype.element_ty),
+                 mask=out_mask)
+    else:
+        base = seq * stride_pb + heads * stride_ph + part * stride_pp  # (BLOCK_H,)
+        tl.store(O_PART + base[:, None] + c[None, :], out.to(O_PART.dtype.element_ty), mask=out_mask)
+        stat = seq * stride_mb + heads * stride_mh + part
+        tl.store(M_PART + stat, m_i, mask=head_ok)
+        tl.store(L_PART + stat, l_i, mask=head_ok)
+
+
+@dataclass(frozen=True)
+class LatentDecodeConfig:
+    """Launch parameters: heads per program, keys per loop iteration, warps, pipelining depth."""
+
+    block_h: int
+    tile_n: int
+    num_warps: int
+    num_stages: int
+
+
+def latent_decode_config(capability: tuple[int, int] | None) -> LatentDecodeConfig | None:
+    """The tile for a device (``None``: the interpreter, which takes any tile).
+
+    A latent tile is ``tile_n × d_c`` (32 × 512 bf16 = 32 KiB at DeepSeek-V2's size); the kernel also
+    keeps the queries and a second layout of the tile (it is used as keys and as values) in shared
+    memory: 55 KiB on sm_90 with 32 keys and 2 stages. A T4 (sm_75, 64 KiB) does not fit even 16 keys
+    at d_c = 512 (68 KiB), so the kernel needs sm_80 or newer. 16 heads per program keep the
+    ``16 × d_c`` fp32 accumulator in registers. ``tests/test_mla.py`` compiles the choice for sm_80,
+    sm_89 and sm_90 and checks its shared memory."""
+    if capability is not None and capability < (8, 0):
+        raise ValueError(f"the Triton latent decode kernel needs compute capability 8.0 or newer (its tile does not fit "
+                         f"the shared memory of sm_{capability[0]}{capability[1]}); use triton_decode=False there")
+    return LatentDecodeConfig(block_h=16, tile_n=32, num_warps=4, num_stages=2)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: float,
+                  partition_size: int | None = None) -> torch.Tensor:
+    """One decode step of absorbed MLA: ``softmax(q · rowsᵀ · scale) · rows[..., :latent_dim]`` per head.
+
+    Args:
+        q: absorbed queries ``(B, H, d_c + d_R)`` (``[W^UKᵀ q^C ; q^R]`` per head), last dim contiguous.
+        rows: the cached rows ``(B, N, d_c + d_R)`` (:class:`attention_lab.mla.LatentCache`), last dim contiguous.
+        latent_dim: ``d_c``; the value of row j is its first ``d_c`` entries.
+        scale: the softmax scale, ``1/√(d_h + d_h^R)`` for MLA.
+        partition_size: keys per split-K partition (default: enough partitions to fill the GPU once).
+
+    Returns:
+        ``(B, H, d_c)`` in q's dtype: each head's weighted sum of latents.
+    """
+    check_rank("q", q, 3, "(batch, n_heads, latent_dim + rope_dim)")
+    check_rank("rows", rows, 3, "(batch, n_keys, latent_dim + rope_dim)")
+    if q.device.type != "cuda" and not _interpreting():
+        raise ValueError("the Triton latent decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before "
+                         "importing attention_lab.mla_kernel); the 'absorbed' path without it works anywhere")
+    batch, n_heads, width = q.shape
+    if rows.shape[0] != batch or rows.shape[2] != width or not 0 < latent_dim <= width:
+        raise ValueError(f"rows must have shape (B={batch}, N, {width}) like q {tuple(q.shape)} with "
+                         f"0 < latent_dim <= {width}, got rows {tuple(rows.shape)}, latent_dim={latent_dim}")
+    if rows.dtype != q.dtype:
+        raise ValueError(f"q and rows must share one dtype, got {q.dtype} and {rows.dtype}")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    n_keys = rows.shape[1]
+    capability, n_sms = ((torch.cuda.get_device_capability(q.device), torch.cuda.get_device_properties(q.device)
+                          .multi_processor_count) if q.device.type == "cuda" else (None, 4))
+    config = latent_decode_config(capability)
+    head_blocks = math.ceil(n_heads / config.block_h)
+    if partition_size is None:  # one wave: batch × head blocks × partitions ≈ SMs, partitions of >= 4 tiles
+        parts = max(1, min(math.ceil(n_sms / (batch * head_blocks)), math.ceil(n_keys / (4 * config.tile_n))))
+        partition_size = math.ceil(math.ceil(n_keys / parts) / config.tile_n) * config.tile_n
+    if partition_size < 1 or partition_size % config.tile_n:
+        raise ValueError(f"partition_size must be a positive multiple of tile_n={config.tile_n}, got {partition_size}")
+    n_parts = max(1, math.ceil(n_keys / partition_size))
+    rope_dim = width - latent_dim
+    out = torch.empty(batch, n_heads, latent_dim, device=q.device, dtype=q.dtype)  # (B, H, d_c)
+    single = n_parts == 1
+    if single:
+        o_part = m_part = l_part = out  # unused
+        p_strides, m_strides = (0, 0, 0), (0, 0)
+    else:
+        o_part = torch.empty(batch, n_heads, n_parts, latent_dim, device=q.device, dtype=q.dtype)  # (B, H, P, d_c)
+        m_part = torch.empty(batch, n_heads, n_parts, device=q.device, dtype=torch.float32)  # (B, H, P)
+        l_part = torch.empty(batch, n_heads, n_parts, device=q.device, dtype=torch.float32)
+        p_strides, m_strides = o_part.stride()[:3], m_part.stride()[:2]
+    latent_pad = max(16, _next_pow2(latent_dim))
+    _latent_decode_kernel[(head_blocks, n_parts, batch)](
+        q, rows, out, m_part, l_part, o_part,
+        q.stride(0), q.stride(1), rows.stride(0), rows.stride(1), out.stride(0), out.stride(1),
+        *p_strides, *m_strides, n_heads, n_keys, scale * LOG2_E, partition_size,
+        LATENT=latent_dim, LATENT_PAD=latent_pad, ROPE=rope_dim, ROPE_PAD=max(16, _next_pow2(rope_dim)),
+        BLOCK_H=config.block_h, TILE_N=config.tile_n, SINGLE_PARTITION=single,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if not single:
+        context_lens = torch.full((batch,), n_keys, device=q.device, dtype=torch.int32)
+        _reduce_kernel[(batch, n_heads)](
+            m_part, l_part, o_part, context_lens, out,
+            *p_strides, *m_strides, out.stride(0), out.stride(1), partition_size,
+            HEAD_DIM=latent_dim, HEAD_DIM_PAD=latent_pad, PARTS_PAD=_next_pow2(n_parts), CHUNK=16, num_warps=4,
+        )
+    return out
