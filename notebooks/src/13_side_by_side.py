@@ -31,6 +31,8 @@ from attention_lab.model import TinyGPT, TinyGPTConfig
 text = load_corpus()
 tokenizer = get_tokenizer(text)
 on_gpu = device.type == "cuda"
+if not on_gpu:
+    torch.set_num_threads(1)  # steadier CPU timings for tiny models (threads mostly add overhead here)
 base = TinyGPTConfig(vocab_size=tokenizer.vocab_size, context_length=128 if on_gpu else 32,
                      d_model=128 if on_gpu else 64, n_layers=4 if on_gpu else 2, n_heads=8,
                      backend="torch" if on_gpu else "reference")
