@@ -101,22 +101,34 @@ def shazeer_ratio(n_tokens: int, d_model: int, n_heads: int, n_kv_heads: int, ba
 
 
 @torch.no_grad()
-def time_decode_step(model, batch_size: int, context: int, warmup: int = 2, repeats: int = 5) -> float:
+def filled_cache(model, batch_size: int, max_len: int):
+    """A cache of ``model`` for ``batch_size`` sequences of up to ``max_len`` tokens, every slot written with
+    random numbers (so the memory is really touched: untouched zero pages would read from nowhere)."""
+    cache = model.new_cache(batch_size, max_len)
+    for layer in cache.layers:
+        layer.keys.uniform_(-1.0, 1.0)  # (B, Hkv, max_len, D)
+        layer.values.uniform_(-1.0, 1.0)
+    return cache
+
+
+@torch.no_grad()
+def time_decode_step(model, batch_size: int, context: int, warmup: int = 2, repeats: int = 5, cache=None) -> float:
     """Median seconds of ONE decoding step of ``model`` (a TinyGPT) with ``context`` tokens already cached.
 
-    The cache is filled with random keys and values instead of running a ``context``-token prompt
-    (the time of a step does not depend on what the numbers are), then one new token per sequence
-    ``(batch_size, 1)`` is fed through the model; the fill pointer is rewound before every repeat.
+    The cache (``cache``, or a new :func:`filled_cache`) holds random keys and values instead of those of a
+    real ``context``-token prompt: the time of a step does not depend on what the numbers are. One new
+    token per sequence ``(batch_size, 1)`` goes through the model; the fill pointer is rewound to
+    ``context`` before every repeat.
     """
     check_positive_int("batch_size", batch_size)
     check_positive_int("context", context)
     if context + 1 > model.config.context_length:
         raise ValueError(f"context + 1 = {context + 1} exceeds the model's context_length={model.config.context_length}")
+    cache = filled_cache(model, batch_size, context + 1) if cache is None else cache
+    if cache.layers[0].keys.shape[0] != batch_size or cache.layers[0].max_len < context + 1:
+        raise ValueError(f"cache must hold batch_size={batch_size} sequences of at least context + 1 = {context + 1} "
+                         f"tokens, got keys of shape {tuple(cache.layers[0].keys.shape)}")
     model.eval()
-    cache = model.new_cache(batch_size, context + 1)
-    for layer in cache.layers:
-        layer.keys.normal_()  # (B, Hkv, context + 1, D)
-        layer.values.normal_()
     token = torch.zeros(batch_size, 1, dtype=torch.long, device=model.token_embedding.weight.device)  # (B, 1)
 
     def step() -> None:
@@ -127,24 +139,78 @@ def time_decode_step(model, batch_size: int, context: int, warmup: int = 2, repe
     return time_function(step, warmup=warmup, repeats=repeats, device=token.device)
 
 
-def decode_speed_sweep(config, kv_heads: list[int], contexts: list[int], batch_size: int,
-                       repeats: int = 5, seed: int = 0) -> dict[int, list[float]]:
+def decode_speed_sweep(config, kv_heads: list[int], contexts: list[int], batch_size: int, rounds: int = 3,
+                       repeats: int = 3, seed: int = 0, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> dict[int, list[float]]:
     """Decode tokens/s (``batch_size`` / step time) of ``config`` with each ``n_kv_heads`` in ``kv_heads``
     at each context length. Returns ``{n_kv_heads: [tokens/s per context]}``.
 
-    Models get random weights (speed does not depend on them) and ``context_length = max(contexts) + 1``.
+    Models get random weights (speed does not depend on them), ``context_length = max(contexts) + 1``,
+    and live on ``device`` in ``dtype``. The variants are timed in turn, ``rounds`` times over, and each
+    point keeps its best round: on a shared machine, the round least disturbed by other work.
     """
-    speeds: dict[int, list[float]] = {}
+    check_positive_int("rounds", rounds)
+    longest = max(contexts) + 1
+    models, caches = {}, {}
     for n_kv_heads in kv_heads:
-        variant = dataclasses.replace(config, n_kv_heads=n_kv_heads, context_length=max(contexts) + 1)
+        variant = dataclasses.replace(config, n_kv_heads=n_kv_heads, context_length=longest)
         torch.manual_seed(seed)
-        model = _tiny_gpt(variant)
-        speeds[n_kv_heads] = [batch_size / time_decode_step(model, batch_size, n, repeats=repeats) for n in contexts]
-        del model
-    return speeds
+        models[n_kv_heads] = _tiny_gpt(variant).to(device=device, dtype=dtype)
+        caches[n_kv_heads] = filled_cache(models[n_kv_heads], batch_size, longest)
+    best = {g: [float("inf")] * len(contexts) for g in kv_heads}
+    for _ in range(rounds):
+        for i, context in enumerate(contexts):
+            for g in kv_heads:
+                seconds = time_decode_step(models[g], batch_size, context, warmup=1, repeats=repeats, cache=caches[g])
+                best[g][i] = min(best[g][i], seconds)
+    return {g: [batch_size / seconds for seconds in best[g]] for g in kv_heads}
 
 
 def _tiny_gpt(config):
     from .model import TinyGPT
 
     return TinyGPT(config)
+
+
+# Field names accepted in benchmarks/results/decode_gqa.json rows (the GPU benchmark's output).
+_IMPL_KEYS = ("impl", "implementation", "backend", "method", "kernel")
+_CONTEXT_KEYS = ("context", "n_keys", "seq_len", "cache_len", "context_len")
+_FRACTION_KEYS = ("fraction_of_copy", "bandwidth_fraction", "fraction_of_copy_bandwidth", "fraction")
+
+
+def _pick(row: dict, keys: tuple[str, ...], what: str) -> object:
+    for key in keys:
+        if key in row:
+            return row[key]
+    raise ValueError(f"decode benchmark row needs a {what} field (one of {keys}), got keys {sorted(row)}")
+
+
+def plot_decode_benchmark(results: dict, ax=None):
+    """Effective cache-read bandwidth (fraction of copy bandwidth) against kv heads, one line per
+    implementation and context, from the GPU benchmark's JSON ``{"device": …, "rows": [{"impl",
+    "context", "n_kv_heads", "fraction_of_copy", …}, …]}``. Raises ``ValueError`` if fields are missing."""
+    import matplotlib.pyplot as plt
+
+    rows = results.get("rows") or results.get("results")
+    if not rows:
+        raise ValueError(f"decode benchmark results need a non-empty 'rows' list, got keys {sorted(results)}")
+    lines: dict[tuple, list[tuple[int, float]]] = {}
+    for row in rows:
+        key = (_pick(row, _IMPL_KEYS, "implementation"), _pick(row, _CONTEXT_KEYS, "context"))
+        lines.setdefault(key, []).append((_pick(row, ("n_kv_heads",), "n_kv_heads"),
+                                          _pick(row, _FRACTION_KEYS, "fraction of copy bandwidth")))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    for (impl, context), points in sorted(lines.items(), key=lambda item: str(item[0])):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{impl}, {context} tokens")
+    heads = sorted({p[0] for points in lines.values() for p in points})
+    ax.set_xscale("log")
+    ax.set_xticks(heads, labels=[str(g) for g in heads])
+    ax.minorticks_off()
+    device = results.get("device", {})
+    ax.set(xlabel="key/value heads", ylabel="cache bytes/s ÷ copy bandwidth",
+           title=f"Decode step, effective cache-read bandwidth ({device.get('name', 'GPU') if isinstance(device, dict) else device})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax

@@ -100,7 +100,9 @@ def test_time_decode_step_and_sweep():
     assert time_decode_step(model, batch_size=2, context=39, warmup=1, repeats=2) > 0  # the cache is rewound
     with pytest.raises(ValueError, match="exceeds the model's context_length=40"):
         time_decode_step(model, batch_size=2, context=40)
-    speeds = decode_speed_sweep(config, kv_heads=[4, 1], contexts=[8, 30], batch_size=2, repeats=1)
+    with pytest.raises(ValueError, match="cache must hold batch_size=2 sequences of at least context"):
+        time_decode_step(model, batch_size=2, context=20, cache=model.new_cache(2, 10))
+    speeds = decode_speed_sweep(config, kv_heads=[4, 1], contexts=[8, 30], batch_size=2, rounds=2, repeats=1)
     assert sorted(speeds) == [1, 4] and all(len(v) == 2 and min(v) > 0 for v in speeds.values())
 
 
@@ -146,3 +148,19 @@ def test_grouped_decode_checker_passes_the_solution(capsys):
 def test_grouped_decode_checker_rejects_wrong_answers(wrong, message):
     with pytest.raises(ExerciseError, match=message):
         check_grouped_decode(wrong)
+
+
+def test_plot_decode_benchmark_reads_the_results_layout():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from attention_lab.decode_memory import plot_decode_benchmark
+
+    rows = [{"impl": impl, "context": 4096, "n_kv_heads": g, "fraction_of_copy": 0.5 + 0.1 * g / 32}
+            for impl in ("grouped", "sdpa") for g in (32, 8, 1)]
+    ax = plot_decode_benchmark({"device": {"name": "H100"}, "rows": rows})
+    assert len(ax.get_lines()) == 2
+    with pytest.raises(ValueError, match="fraction of copy bandwidth"):
+        plot_decode_benchmark({"rows": [{"impl": "x", "context": 1, "n_kv_heads": 1}]})
+    with pytest.raises(ValueError, match="non-empty 'rows'"):
+        plot_decode_benchmark({"device": "H100"})
