@@ -10,11 +10,14 @@ import torch
 
 
 def triton_version() -> str | None:
+    """Triton's installed version, read from the package metadata: importing triton here would fix its mode
+    before a notebook can set ``TRITON_INTERPRET=1`` (the flag is read when triton's own kernels are defined)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import triton
-    except Exception:
+        return version("triton")
+    except PackageNotFoundError:
         return None
-    return triton.__version__
 
 
 def pick_device() -> torch.device:

@@ -244,6 +244,18 @@ class PagedKVCache:
         used = self.allocator.num_used * self.block_size
         return self.tokens_stored() / used if used else 1.0
 
+    def pool_map(self) -> torch.Tensor:
+        """Who holds each slot of the pool: ``(num_blocks, block_size)`` int64 with the sequence id of a filled
+        slot (the lowest id when a block is shared), -1 for an empty slot of an allocated block, -2 for a free block."""
+        owners = torch.full((self.allocator.num_blocks, self.block_size), -2, dtype=torch.long)
+        for seq in sorted(self.block_tables, reverse=True):  # lower ids written last: they win on shared blocks
+            length = self.lengths[seq]
+            for i, block in enumerate(self.block_tables[seq]):
+                filled = min(self.block_size, length - i * self.block_size)
+                owners[block, filled:] = torch.where(owners[block, filled:] == -2, -1, owners[block, filled:])
+                owners[block, :filled] = seq
+        return owners
+
     def check_invariants(self) -> None:
         """Allocator invariants, each block's ref count equals the tables pointing at it, tables fit lengths."""
         self.allocator.check_invariants()

@@ -106,7 +106,7 @@ def main() -> None:
                 sweeps[f"hkv{n_kv_heads}_n{context}"] = rows_sweep
                 print("  sweep best:", best_of(rows_sweep), flush=True)
             del sets, q, k, v
-    payload = {"benchmark": "decode_gqa", "environment": env, "copy_tb_s": copy_bytes_s / 1e12, "rows": rows}
+    payload = layout({"benchmark": "decode_gqa", "environment": env, "copy_tb_s": copy_bytes_s / 1e12}, rows)
     if sweeps:
         payload["sweep"] = sweeps
     save_json(args.out / "decode_gqa.json", payload)
@@ -114,11 +114,23 @@ def main() -> None:
     print_table(payload)
 
 
+def layout(payload: dict, shapes: list[dict]) -> dict:
+    """The result file: ``shapes`` (one entry per context × n_kv_heads, every implementation inside) and a
+    flat ``rows`` list (one entry per implementation × shape: impl, context, n_kv_heads, ms, tb_s,
+    fraction_of_copy) that chapter 05's plot reads, plus ``device`` and ``versions`` summaries."""
+    env = payload["environment"]
+    flat = [{"impl": impl, "context": s["context"], "n_kv_heads": s["n_kv_heads"], "ms": s["ms"][impl],
+             "tb_s": s["tb_s"][impl], "fraction_of_copy": s["of_copy"][impl]}
+            for s in shapes for impl in s["ms"]]
+    return {**payload, "device": {"name": env["card"], "capability": env["capability"], "sms": env["sms"]},
+            "versions": {k: env[k] for k in ("torch", "triton", "cuda", "python")}, "shapes": shapes, "rows": flat}
+
+
 def print_table(payload: dict) -> None:
     print(f"\ncopy bandwidth {payload['copy_tb_s']:.2f} TB/s on {payload['environment']['card']}")
     print(f"{'N':>6} {'Hkv':>4} | {'triton ms':>9} {'TB/s':>5} {'%copy':>6} | {'SDPA ms':>8} {'TB/s':>5} {'%copy':>6} "
           f"| {'SDPA/triton':>11} ok")
-    for r in payload["rows"]:
+    for r in payload["shapes"]:
         print(f"{r['context']:>6} {r['n_kv_heads']:>4} | {r['ms']['triton_grouped']:9.4f} {r['tb_s']['triton_grouped']:5.2f} "
               f"{r['of_copy']['triton_grouped']:6.1%} | {r['ms']['sdpa_enable_gqa']:8.4f} {r['tb_s']['sdpa_enable_gqa']:5.2f} "
               f"{r['of_copy']['sdpa_enable_gqa']:6.1%} | {r['triton_vs_sdpa_speed']:11.2f} {r['correct']}")
@@ -134,7 +146,7 @@ def plot(payload: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(CONTEXTS), figsize=(10, 4), sharey=True)
     copy = payload["copy_tb_s"]
     for ax, context in zip(axes, CONTEXTS):
-        rows = [r for r in payload["rows"] if r["context"] == context]
+        rows = [r for r in payload["shapes"] if r["context"] == context]
         x = np.arange(len(rows))
         ax.bar(x - 0.2, [r["tb_s"]["triton_grouped"] for r in rows], 0.4, label="grouped Triton kernel")
         ax.bar(x + 0.2, [r["tb_s"]["sdpa_enable_gqa"] for r in rows], 0.4, label="SDPA (enable_gqa=True)")
@@ -146,7 +158,7 @@ def plot(payload: dict, path: Path) -> None:
     axes[0].set_ylabel("effective KV-read bandwidth (TB/s)")
     fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=3)
     env = payload["environment"]
-    fig.suptitle(f"Decode step, B=32, H=32, D=128, {payload['rows'][0]['dtype']}: "
+    fig.suptitle(f"Decode step, B=32, H=32, D=128, {payload['shapes'][0]['dtype']}: "
                  f"{env['card']}, torch {env['torch']}, triton {env['triton']}", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
