@@ -105,7 +105,8 @@ def _decode_partition_kernel(
         k = tl.load(K + kv_head * stride_kh + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
         v = tl.load(V + kv_head * stride_vh + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
 
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # S = q Kᵀ·scale·log2 e: (GROUP_PAD, TILE_N)
+        # S = q Kᵀ · scale · log2 e: (GROUP_PAD, TILE_N)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         scores = tl.where(n_ok[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))  # m_new = max(m_i, rowmax(S))
         alpha = tl.exp2(m_i - m_new)  # alpha = 2^(m_i - m_new)

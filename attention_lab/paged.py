@@ -272,7 +272,7 @@ class PagedKVCache:
 # ---------------------------------------------------------------------- reference paged attention
 def check_paged_inputs(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.Tensor,
                        block_tables: torch.Tensor, context_lens: torch.Tensor, check_values: bool = True) -> None:
-    """Validate the decode inputs shared by the reference and the Triton kernel (shapes in :func:`paged_attention_reference`).
+    """Validate the decode inputs of the reference and the Triton kernel (shapes: :func:`paged_attention_reference`).
 
     ``check_values=False`` skips the range check of ``context_lens``, which reads it back from the
     GPU (a sync that a CUDA graph cannot capture).

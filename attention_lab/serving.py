@@ -151,7 +151,8 @@ class ServingEngine:
             admitted = []
             while waiting and waiting[0].arrival <= step:
                 group = waiting[0]
-                if self.max_batch is not None and sum(len(g.sequences) for g in running) + len(group.sequences) > self.max_batch:
+                in_batch = sum(len(g.sequences) for g in running)
+                if self.max_batch is not None and in_batch + len(group.sequences) > self.max_batch:
                     break
                 if self._blocks_to_admit(group) > self.cache.allocator.num_free:
                     break
@@ -247,7 +248,7 @@ class ServingEngine:
             self._sample(seq, logits)
 
     def _prefill_one(self, seq_id: int, tokens: list[int]) -> torch.Tensor:
-        """Feed ``tokens`` to a new paged sequence through TinyGPT's own forward; returns the last logits ``(1, vocab)``."""
+        """Feed ``tokens`` to a new paged sequence through TinyGPT's own forward; returns the last logits (1, vocab)."""
         device = self.model.token_embedding.weight.device
         slots = self.cache.append(seq_id, len(tokens))
         views = ModelCache([_PrefillLayer(self.cache, i, seq_id, slots, 0) for i in range(len(self.model.blocks))])
