@@ -163,15 +163,37 @@ def save(results: dict, out_dir: Path) -> None:
     (out_dir / "flash_benchmark.json").write_text(json.dumps(results, indent=1))
 
 
+def plot(results: dict, out_dir: Path) -> None:
+    """flash_tflops.png, flash_memory.png and flash_steps.png from the results."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = br.plot_tflops(results)
+    axes[0][0].figure.savefig(out_dir / "flash_tflops.png", dpi=110)
+    ax = br.plot_memory(results)
+    ax.figure.tight_layout()
+    ax.figure.savefig(out_dir / "flash_memory.png", dpi=110)
+    if results["steps"]:
+        axes = br.plot_steps(results)
+        axes[0].figure.tight_layout()
+        axes[0].figure.savefig(out_dir / "flash_steps.png", dpi=110)
+    plt.close("all")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N in {1024, 4096} only")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--no-steps", action="store_true")
     parser.add_argument("--precompile-only", action="store_true", help="fill Triton's cache and stop")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNGs from the JSON in --out (no GPU)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        plot(br.load(out_dir / "flash_benchmark.json"), out_dir)
+        return
     major, _ = torch.cuda.get_device_capability()
     dtype = torch.bfloat16 if major >= 8 else torch.float16
     ns = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
@@ -239,21 +261,7 @@ def main(argv=None) -> None:
     results["seconds"] = round(time.perf_counter() - started)
     save(results, out_dir)
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    axes = br.plot_tflops(results)
-    axes[0][0].figure.savefig(out_dir / "flash_tflops.png", dpi=110)
-    ax = br.plot_memory(results)
-    ax.figure.tight_layout()
-    ax.figure.savefig(out_dir / "flash_memory.png", dpi=110)
-    if results["steps"]:
-        axes = br.plot_steps(results)
-        axes[0].figure.tight_layout()
-        axes[0].figure.savefig(out_dir / "flash_steps.png", dpi=110)
-    plt.close("all")
-
+    plot(results, out_dir)
     env = results["environment"]
     print(f"\n{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | {results['dtype']}")
     for mode in ("fwd", "fwd_bwd"):

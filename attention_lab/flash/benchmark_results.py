@@ -14,8 +14,8 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "flash_benchmark.json"
 METHODS = {"naive": "naive (reference, N×N in fp32)", "sdpa_flash": "PyTorch SDPA, flash backend",
            "sdpa_cudnn": "PyTorch SDPA, cuDNN backend", "triton": "this chapter's Triton kernel"}
-STEPS = {"two_pass": "1. two passes (safe softmax)", "online": "2. online softmax, every block masked",
-         "skip": "3. + causal block skipping", "tuned": "4. + autotuned tiles"}
+STEPS = {"two_pass": "1. two passes over K (safe softmax)", "online": "2. online softmax: one pass, all blocks masked",
+         "skip": "3. + skip hidden blocks, unmasked interior", "tuned": "4. + autotuned tiles"}
 
 
 def attention_flops(batch: int, heads: int, n: int, head_dim: int, causal: bool, mode: str = "fwd") -> float:
@@ -111,7 +111,8 @@ def plot_memory(results: dict, ax=None):
     ax.set_yscale("log")
     ax.set_xlabel("sequence length N (tokens)")
     ax.set_ylabel("extra memory of one forward (MiB)")
-    ax.set_title(f"Memory beyond the inputs, D={results['memory_head_dim']} ({results['environment']['card']})")
+    ax.set_title(f"Memory beyond the inputs, D={results['memory_head_dim']}, B·N = {results['tokens']} tokens\n"
+                 f"({results['environment']['card']})", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return ax
