@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attention_lab.attention import get_backend, scaled_dot_product_attention
+from attention_lab.attention import get_backend
 from attention_lab.exercises.ch10 import check_online_softmax_step
 from attention_lab.exercises.core import ExerciseError
 from attention_lab.flash import triton_attention as ta
