@@ -139,7 +139,7 @@ def time_decode_step(model, batch_size: int, context: int, warmup: int = 2, repe
     return time_function(step, warmup=warmup, repeats=repeats, device=token.device)
 
 
-def decode_speed_sweep(config, kv_heads: list[int], contexts: list[int], batch_size: int, rounds: int = 3,
+def decode_speed_sweep(config, kv_heads: list[int], contexts: list[int], batch_size: int, rounds: int = 5,
                        repeats: int = 3, seed: int = 0, device: torch.device | str = "cpu",
                        dtype: torch.dtype = torch.float32) -> dict[int, list[float]]:
     """Decode tokens/s (``batch_size`` / step time) of ``config`` with each ``n_kv_heads`` in ``kv_heads``

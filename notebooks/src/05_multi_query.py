@@ -177,7 +177,7 @@ print(f"balance of an H100 SXM in fp16: {1 / (2 * h100.ridge_point):.4f} numbers
 # each model's cache with random keys and values (a step takes the same time whatever the numbers are,
 # and a 4096-token prompt would cost far more than the steps we want to time). Then it times one step at
 # each context length $n$: a batch of new tokens through the model, attending to $n$ cached tokens
-# (`bench.time_function`). The variants take turns, three rounds over, and each point keeps its best
+# (`bench.time_function`). The variants take turns, five rounds over, and each point keeps its best
 # round, which is the one least disturbed by whatever else the machine is doing.
 #
 # We use `backend="torch"` (PyTorch's fused attention, `enable_gqa=True`), which reads each shared
@@ -189,8 +189,8 @@ print(f"balance of an H100 SXM in fp16: {1 / (2 * h100.ridge_point):.4f} numbers
 on_gpu = device.type == "cuda"
 speed_config = TinyGPTConfig(vocab_size=32, d_model=1024 if on_gpu else 256, n_layers=2, n_heads=8 if not on_gpu else 16,
                              backend="torch")
-batch = 16 if on_gpu else 8
-contexts = [512, 2048, 8192] if on_gpu else [256, 1024, 2048, 4096]
+batch = 32 if on_gpu else 8  # on a GPU the cache must be large (GBs) before it outweighs per-step launch overheads
+contexts = [1024, 4096, 16384] if on_gpu else [256, 1024, 2048, 4096]
 kv_choices = [speed_config.n_heads, 2, 1]
 speeds = decode_speed_sweep(speed_config, kv_choices, contexts, batch, device=device,
                             dtype=torch.float16 if on_gpu else torch.float32)
