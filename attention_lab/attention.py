@@ -99,9 +99,11 @@ def attention_weights(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax stats in fp32 at least
     group = n_heads // n_kv_heads
-    q5 = q.to(compute_dtype).reshape(batch, n_kv_heads, group, n_queries, q.shape[-1])  # (B, Hkv, G, Nq, D)
-    k5 = k.to(compute_dtype).unsqueeze(2)  # (B, Hkv, 1, Nk, D): shared by the group, no copy
-    scores = (q5 @ k5.transpose(-1, -2)) * scale  # (B, Hkv, G, Nq, Nk)
+    # Fold each kv head's group of query heads into its query rows: one (G·Nq × D) @ (D × Nk) product per
+    # kv head, so the shared keys are read where they are and never copied per query head.
+    q_rows = q.to(compute_dtype).reshape(batch, n_kv_heads, group * n_queries, q.shape[-1])  # (B, Hkv, G*Nq, D)
+    scores = (q_rows @ k.to(compute_dtype).transpose(-1, -2)) * scale  # (B, Hkv, G*Nq, Nk)
+    scores = scores.view(batch, n_kv_heads, group, n_queries, n_keys)  # (B, Hkv, G, Nq, Nk)
     allowed = build_mask(n_queries, n_keys, mask, causal, window, batch, n_heads, device=q.device)
     if allowed is not None:
         allowed5 = _split_heads_of_mask(allowed, n_kv_heads, group)  # broadcastable to (B, Hkv, G, Nq, Nk)
@@ -152,8 +154,8 @@ def scaled_dot_product_attention(
     batch, n_heads, n_queries, n_keys = weights.shape
     n_kv_heads = k.shape[1]
     group = n_heads // n_kv_heads
-    weights5 = weights.reshape(batch, n_kv_heads, group, n_queries, n_keys)  # (B, Hkv, G, Nq, Nk)
-    context = weights5 @ v.to(weights.dtype).unsqueeze(2)  # (B, Hkv, G, Nq, Dv)
+    weights_rows = weights.reshape(batch, n_kv_heads, group * n_queries, n_keys)  # (B, Hkv, G*Nq, Nk)
+    context = weights_rows @ v.to(weights.dtype)  # (B, Hkv, G*Nq, Dv): shared values, not copied
     return context.reshape(batch, n_heads, n_queries, v.shape[-1]).to(q.dtype)  # (B, H, Nq, Dv)
 
 

@@ -47,13 +47,15 @@ class _PeakTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
         for tensor in torch.utils._pytree.tree_leaves(out):
             if not isinstance(tensor, torch.Tensor):
                 continue
             storage = tensor.untyped_storage()
             key = storage.data_ptr()
-            if key in self._seen or storage.nbytes() == 0:
-                continue  # a view of a storage already counted
+            if key in self._seen or key in inputs or storage.nbytes() == 0:
+                continue  # a view (or in-place result) of a storage that already existed
             self._seen.add(key)
             self.current += storage.nbytes()
             self.peak = max(self.peak, self.current)

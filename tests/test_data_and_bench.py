@@ -48,3 +48,17 @@ def test_peak_memory_counts_the_score_matrix():
 
 def test_time_function_returns_positive_seconds():
     assert 0 < time_function(lambda: torch.randn(64, 64) @ torch.randn(64, 64), warmup=1, repeats=3, device="cpu") < 1
+
+
+def test_peak_memory_ignores_views_of_existing_tensors():
+    cache = torch.randn(1, 4, 4096, 64)
+    assert peak_memory(lambda: cache[:, :, :100].transpose(-1, -2), device="cpu") == 0
+
+
+def test_grouped_reference_attention_does_not_copy_the_shared_kv_heads():
+    from attention_lab import scaled_dot_product_attention
+
+    q = torch.randn(1, 8, 1, 64)  # one decoding query per head
+    k, v = torch.randn(1, 1, 4096, 64), torch.randn(1, 1, 4096, 64)  # MQA: one kv head, 1 MiB each
+    peak = peak_memory(lambda: scaled_dot_product_attention(q, k, v), device="cpu")
+    assert peak < k.numel() * 4  # scores and weights are 8 x 4096 floats; a per-head copy of k alone is 8 MiB
