@@ -76,7 +76,8 @@ def _check_in_subprocess(step: Callable) -> None:
                    f"spec = importlib.util.spec_from_file_location('student_step', {path!r})\n"
                    "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
                    f"ch10._check_here(getattr(module, {raw.__name__!r}))\n")
-        env = dict(os.environ, TRITON_INTERPRET="1")
+        # The interpreted check runs exactly as on a machine without a GPU: no CUDA device visible.
+        env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
         done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=600)
     if done.returncode == 0:
         return
