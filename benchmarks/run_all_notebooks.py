@@ -35,10 +35,11 @@ def main() -> int:
     parser.add_argument("--write-dir", type=Path, help="where to write the executed notebooks")
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
-    rows = []
-    for source in sorted(SOURCES.glob("*.py")):
-        if args.only and not any(source.stem.startswith(p) for p in args.only):
-            continue
+    rows, failed = [], []
+    sources = sorted(SOURCES.glob("*.py"))
+    if args.only:  # in the order given
+        sources = [s for prefix in args.only for s in sources if s.stem.startswith(prefix)]
+    for source in sources:
         notebook = chapter_notebook(source)
         started = time.perf_counter()
         try:
@@ -52,11 +53,18 @@ def main() -> int:
         if args.write_dir is not None:
             args.write_dir.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, args.write_dir / f"{source.stem}.ipynb")
+        failed = write_report(rows, args.results_dir)  # after every notebook, so a cut-off run still reports
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def write_report(rows: list[dict], results_dir: Path) -> list[dict]:
+    """Write notebooks_<cpu|gpu>.json and .md for the rows so far; return the failed rows."""
     kind = "gpu" if torch.cuda.is_available() else "cpu"
     report = {"device": device_name(), "torch": torch.__version__, "triton": triton_version(),
               "cuda": torch.version.cuda, "python": platform.python_version(), "notebooks": rows}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"notebooks_{kind}.json").write_text(json.dumps(report, indent=2) + "\n")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"notebooks_{kind}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Every notebook, executed on {report['device']}", "",
              f"torch {report['torch']}, triton {report['triton']}, CUDA {report['cuda']}, Python {report['python']}", "",
              "| notebook | status | seconds |", "|---|---|---|"]
@@ -64,9 +72,8 @@ def main() -> int:
     failed = [r for r in rows if r["status"] != "passed"]
     lines += ["", f"{len(rows) - len(failed)} passed, {len(failed)} failed"]
     lines += [f"\n**{r['notebook']}**: `{r['error'].strip()}`" for r in failed]
-    (args.results_dir / f"notebooks_{kind}.md").write_text("\n".join(lines) + "\n")
-    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
+    (results_dir / f"notebooks_{kind}.md").write_text("\n".join(lines) + "\n")
+    return failed
 
 
 if __name__ == "__main__":
