@@ -13,6 +13,14 @@ import torch
 L2_FLUSH_BYTES = 256 * 2**20  # rotate inputs until a timed graph touches at least this much (H100 L2: 50 MiB)
 
 
+def kernel_plan(batch: int, n_kv_heads: int, n_heads: int, head_dim: int, context: int, dtype: torch.dtype) -> dict:
+    """The tile and split-K partition the library's decode kernel chooses for this shape on this GPU."""
+    from attention_lab.decode_kernel import launch_plan
+
+    config, partition, parts = launch_plan(batch, n_kv_heads, n_heads, head_dim, context, dtype, "cuda")
+    return {**vars(config), "partition_size": partition, "partitions": parts}
+
+
 def environment() -> dict:
     """Card, capability, SMs and versions: recorded in every result file."""
     import triton

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_common import (best_of, copies_for, copy_bandwidth, environment, relative_error, save_json,  # noqa: E402
+from decode_common import (best_of, copies_for, copy_bandwidth, environment, kernel_plan, relative_error, save_json,  # noqa: E402
                            sweep, time_eager, time_graph)
 
 from attention_lab.attention import scaled_dot_product_attention  # noqa: E402
-from attention_lab.decode_kernel import contiguous_decode, launch_plan  # noqa: E402
+from attention_lab.decode_kernel import contiguous_decode  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM = 32, 32, 128
 KV_HEADS = [32, 8, 4, 1]
@@ -44,12 +44,6 @@ def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, copies: int, 
         v = torch.randn(BATCH, n_kv_heads, context, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
         sets.append((q, k, v))
     return sets
-
-
-def plan(n_kv_heads: int, context: int, dtype: torch.dtype) -> dict:
-    """The tile and split the library chose for this shape on this GPU (recorded with the timings)."""
-    config, partition, parts = launch_plan(BATCH, n_kv_heads, HEADS, HEAD_DIM, context, dtype, "cuda")
-    return {**vars(config), "partition_size": partition, "partitions": parts}
 
 
 def main() -> None:
@@ -89,7 +83,7 @@ def main() -> None:
                    "heads": HEADS, "head_dim": HEAD_DIM, "dtype": str(dtype).removeprefix("torch."),
                    "kv_bytes": kv_bytes, "rotated_input_sets": copies,
                    "correct": errors["triton_vs_fp32"] < 1e-2, "errors": errors,
-                   "kernel_plan": plan(n_kv_heads, context, dtype),
+                   "kernel_plan": kernel_plan(BATCH, n_kv_heads, HEADS, HEAD_DIM, context, dtype),
                    "ms": {name: t * 1e3 for name, t in times.items()},
                    "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
                    "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()},

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_common import (best_of, copies_for, copy_bandwidth, environment, relative_error, save_json,  # noqa: E402
+from decode_common import (best_of, copies_for, copy_bandwidth, environment, kernel_plan, relative_error, save_json,  # noqa: E402
                            sweep, time_eager, time_graph)
 
 from attention_lab.attention import scaled_dot_product_attention, torch_attention  # noqa: E402
-from attention_lab.decode_kernel import contiguous_decode, launch_plan, paged_decode  # noqa: E402
+from attention_lab.decode_kernel import contiguous_decode, paged_decode  # noqa: E402
 from attention_lab.paged import gather_kv, paged_attention_reference  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM, BLOCK_SIZE = 32, 32, 128, 16
@@ -78,12 +78,6 @@ def check(q, key_blocks, value_blocks, tables, lens, k, v) -> dict:
     return errors
 
 
-def plan(n_kv_heads: int, context: int, dtype: torch.dtype) -> dict:
-    """The tile and split the library chose for this shape on this GPU (recorded with the timings)."""
-    config, partition, parts = launch_plan(BATCH, n_kv_heads, HEADS, HEAD_DIM, context, dtype, "cuda")
-    return {**vars(config), "partition_size": partition, "partitions": parts}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -116,7 +110,7 @@ def main() -> None:
         }
         row = {"n_kv_heads": n_kv_heads, "context": context, "batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM,
                "block_size": BLOCK_SIZE, "dtype": str(dtype).removeprefix("torch."), "kv_bytes": kv_bytes,
-               "correct": ok, "errors": errors, "kernel_plan": plan(n_kv_heads, context, dtype),
+               "correct": ok, "errors": errors, "kernel_plan": kernel_plan(BATCH, n_kv_heads, HEADS, HEAD_DIM, context, dtype),
                "ms": {name: t * 1e3 for name, t in times.items()},
                "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
                "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()},
