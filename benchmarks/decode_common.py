@@ -21,6 +21,13 @@ def kernel_plan(batch: int, n_kv_heads: int, n_heads: int, head_dim: int, contex
     return {**vars(config), "partition_size": partition, "partitions": parts}
 
 
+def timing_fields(times: dict[str, float], kv_bytes: int, copy_bytes_s: float) -> dict:
+    """Per implementation: milliseconds, KV-read TB/s, and that bandwidth as a fraction of the measured copy."""
+    return {"ms": {name: t * 1e3 for name, t in times.items()},
+            "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
+            "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()}}
+
+
 def environment() -> dict:
     """Card, capability, SMs and versions: recorded in every result file."""
     import triton

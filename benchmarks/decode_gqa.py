@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_common import (best_of, copies_for, copy_bandwidth, environment, kernel_plan, relative_error, save_json,  # noqa: E402
-                           sweep, time_eager, time_graph)
+                           sweep, time_eager, time_graph, timing_fields)
 
 from attention_lab.attention import scaled_dot_product_attention  # noqa: E402
 from attention_lab.decode_kernel import contiguous_decode  # noqa: E402
@@ -84,9 +84,7 @@ def main() -> None:
                    "kv_bytes": kv_bytes, "rotated_input_sets": copies,
                    "correct": errors["triton_vs_fp32"] < 1e-2, "errors": errors,
                    "kernel_plan": kernel_plan(BATCH, n_kv_heads, HEADS, HEAD_DIM, context, dtype),
-                   "ms": {name: t * 1e3 for name, t in times.items()},
-                   "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
-                   "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()},
+                   **timing_fields(times, kv_bytes, copy_bytes_s),
                    "triton_vs_sdpa_speed": times["sdpa_enable_gqa"] / times["triton_grouped"]}
             rows.append(row)
             print(f"N={context:5d} Hkv={n_kv_heads:2d}: triton {row['ms']['triton_grouped']:.4f} ms "

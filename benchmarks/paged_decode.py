@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_common import (best_of, copies_for, copy_bandwidth, environment, kernel_plan, relative_error, save_json,  # noqa: E402
-                           sweep, time_eager, time_graph)
+                           sweep, time_eager, time_graph, timing_fields)
 
 from attention_lab.attention import scaled_dot_product_attention, torch_attention  # noqa: E402
 from attention_lab.decode_kernel import contiguous_decode, paged_decode  # noqa: E402
@@ -111,9 +111,7 @@ def main() -> None:
         row = {"n_kv_heads": n_kv_heads, "context": context, "batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM,
                "block_size": BLOCK_SIZE, "dtype": str(dtype).removeprefix("torch."), "kv_bytes": kv_bytes,
                "correct": ok, "errors": errors, "kernel_plan": kernel_plan(BATCH, n_kv_heads, HEADS, HEAD_DIM, context, dtype),
-               "ms": {name: t * 1e3 for name, t in times.items()},
-               "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
-               "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()},
+               **timing_fields(times, kv_bytes, copy_bytes_s),
                "paged_vs_sdpa_speed": times["sdpa_contiguous"] / times["paged_triton"]}
         rows.append(row)
         print(f"Hkv={n_kv_heads:2d} N={context:5d}: paged {row['ms']['paged_triton']:.3f} ms "
