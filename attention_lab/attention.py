@@ -9,7 +9,7 @@ Layout: ``(batch, heads, seq, head_dim)``. Keys/values may have fewer heads than
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F

@@ -31,7 +31,6 @@ kernels run on CPU tensors.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +39,7 @@ import triton.language as tl
 
 from ._checks import check_rank
 from .paged import check_paged_inputs
+from .triton_interpreter import interpreting as _interpreting
 
 LOG2_E = 1.4426950408889634  # 1 / ln 2: exp(x) = 2^(x · log2 e)
 
@@ -217,9 +217,6 @@ def choose_partition_size(max_len: int, programs: int, group: int, tile_n: int, 
     size = max(math.ceil(max_len / parts), 4 * tile_n)
     return math.ceil(size / tile_n) * tile_n  # a whole number of tiles
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _device_facts(device: torch.device) -> tuple[tuple[int, int] | None, int]:

@@ -23,7 +23,6 @@ Under ``TRITON_INTERPRET=1`` (tests on a CPU) the kernel runs on CPU tensors.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +31,7 @@ import triton.language as tl
 
 from ._checks import check_rank
 from .decode_kernel import LOG2_E, _reduce_kernel
+from .triton_interpreter import interpreting as _interpreting
 
 
 @triton.jit
@@ -137,9 +137,6 @@ def latent_decode_config(capability: tuple[int, int] | None) -> LatentDecodeConf
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: float,

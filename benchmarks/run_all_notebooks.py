@@ -3,6 +3,11 @@
     python benchmarks/run_all_notebooks.py                      # report only
     python benchmarks/run_all_notebooks.py --write-dir OUT      # also keep the executed notebooks
     python benchmarks/run_all_notebooks.py --only 10 13         # a subset, by file-name prefix
+    python benchmarks/run_all_notebooks.py --only 00 --append   # add to the report of an earlier run
+
+A GPU call is limited in time, so the whole book may be run in two parts on the same machine:
+``--append`` keeps the earlier report's rows for the chapters not run now (same device model and
+versions only) and says in the report that it was assembled from several runs.
 
 Writes ``benchmarks/results/notebooks_<device>.json`` and ``.md`` (or under --results-dir).
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 import traceback
@@ -34,7 +40,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=[], help="file-name prefixes")
     parser.add_argument("--write-dir", type=Path, help="where to write the executed notebooks")
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--append", action="store_true", help="keep the earlier report's other chapters")
     args = parser.parse_args()
+    earlier = earlier_rows(args.results_dir) if args.append else []
     rows, failed = [], []
     sources = sorted(SOURCES.glob("*.py"))
     if args.only:  # in the order given
@@ -46,33 +54,66 @@ def main() -> int:
             execute(notebook)
             status, error = "passed", ""
         except Exception as exc:  # report and go on with the next chapter
-            status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc))[-2000:]
+            text = "".join(traceback.format_exception_only(type(exc), exc))
+            status, error = "failed", re.sub(r"\x1b\[[0-9;]*m", "", text)[-2000:]  # without terminal colours
         seconds = time.perf_counter() - started
         rows.append({"notebook": source.stem, "status": status, "seconds": round(seconds, 1), "error": error})
         print(f"{source.stem:<28} {status:<7} {seconds:7.1f} s", flush=True)
+        if error:
+            print(error[-1500:], flush=True)
         if args.write_dir is not None:
             args.write_dir.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, args.write_dir / f"{source.stem}.ipynb")
-        failed = write_report(rows, args.results_dir)  # after every notebook, so a cut-off run still reports
-    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+        failed = write_report(merge(earlier, rows), args.results_dir, runs=2 if earlier else 1)  # after every
+        # notebook, so a cut-off run still reports
+    now_failed = sum(r["status"] != "passed" for r in rows)
+    print(f"this run: {len(rows) - now_failed} passed, {now_failed} failed; the report: {len(failed)} failed")
     return 1 if failed else 0
 
 
-def write_report(rows: list[dict], results_dir: Path) -> list[dict]:
+def report_path(results_dir: Path) -> Path:
+    return results_dir / f"notebooks_{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
+
+
+def environment() -> dict:
+    return {"device": device_name(), "torch": torch.__version__, "triton": triton_version(),
+            "cuda": torch.version.cuda, "python": platform.python_version()}
+
+
+def earlier_rows(results_dir: Path) -> list[dict]:
+    """The rows of the report on disk, if it was written on this device with these versions."""
+    path = report_path(results_dir)
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    if any(report.get(key) != value for key, value in environment().items()):
+        raise SystemExit(f"--append: {path} comes from another device or other versions; run without --append")
+    return report["notebooks"]
+
+
+def merge(earlier: list[dict], rows: list[dict]) -> list[dict]:
+    """Earlier rows for the chapters not run now, then this run's rows; in chapter order."""
+    now = {r["notebook"] for r in rows}
+    return sorted([r for r in earlier if r["notebook"] not in now] + rows, key=lambda r: r["notebook"])
+
+
+def write_report(rows: list[dict], results_dir: Path, runs: int = 1) -> list[dict]:
     """Write notebooks_<cpu|gpu>.json and .md for the rows so far; return the failed rows."""
-    kind = "gpu" if torch.cuda.is_available() else "cpu"
-    report = {"device": device_name(), "torch": torch.__version__, "triton": triton_version(),
-              "cuda": torch.version.cuda, "python": platform.python_version(), "notebooks": rows}
+    report = {**environment(), "runs": runs, "notebooks": rows}
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"notebooks_{kind}.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = report_path(results_dir)
+    path.write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Every notebook, executed on {report['device']}", "",
-             f"torch {report['torch']}, triton {report['triton']}, CUDA {report['cuda']}, Python {report['python']}", "",
-             "| notebook | status | seconds |", "|---|---|---|"]
+             f"torch {report['torch']}, triton {report['triton']}, CUDA {report['cuda']}, Python {report['python']}", ""]
+    if runs > 1:
+        lines += ["Assembled from more than one run of `benchmarks/run_all_notebooks.py` (`--append`), on the same "
+                  "device model with the same versions: one call to the lent GPU is limited in time.", ""]
+    lines += ["| notebook | status | seconds |", "|---|---|---|"]
     lines += [f"| {r['notebook']} | {r['status']} | {r['seconds']} |" for r in rows]
     failed = [r for r in rows if r["status"] != "passed"]
     lines += ["", f"{len(rows) - len(failed)} passed, {len(failed)} failed"]
     lines += [f"\n**{r['notebook']}**: `{r['error'].strip()}`" for r in failed]
-    (results_dir / f"notebooks_{kind}.md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return failed
 
 

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import triton_interpreter  # noqa: F401  (fixes Triton ≤3.6's interpreter loop bounds)
 from ..attention import _check_qkv
 from . import triton_configs
 

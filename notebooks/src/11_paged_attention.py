@@ -243,9 +243,11 @@ tables, lens = pool.batch_tables(seqs)
 contiguous = torch.cat([scaled_dot_product_attention(q[i:i + 1], *(t[None] for t in pool.gather(0, s)))
                         for i, s in enumerate(seqs)])  # each sequence alone, contiguous cache
 reference = paged_attention_reference(q, pool.keys[0], pool.values[0], tables, lens)
-# Small partitions show split-K on the CPU; a GPU picks its own (a multiple of its key tile).
-kernel = paged_decode(q, pool.keys[0], pool.values[0], tables, lens,
-                      partition_size=None if torch.cuda.is_available() else 32)
+# On a GPU the kernel runs on copies of the same tensors there and picks its own split-K partition (a
+# multiple of its key tile); on the CPU, small partitions of 32 tokens show split-K under the interpreter.
+on = "cuda" if torch.cuda.is_available() else "cpu"
+kernel = paged_decode(q.to(on), pool.keys[0].to(on), pool.values[0].to(on), tables.to(on), lens.to(on),
+                      partition_size=None if on == "cuda" else 32).cpu()
 print(f"block tables (B, max_blocks):\n{tables}")
 print(f"paged reference vs contiguous: max |difference| = {(reference - contiguous).abs().max():.1e}")
 print(f"Triton paged kernel vs contiguous: max |difference| = {(kernel - contiguous).abs().max():.1e} "
