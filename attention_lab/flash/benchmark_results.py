@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "flash_benchmark.json"
+FLEX_RESULTS = RESULTS.with_name("flash_flex.json")  # benchmarks/flex.py: this kernel against FlexAttention
 METHODS = {"naive": "naive (reference, N×N in fp32)", "sdpa_flash": "PyTorch SDPA, flash backend",
-           "sdpa_cudnn": "PyTorch SDPA, cuDNN backend", "triton": "this chapter's Triton kernel"}
+           "sdpa_cudnn": "PyTorch SDPA, cuDNN backend", "flex": "PyTorch FlexAttention (torch.compile)",
+           "triton": "this chapter's Triton kernel"}
 STEPS = {"two_pass": "1. two passes over K (safe softmax)", "online": "2. online softmax: one pass, all blocks masked",
          "skip": "3. + skip hidden blocks, unmasked interior", "tuned": "4. + autotuned tiles"}
 
@@ -50,11 +52,12 @@ def ratio_range(results: dict, head_dim: int, mode: str, min_n: int = 0, method:
 
 def table(results: dict, mode: str = "fwd") -> str:
     """A text table of TFLOP/s per (head_dim, causal, N) and method, with the ratio to SDPA-flash."""
-    lines = [f"{'D':>4} {'causal':>6} {'N':>6} " + " ".join(f"{m:>11}" for m in METHODS) + "  triton/flash"]
+    methods = [m for m in METHODS if rows(results, mode=mode, method=m)]  # the methods this run measured
+    lines = [f"{'D':>4} {'causal':>6} {'N':>6} " + " ".join(f"{m:>11}" for m in methods) + "  triton/flash"]
     keys = sorted({(r["head_dim"], r["causal"], r["n"]) for r in rows(results, mode=mode)})
     for head_dim, causal, n in keys:
         cells, by_method = [], {}
-        for method in METHODS:
+        for method in methods:
             found = rows(results, head_dim=head_dim, causal=causal, n=n, mode=mode, method=method)
             value = found[0]["tflops"] if found else None
             by_method[method] = value

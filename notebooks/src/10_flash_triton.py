@@ -213,7 +213,7 @@ plt.show()
 # %%
 for capability, gpu in ((75, "T4"), (80, "A100"), (89, "L4"), (90, "H100")):
     kept = triton_configs.configs_for("forward", 128, 2, capability)
-    tiles = ", ".join(f"{c.kwargs['BLOCK_M']}×{c.kwargs['BLOCK_N']}/{c.num_stages}st" for c in kept)
+    tiles = ", ".join(f"{c.kwargs['BLOCK_M']}×{c.kwargs['BLOCK_N']}/{c.num_warps}w/{c.num_stages}st" for c in kept)
     print(f"sm_{capability} {gpu:5} {triton_configs.shared_memory_limit(capability) // 1024:3} KiB: forward tiles at "
           f"D=128 kept {len(kept)}/{len(triton_configs.FORWARD_CONFIGS)}: {tiles}")
 try:
@@ -311,6 +311,28 @@ for mode in ("fwd", "fwd_bwd"):
               f"{span[0]:.2f}–{span[1]:.2f}×, Triton / cuDNN {cudnn[0]:.2f}–{cudnn[1]:.2f}×")
 
 # %% [markdown]
+# **Against FlexAttention.** PyTorch's `flex_attention` takes the score modification and the mask as
+# Python functions and has `torch.compile` generate a FlashAttention kernel in Triton for them (Dong et
+# al., *Flex Attention: A Programming Model for Generating Optimized Attention Kernels*, 2024): the fair yardstick for a hand-written Triton kernel. `benchmarks/flex.py`
+# times it on the same shapes, with SDPA's backends and this kernel measured again in the same run
+# (causal Flex gets its block mask built once per N):
+
+# %%
+flex = benchmark_results.load(benchmark_results.FLEX_RESULTS)
+if flex is None:
+    print("benchmarks/results/flash_flex.json is not here (a pip install has no benchmarks/); on a clone it "
+          "holds this kernel against FlexAttention.")
+else:
+    benchmark_results.plot_tflops(flex)
+    plt.show()
+    for mode in ("fwd", "fwd_bwd"):
+        for head_dim in (64, 128):
+            span = benchmark_results.ratio_range(flex, head_dim, mode, baseline="flex")
+            if span:
+                print(f"{'forward' if mode == 'fwd' else 'fwd+bwd'} D={head_dim:3}, every N from 1k to 16k: "
+                      f"Triton / FlexAttention {span[0]:.2f}–{span[1]:.2f}×")
+
+# %% [markdown]
 # The forward's memory beyond its inputs is the output and one fp32 number per row — the same as
 # SDPA's flash backend; the naive path grows with N (here B·N is fixed, so the output has the same size
 # at every N while the score matrix grows N-fold):
@@ -366,9 +388,9 @@ print("flash layer vs reference layer:", (flash_layer(x) - reference_layer(x)).a
 #   pruning by shared memory. Each step's forward speed on the H100 is in the step plot above.
 # * The backward recomputes P from the saved log-sum-exp in a dK/dV kernel (GQA gradients summed in
 #   the kv head's program) and a dQ kernel; both match the float64-checked reference.
-# * The measured ratios to PyTorch's flash and cuDNN backends, and the memory at the largest N, are
-#   printed by the cells of section 4: faster than SDPA-flash forward and backward with the same
-#   memory; slower than cuDNN, whose Hopper kernel overlaps the softmax of one tile with the matrix
+# * The measured ratios to PyTorch's flash and cuDNN backends and to FlexAttention, and the memory at
+#   the largest N, are printed by the cells of section 4: faster than SDPA-flash forward and backward
+#   with the same memory; slower than cuDNN, whose Hopper kernel overlaps the softmax of one tile with the matrix
 #   products of the next using warp-specialised warpgroups and the TMA copy engine (the FlashAttention-3
 #   recipe, Shah et al., 2024) — the next step for this kernel.
 # * The same code runs on a Colab T4 in fp16 (smaller tiles chosen by the pruning rule) and, without a
