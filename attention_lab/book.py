@@ -8,6 +8,11 @@ top to bottom in a fresh kernel, and regenerates the student version (solutions 
     python -m attention_lab.book build            # every chapter
     python -m attention_lab.book build 01 02      # chapters whose file name starts with 01, 02
     python -m attention_lab.book build 10 --no-execute
+    python -m attention_lab.book text 10          # take the prose from the source, keep the outputs
+
+``text`` is for chapters whose committed outputs come from a GPU: it rewrites the markdown cells from
+the source and keeps every code cell's outputs, and refuses when any code cell changed (then the
+chapter has to be executed again, on the GPU: ``benchmarks/run_all_notebooks.py --write-dir``).
 """
 
 from __future__ import annotations
@@ -150,6 +155,29 @@ def build(prefixes: list[str], run: bool = True) -> None:
     stamp_readme()
 
 
+def update_text(prefix: str) -> Path:
+    """Rewrite one chapter's markdown from its source, keeping the committed outputs of its code cells."""
+    from .exercises.student import write_student_notebook
+
+    sources = [s for s in sorted(SOURCES.glob("*.py")) if s.stem.startswith(prefix)]
+    if len(sources) != 1:
+        raise ValueError(f"{prefix!r} must name exactly one chapter, matched {[s.stem for s in sources]}")
+    target = NOTEBOOKS / f"{sources[0].stem}.ipynb"
+    committed = nbformat.read(target, as_version=4)
+    fresh = chapter_notebook(sources[0])
+    old_code = [c for c in committed.cells if c.cell_type == "code"]
+    new_code = [c for c in fresh.cells if c.cell_type == "code"]
+    if [c.source for c in old_code] != [c.source for c in new_code]:
+        raise ValueError(f"the code cells of {sources[0].name} differ from {target.name}: execute the chapter "
+                         f"again (`python -m attention_lab.book build {prefix}`, or on the GPU)")
+    for new, old in zip(new_code, old_code):
+        new.outputs, new.execution_count = old.outputs, old.execution_count
+    fresh.metadata = committed.metadata
+    nbformat.write(fresh, target)
+    write_student_notebook(target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m attention_lab.book", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,9 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     build_parser.add_argument("chapters", nargs="*", help="file-name prefixes, e.g. 01 02 (default: all)")
     build_parser.add_argument("--no-execute", action="store_true", help="write without running")
     sub.add_parser("readme", help="refresh only README.md's chapter table")
+    text_parser = sub.add_parser("text", help="take one chapter's prose from its source, keeping its outputs")
+    text_parser.add_argument("chapter", help="file-name prefix, e.g. 10")
     args = parser.parse_args(argv)
     if args.command == "readme":
         stamp_readme()
+    elif args.command == "text":
+        print(f"updated the text of {update_text(args.chapter).relative_to(ROOT)}")
     else:
         build(args.chapters, run=not args.no_execute)
 

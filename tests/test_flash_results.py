@@ -28,3 +28,20 @@ def test_table_lists_only_the_measured_methods():
 def test_flops_count():
     assert br.attention_flops(2, 3, 5, 7, causal=False) == 4 * 2 * 3 * 5 * 5 * 7
     assert br.attention_flops(2, 3, 5, 7, causal=True, mode="fwd_bwd") == 4 * 2 * 3 * 5 * 5 * 7 * 0.5 * 3.5
+
+
+def test_chapter_10_reading_of_the_flex_run():
+    """What chapter 10 says about the committed FlexAttention run: causal, ahead at every shape; not, within ~10%."""
+    import pytest
+
+    results = br.load(br.FLEX_RESULTS)
+    if results is None:
+        pytest.skip("benchmarks/results/flash_flex.json is not in this checkout")
+    ratios = {}
+    for row in br.rows(results, method="triton"):
+        flex = br.rows(results, method="flex", head_dim=row["head_dim"], n=row["n"], causal=row["causal"],
+                       mode=row["mode"])
+        ratios[(row["head_dim"], row["n"], row["causal"], row["mode"])] = row["tflops"] / flex[0]["tflops"]
+    assert len(ratios) == 40  # D ∈ {64, 128} × 5 N × causal or not × fwd, fwd+bwd
+    assert min(r for key, r in ratios.items() if key[2]) > 1.0
+    assert all(0.9 < r < 1.15 for key, r in ratios.items() if not key[2])

@@ -66,3 +66,37 @@ def test_readme_chapter_table_is_current_and_ci_runs_the_readme_commands():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith("#")]
     assert len(commands) == 2 and all(command in ci for command in commands)
+
+
+def _tiny_book(tmp_path, monkeypatch, code="x = 1\nprint(x)"):
+    from attention_lab import book
+
+    sources = tmp_path / "src"
+    sources.mkdir()
+    (sources / "99_tiny.py").write_text(f"# %% [markdown]\n# # Tiny\n#\n# First words.\n\n# %%\n{code}\n")
+    monkeypatch.setattr(book, "SOURCES", sources)
+    monkeypatch.setattr(book, "NOTEBOOKS", tmp_path)
+    notebook = book.chapter_notebook(sources / "99_tiny.py")
+    last = notebook.cells[-1]
+    last.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1 (on a GPU)\n")]
+    nbformat.write(notebook, tmp_path / "99_tiny.ipynb")
+    return book, sources / "99_tiny.py"
+
+
+def test_text_update_keeps_the_outputs(tmp_path, monkeypatch):
+    book, source = _tiny_book(tmp_path, monkeypatch)
+    source.write_text(source.read_text().replace("First words.", "Better words."))
+    book.update_text("99")
+    updated = nbformat.read(tmp_path / "99_tiny.ipynb", as_version=4)
+    assert any("Better words." in c.source for c in updated.cells)
+    assert updated.cells[-1].outputs[0]["text"] == "1 (on a GPU)\n"
+    assert (tmp_path / "student" / "99_tiny.ipynb").exists()
+
+
+def test_text_update_refuses_changed_code(tmp_path, monkeypatch):
+    book, source = _tiny_book(tmp_path, monkeypatch)
+    source.write_text(source.read_text().replace("x = 1", "x = 2"))
+    with pytest.raises(ValueError, match="execute the chapter again"):
+        book.update_text("99")
+    with pytest.raises(ValueError, match="exactly one chapter"):
+        book.update_text("98")
