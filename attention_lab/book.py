@@ -92,12 +92,25 @@ def cell_sources(notebook: nbformat.NotebookNode) -> list[tuple[str, str]]:
     return [(cell.cell_type, cell.source) for cell in notebook.cells]
 
 
+def this_device() -> str:
+    """The GPU's name, or "CPU": where a notebook executed here gets its outputs."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+
+
+def executed_on(notebook: nbformat.NotebookNode) -> str | None:
+    """Where the notebook's outputs were computed ("CPU", a GPU's name), or None when it does not say."""
+    return notebook.metadata.get("attention_lab", {}).get("executed_on")
+
+
 def execute(notebook: nbformat.NotebookNode, timeout: int = 1200) -> nbformat.NotebookNode:
-    """Run every cell in a fresh kernel started in notebooks/ (raises on the first error)."""
+    """Run every cell in a fresh kernel started in notebooks/ (raises on the first error); records the device."""
     from nbclient import NotebookClient
 
     NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    notebook.metadata["attention_lab"] = {"executed_on": this_device()}
     return notebook
 
 
@@ -135,7 +148,12 @@ def stamp_readme() -> None:
     path.write_text(readme_with_chapters(path.read_text(encoding="utf-8")), encoding="utf-8")
 
 
-def build(prefixes: list[str], run: bool = True) -> None:
+def build(prefixes: list[str], run: bool = True, force: bool = False) -> None:
+    """Convert, execute and write the chosen chapters (all when ``prefixes`` is empty), then the README table.
+
+    A chapter whose committed outputs come from a GPU is kept, not rebuilt, on a machine without one
+    (the CPU would replace real measurements), unless ``force``.
+    """
     from .exercises.student import write_student_notebook
 
     sources = sorted(SOURCES.glob("*.py"))
@@ -144,13 +162,19 @@ def build(prefixes: list[str], run: bool = True) -> None:
         raise ValueError(f"no source in {SOURCES} matches {prefixes}")
     for source in chosen:
         started = time.perf_counter()
+        target = NOTEBOOKS / f"{source.stem}.ipynb"
+        committed = executed_on(nbformat.read(target, as_version=4)) if target.exists() else None
+        if not force and committed not in (None, "CPU") and this_device() == "CPU":
+            print(f"kept {target.name}: its outputs come from {committed}. Execute it on a GPU "
+                  f"(benchmarks/run_all_notebooks.py --write-dir), change only its prose with "
+                  f"`python -m attention_lab.book text {source.stem[:2]}`, or pass --force")
+            continue
         notebook = chapter_notebook(source)
         if run:
             execute(notebook)
-        target = NOTEBOOKS / f"{source.stem}.ipynb"
         nbformat.write(notebook, target)
         write_student_notebook(target)
-        print(f"built {target.relative_to(ROOT)} ({'executed' if run else 'not executed'}) "
+        print(f"built {target.parent.name}/{target.name} ({'executed' if run else 'not executed'}) "
               f"in {time.perf_counter() - started:.0f} s")
     stamp_readme()
 
@@ -185,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     build_parser = sub.add_parser("build", help="convert, execute and write chapters (and their student versions)")
     build_parser.add_argument("chapters", nargs="*", help="file-name prefixes, e.g. 01 02 (default: all)")
     build_parser.add_argument("--no-execute", action="store_true", help="write without running")
+    build_parser.add_argument("--force", action="store_true", help="rebuild chapters executed on a GPU here too")
     sub.add_parser("readme", help="refresh only README.md's chapter table")
     text_parser = sub.add_parser("text", help="take one chapter's prose from its source, keeping its outputs")
     text_parser.add_argument("chapter", help="file-name prefix, e.g. 10")
@@ -194,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "text":
         print(f"updated the text of {update_text(args.chapter).relative_to(ROOT)}")
     else:
-        build(args.chapters, run=not args.no_execute)
+        build(args.chapters, run=not args.no_execute, force=args.force)
 
 
 if __name__ == "__main__":

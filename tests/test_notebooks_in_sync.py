@@ -100,3 +100,27 @@ def test_text_update_refuses_changed_code(tmp_path, monkeypatch):
         book.update_text("99")
     with pytest.raises(ValueError, match="exactly one chapter"):
         book.update_text("98")
+
+
+def test_build_keeps_a_chapter_executed_on_a_gpu(tmp_path, monkeypatch, capsys):
+    book, _ = _tiny_book(tmp_path, monkeypatch)
+    monkeypatch.setattr(book, "stamp_readme", lambda: None)
+    monkeypatch.setattr(book, "this_device", lambda: "CPU")
+    path = tmp_path / "99_tiny.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    notebook.metadata["attention_lab"] = {"executed_on": "NVIDIA H100 80GB HBM3"}
+    nbformat.write(notebook, path)
+    book.build(["99"], run=False)
+    assert "kept 99_tiny.ipynb: its outputs come from NVIDIA H100" in capsys.readouterr().out
+    assert nbformat.read(path, as_version=4).cells[-1].outputs  # the GPU outputs are still there
+    book.build(["99"], run=False, force=True)
+    assert not nbformat.read(path, as_version=4).cells[-1].outputs
+
+
+def test_gpu_executed_notebooks_say_so():
+    from attention_lab.book import executed_on
+
+    notebook = nbformat.read(NOTEBOOKS / "10_flash_triton.ipynb", as_version=4)
+    assert executed_on(notebook).startswith("NVIDIA")  # chapter 10's committed outputs are real GPU numbers
+    setup_output = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert "device: cuda" in setup_output
