@@ -1,6 +1,5 @@
 """Every chapter notebook matches its source, carries the badge and setup cell, and its student version is current."""
 
-from pathlib import Path
 
 import nbformat
 import pytest
