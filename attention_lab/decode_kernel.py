@@ -45,6 +45,38 @@ LOG2_E = 1.4426950408889634  # 1 / ln 2: exp(x) = 2^(x · log2 e)
 
 
 @triton.jit
+def _online_softmax_update(acc, m_i, l_i, scores, values, DOT_PRECISION: tl.constexpr):
+    """Fold one tile into the running softmax of a block of query rows (shared with the MLA kernel).
+
+    ``scores`` ``(ROWS, TILE_N)`` fp32, already times scale·log2 e, -inf where masked (every partition
+    holds at least one key, so no row stays at -inf); ``values`` ``(TILE_N, WIDTH)``; ``acc``
+    ``(ROWS, WIDTH)``, ``m_i`` and ``l_i`` ``(ROWS,)`` fp32. Returns the new ``(acc, m_i, l_i)``.
+    """
+    m_new = tl.maximum(m_i, tl.max(scores, 1))  # m_new = max(m_i, rowmax(S))
+    alpha = tl.exp2(m_i - m_new)  # alpha = 2^(m_i - m_new)
+    p = tl.exp2(scores - m_new[:, None])  # P = 2^(S - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)  # l_i = alpha · l_i + rowsum(P)
+    acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values, input_precision=DOT_PRECISION)  # + P V
+    return acc, m_new, l_i
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision: exact fp32 products for fp32 inputs ("tf32" is ignored for 16-bit ones)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _partial_buffers(batch: int, n_heads: int, n_parts: int, width: int, out: torch.Tensor):
+    """Split-K scratch: per-partition outputs ``(B, H, P, width)`` in ``out``'s dtype, maxima and sums ``(B, H, P)``
+    fp32, and their strides; with one partition, placeholders (the kernel writes ``out`` directly)."""
+    if n_parts == 1:
+        return out, out, out, (0, 0, 0), (0, 0)  # unused
+    o_part = torch.empty(batch, n_heads, n_parts, width, device=out.device, dtype=out.dtype)
+    m_part = torch.empty(batch, n_heads, n_parts, device=out.device, dtype=torch.float32)
+    l_part = torch.empty(batch, n_heads, n_parts, device=out.device, dtype=torch.float32)
+    return o_part, m_part, l_part, o_part.stride()[:3], m_part.stride()[:2]
+
+
+@triton.jit
 def _decode_partition_kernel(
     Q, K, V, BLOCK_TABLES, CONTEXT_LENS,  # inputs
     OUT, M_PART, L_PART, O_PART,  # outputs: final (one partition) or per-partition results
@@ -108,12 +140,7 @@ def _decode_partition_kernel(
         # S = q Kᵀ · scale · log2 e: (GROUP_PAD, TILE_N)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         scores = tl.where(n_ok[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))  # m_new = max(m_i, rowmax(S))
-        alpha = tl.exp2(m_i - m_new)  # alpha = 2^(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])  # P = 2^(S - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)  # l_i = alpha · l_i + rowsum(P)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)  # acc = alpha · acc + P V
-        m_i = m_new
+        acc, m_i, l_i = _online_softmax_update(acc, m_i, l_i, scores, v, DOT_PRECISION)
 
     out_mask = row_ok[:, None] & d_ok[None, :]
     out = acc / l_i[:, None]  # o = acc / l_i: the partition saw at least one key, so l_i > 0
@@ -268,13 +295,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
     single = n_parts == 1
     if single:  # a sequence of length 0 launches no work: start from zeros
         out.zero_()
-        o_part = m_part = l_part = out  # unused
-        p_strides, m_strides = (0, 0, 0), (0, 0)
-    else:
-        o_part = torch.empty(batch, n_heads, n_parts, head_dim, device=q.device, dtype=q.dtype)  # (B, H, P, D)
-        m_part = torch.empty(batch, n_heads, n_parts, device=q.device, dtype=torch.float32)  # (B, H, P)
-        l_part = torch.empty(batch, n_heads, n_parts, device=q.device, dtype=torch.float32)  # (B, H, P)
-        p_strides, m_strides = o_part.stride()[:3], m_part.stride()[:2]
+    o_part, m_part, l_part, p_strides, m_strides = _partial_buffers(batch, n_heads, n_parts, head_dim, out)
     tables = block_tables if block_tables is not None else context_lens  # unused when not paged
     head_dim_pad = max(16, _next_pow2(head_dim))
     _decode_partition_kernel[(batch, n_kv_heads, n_parts)](
@@ -288,7 +309,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
         scale * LOG2_E, partition_size,
         GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         PAGE_SIZE=page_size, TILE_N=config.tile_n, PAGED=block_tables is not None, SINGLE_PARTITION=single,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not single:

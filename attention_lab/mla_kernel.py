@@ -30,7 +30,8 @@ import triton
 import triton.language as tl
 
 from ._checks import check_rank
-from .decode_kernel import LOG2_E, _reduce_kernel
+from .decode_kernel import (LOG2_E, _device_facts, _dot_precision, _next_pow2, _online_softmax_update,
+                            _partial_buffers, _reduce_kernel)
 from .triton_interpreter import interpreting as _interpreting
 
 
@@ -89,12 +90,7 @@ def _latent_decode_kernel(
         scores += tl.dot(q_rope, tl.trans(rope_key), input_precision=DOT_PRECISION)
         scores = scores * qk_scale  # S = (q̃ Cᵀ + q^R K^Rᵀ)·scale·log2 e: (BLOCK_H, TILE_N)
         scores = tl.where(n_ok[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))  # m_new = max(m_i, rowmax(S))
-        alpha = tl.exp2(m_i - m_new)  # alpha = 2^(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])  # P = 2^(S - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)  # l_i = alpha · l_i + rowsum(P)
-        acc = acc * alpha[:, None] + tl.dot(p.to(latent.dtype), latent, input_precision=DOT_PRECISION)  # acc = alpha·acc + P C
-        m_i = m_new
+        acc, m_i, l_i = _online_softmax_update(acc, m_i, l_i, scores, latent, DOT_PRECISION)  # acc += P C
 
     out_mask = head_ok[:, None] & c_ok[None, :]
     out = acc / l_i[:, None]  # every partition holds at least one key, so l_i > 0
@@ -134,11 +130,6 @@ def latent_decode_config(capability: tuple[int, int] | None) -> LatentDecodeConf
     return LatentDecodeConfig(block_h=16, tile_n=32, num_warps=4, num_stages=2)
 
 
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
-
 def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: float,
                   partition_size: int | None = None) -> torch.Tensor:
     """One decode step of absorbed MLA: ``softmax(q · rowsᵀ · scale) · rows[..., :latent_dim]`` per head.
@@ -169,8 +160,7 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n_keys = rows.shape[1]
-    capability, n_sms = ((torch.cuda.get_device_capability(q.device), torch.cuda.get_device_properties(q.device)
-                          .multi_processor_count) if q.device.type == "cuda" else (None, 4))
+    capability, n_sms = _device_facts(q.device)
     config = latent_decode_config(capability)
     head_blocks = math.ceil(n_heads / config.block_h)
     if partition_size is None:  # one wave: batch × head blocks × partitions ≈ SMs, partitions of >= 4 tiles
@@ -182,14 +172,7 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
     rope_dim = width - latent_dim
     out = torch.empty(batch, n_heads, latent_dim, device=q.device, dtype=q.dtype)  # (B, H, d_c)
     single = n_parts == 1
-    if single:
-        o_part = m_part = l_part = out  # unused
-        p_strides, m_strides = (0, 0, 0), (0, 0)
-    else:
-        o_part = torch.empty(batch, n_heads, n_parts, latent_dim, device=q.device, dtype=q.dtype)  # (B, H, P, d_c)
-        m_part = torch.empty(batch, n_heads, n_parts, device=q.device, dtype=torch.float32)  # (B, H, P)
-        l_part = torch.empty(batch, n_heads, n_parts, device=q.device, dtype=torch.float32)
-        p_strides, m_strides = o_part.stride()[:3], m_part.stride()[:2]
+    o_part, m_part, l_part, p_strides, m_strides = _partial_buffers(batch, n_heads, n_parts, latent_dim, out)
     latent_pad = max(16, _next_pow2(latent_dim))
     _latent_decode_kernel[(head_blocks, n_parts, batch)](
         q, rows, out, m_part, l_part, o_part,
@@ -197,7 +180,7 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
         *p_strides, *m_strides, n_heads, n_keys, scale * LOG2_E, partition_size,
         LATENT=latent_dim, LATENT_PAD=latent_pad, ROPE=rope_dim, ROPE_PAD=max(16, _next_pow2(rope_dim)),
         BLOCK_H=config.block_h, TILE_N=config.tile_n, SINGLE_PARTITION=single,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not single:
