@@ -45,6 +45,24 @@ def environment() -> dict:
     }
 
 
+def half_dtype() -> torch.dtype:
+    """The 16-bit type a benchmark measures in: bf16, or fp16 on a GPU without bf16 (sm_75, a Colab T4)."""
+    return torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
+
+
+def start_decode_benchmark(script: str) -> tuple[dict, torch.dtype, float]:
+    """Environment, dtype and measured copy bandwidth (bytes/s) of this GPU, printed as the run's first line."""
+    import sys
+
+    if not torch.cuda.is_available():
+        sys.exit(f"{script} needs a CUDA GPU; the committed results are in benchmarks/results/")
+    env = environment()
+    copy_bytes_s = copy_bandwidth()
+    print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
+          f"copy {copy_bytes_s / 1e12:.2f} TB/s", flush=True)
+    return env, half_dtype(), copy_bytes_s
+
+
 def copy_bandwidth(n_bytes: int = 2**31) -> float:
     """Bytes/s of a device-to-device copy, read + write counted (the ceiling a memory-bound kernel aims at)."""
     from attention_lab.hardware import measure_copy_bandwidth

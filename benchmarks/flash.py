@@ -31,7 +31,7 @@ from attention_lab.bench import peak_memory  # noqa: E402
 from attention_lab.flash import benchmark_results as br  # noqa: E402
 from attention_lab.flash import triton_attention as ta  # noqa: E402
 from attention_lab.flash.triton_steps import STEPS, step_forward  # noqa: E402
-from decode_common import environment  # noqa: E402
+from decode_common import environment, half_dtype  # noqa: E402
 
 TOKENS, HIDDEN = 32768, 2048
 
@@ -82,6 +82,19 @@ def measure(method, batch, heads, n, head_dim, causal, dtype, mode):
         return None
     finally:
         torch.cuda.empty_cache()
+
+
+def throughput_rows(methods, head_dim: int, n: int, causal: bool, dtype) -> list[dict]:
+    """One row per mode (forward, forward+backward) and method at one shape: ms and TFLOP/s (None if it failed)."""
+    batch, heads = TOKENS // n, HIDDEN // head_dim
+    rows = []
+    for mode in ("fwd", "fwd_bwd"):
+        for method in methods:
+            seconds = measure(method, batch, heads, n, head_dim, causal, dtype, mode)
+            flops = br.attention_flops(batch, heads, n, head_dim, causal, mode)
+            rows.append(dict(head_dim=head_dim, n=n, batch=batch, heads=heads, causal=causal, mode=mode,
+                             method=method, ms=seconds and seconds * 1e3, tflops=seconds and flops / seconds / 1e12))
+    return rows
 
 
 def extra_memory(method, batch, heads, n, head_dim, causal, dtype, mode):
@@ -194,8 +207,7 @@ def main(argv=None) -> None:
     if args.plot_only:
         plot(br.load(out_dir / "flash_benchmark.json"), out_dir)
         return
-    major, _ = torch.cuda.get_device_capability()
-    dtype = torch.bfloat16 if major >= 8 else torch.float16
+    dtype = half_dtype()
     ns = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
     head_dims = [64, 128]
     started = time.perf_counter()
@@ -218,13 +230,7 @@ def main(argv=None) -> None:
             for causal in (False, True):
                 results["errors"].append(dict(head_dim=head_dim, n=n, causal=causal,
                                               **max_error(batch, heads, n, head_dim, causal, dtype)))
-                for mode in ("fwd", "fwd_bwd"):
-                    for method in METHODS:
-                        seconds = measure(method, batch, heads, n, head_dim, causal, dtype, mode)
-                        flops = br.attention_flops(batch, heads, n, head_dim, causal, mode)
-                        results["rows"].append(dict(head_dim=head_dim, n=n, batch=batch, heads=heads, causal=causal,
-                                                    mode=mode, method=method, ms=seconds and seconds * 1e3,
-                                                    tflops=seconds and flops / seconds / 1e12))
+                results["rows"] += throughput_rows(METHODS, head_dim, n, causal, dtype)
             print(f"D={head_dim} N={n} done at {time.perf_counter() - started:.0f} s", flush=True)
             save(results, out_dir)
 

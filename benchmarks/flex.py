@@ -87,8 +87,7 @@ def main(argv=None) -> None:
     if args.plot_only:
         plot(br.load(path), out_dir)
         return
-    major, _ = torch.cuda.get_device_capability()
-    dtype = torch.bfloat16 if major >= 8 else torch.float16
+    dtype = fb.half_dtype()
     ns = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
     fb.METHODS["flex"] = flex_method()
     started = time.perf_counter()
@@ -107,13 +106,7 @@ def main(argv=None) -> None:
                 results["errors"].append(dict(head_dim=head_dim, n=n, causal=causal,
                                               flex_vs_flash=max_error_vs_flash(batch, heads, n, head_dim, causal,
                                                                                dtype)))
-                for mode in ("fwd", "fwd_bwd"):
-                    for method in METHODS:
-                        seconds = fb.measure(method, batch, heads, n, head_dim, causal, dtype, mode)
-                        flops = br.attention_flops(batch, heads, n, head_dim, causal, mode)
-                        results["rows"].append(dict(head_dim=head_dim, n=n, batch=batch, heads=heads, causal=causal,
-                                                    mode=mode, method=method, ms=seconds and seconds * 1e3,
-                                                    tflops=seconds and flops / seconds / 1e12))
+                results["rows"] += fb.throughput_rows(METHODS, head_dim, n, causal, dtype)
             results["seconds"] = round(time.perf_counter() - started)
             path.write_text(json.dumps(results, indent=1))  # after every shape: a cut-off run keeps what it did
             print(f"D={head_dim} N={n} done at {results['seconds']} s", flush=True)

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_common import (best_of, copies_for, copy_bandwidth, environment, kernel_plan, relative_error, save_json,  # noqa: E402
-                           sweep, time_eager, time_graph, timing_fields)
+from decode_common import (best_of, copies_for, kernel_plan, relative_error, save_json,  # noqa: E402
+                           start_decode_benchmark, sweep, time_eager, time_graph, timing_fields)
 
 from attention_lab.attention import scaled_dot_product_attention, torch_attention  # noqa: E402
 from attention_lab.decode_kernel import contiguous_decode, paged_decode  # noqa: E402
@@ -83,13 +83,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("paged_decode.py needs a CUDA GPU; the committed results are in benchmarks/results/")
-    env = environment()
-    dtype = torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
-    copy_bytes_s = copy_bandwidth()
-    print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
-          f"copy {copy_bytes_s / 1e12:.2f} TB/s", flush=True)
+    env, dtype, copy_bytes_s = start_decode_benchmark("paged_decode.py")
     rows, sweeps = [], {}
     for n_kv_heads, context in SHAPES:
         torch.cuda.empty_cache()
