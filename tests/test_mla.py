@@ -16,13 +16,7 @@ from attention_lab.rope import apply_rope
 from reference import TOLERANCES, attention_fp64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # (d_model, n_heads, kv_latent_dim, rope_dim, head_dim, q_latent_dim): odd sizes, with and without

@@ -17,13 +17,7 @@ from attention_lab.serving import Request, ServingEngine, generate_paged
 from reference import TOLERANCES, attention_fp64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one CPU thread avoids the cost of waking others (and contention on shared runners)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _kv(n, n_kv_heads=2, head_dim=8, seed=0):

@@ -8,13 +8,7 @@ from attention_lab.generate import generate
 from attention_lab.rope import RotaryEmbedding, apply_rope, rope_angles, rotation_matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a busy 2-core machine (25x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _score(q: torch.Tensor, k: torch.Tensor, i: int, j: int) -> torch.Tensor:
