@@ -42,7 +42,8 @@ def main() -> int:
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--append", action="store_true", help="keep the earlier report's other chapters")
     args = parser.parse_args()
-    earlier = earlier_rows(args.results_dir) if args.append else []
+    earlier = earlier_report(args.results_dir) if args.append else None
+    earlier_rows, runs = (earlier["notebooks"], earlier.get("runs", 1) + 1) if earlier else ([], 1)
     rows, failed = [], []
     sources = sorted(SOURCES.glob("*.py"))
     if args.only:  # in the order given
@@ -64,8 +65,8 @@ def main() -> int:
         if args.write_dir is not None:
             args.write_dir.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, args.write_dir / f"{source.stem}.ipynb")
-        failed = write_report(merge(earlier, rows), args.results_dir, runs=2 if earlier else 1)  # after every
-        # notebook, so a cut-off run still reports
+        failed = write_report(merge(earlier_rows, rows), args.results_dir, runs)  # after every notebook, so a
+        # cut-off run still reports
     now_failed = sum(r["status"] != "passed" for r in rows)
     print(f"this run: {len(rows) - now_failed} passed, {now_failed} failed; the report: {len(failed)} failed")
     return 1 if failed else 0
@@ -80,15 +81,15 @@ def environment() -> dict:
             "cuda": torch.version.cuda, "python": platform.python_version()}
 
 
-def earlier_rows(results_dir: Path) -> list[dict]:
-    """The rows of the report on disk, if it was written on this device with these versions."""
+def earlier_report(results_dir: Path) -> dict | None:
+    """The report on disk, if there is one and it was written on this device with these versions."""
     path = report_path(results_dir)
     if not path.exists():
-        return []
+        return None
     report = json.loads(path.read_text())
     if any(report.get(key) != value for key, value in environment().items()):
         raise SystemExit(f"--append: {path} comes from another device or other versions; run without --append")
-    return report["notebooks"]
+    return report
 
 
 def merge(earlier: list[dict], rows: list[dict]) -> list[dict]:
