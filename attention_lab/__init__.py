@@ -1,8 +1,8 @@
 """attention_lab: the library behind the notebooks, one idea per module, in chapter order."""
 
-from .attention import MultiHeadAttention, attention_weights, scaled_dot_product_attention, torch_attention
-from .masks import causal_mask, padding_mask, sliding_window_mask
-from .model import TinyGPT, TinyGPTConfig
+from attention_lab.attention import MultiHeadAttention, attention_weights, scaled_dot_product_attention, torch_attention
+from attention_lab.masks import causal_mask, padding_mask, sliding_window_mask
+from attention_lab.model import TinyGPT, TinyGPTConfig
 
 __all__ = [
     "MultiHeadAttention",

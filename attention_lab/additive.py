@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_rank
+from attention_lab.validation import check_rank
 
 
 def additive_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, w_query: torch.Tensor,

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_divides, check_float_dtype, check_positive_int, check_rank
-from .masks import causal_mask, sliding_window_mask
+from attention_lab.validation import check_divides, check_float_dtype, check_positive_int, check_rank
+from attention_lab.masks import causal_mask, sliding_window_mask
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -264,7 +264,7 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
         self.rotary = None  # rope=True: rotate q and k by their positions (attention_lab.rope, chapter 12)
         if rope:
-            from .rope import RotaryEmbedding
+            from attention_lab.rope import RotaryEmbedding
 
             self.rotary = RotaryEmbedding(head_dim, rope_base)
 
@@ -281,7 +281,7 @@ class MultiHeadAttention(nn.Module):
         """x ``(B, T, d_model)`` -> ``(B, T, d_model)``.
 
         ``positions`` ``(T,)`` are the absolute positions of the T tokens (used by position-aware
-        variants; plain MHA ignores them). ``cache`` (e.g. :class:`attention_lab.kv_cache.KVCache`)
+        variants; plain MHA ignores them). ``cache`` (e.g. :class:`attention_lab.caches.contiguous.KVCache`)
         stores this call's keys/values and returns every key/value the queries may see; the
         queries are aligned to the end of those keys.
         """
@@ -303,9 +303,10 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(context)  # (B, T, d_model)
 
     def make_cache(self, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
-        """A fresh KV cache for this layer (see :mod:`attention_lab.kv_cache`): contiguous, or a rolling
+        """A fresh KV cache for this layer (see :mod:`attention_lab.caches.contiguous`): contiguous, or a rolling
         buffer of ``min(window, max_len)`` slots when this layer has a sliding ``window``."""
-        from .kv_cache import KVCache, RollingKVCache
+        from attention_lab.caches.contiguous import KVCache
+        from attention_lab.caches.rolling import RollingKVCache
 
         if self.window is not None:
             return RollingKVCache(batch_size, self.window, self.n_kv_heads, self.head_dim, max_len=max_len,

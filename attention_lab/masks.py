@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_positive_int
+from attention_lab.validation import check_positive_int
 
 
 def _positions(n_queries: int, n_keys: int, device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,10 +33,10 @@ import warnings
 import torch
 from torch import nn
 
-from ._checks import check_float_dtype, check_positive_int, check_rank
-from .attention import get_backend
-from .masks import causal_mask
-from .rope import RotaryEmbedding, check_rope_dim
+from attention_lab.validation import check_float_dtype, check_positive_int, check_rank
+from attention_lab.attention import get_backend
+from attention_lab.masks import causal_mask
+from attention_lab.rope import RotaryEmbedding, check_rope_dim
 
 MODES = ("naive", "absorbed")
 
@@ -157,7 +157,7 @@ class MultiHeadLatentAttention(nn.Module):
         mode: ``'naive'`` (decompress the cache every step) or ``'absorbed'`` (attend over the latents).
         backend: attention function for the core, e.g. ``'reference'`` or ``'torch'``.
         triton_decode: in the absorbed path, run one-token steps with the Triton latent-decode kernel
-            (:mod:`attention_lab.mla_kernel`; needs a CUDA GPU or ``TRITON_INTERPRET=1``).
+            (:mod:`attention_lab.kernels.latent_decode`; needs a CUDA GPU or ``TRITON_INTERPRET=1``).
     """
 
     def __init__(self, d_model: int, n_heads: int, kv_latent_dim: int, rope_dim: int, head_dim: int | None = None,
@@ -268,7 +268,7 @@ class MultiHeadLatentAttention(nn.Module):
         q_latent = absorb_query(q_content, self.k_up.weight)  # (B, H, T, d_c): W^UK_iᵀ q^C_i
         queries = torch.cat([q_latent, q_rot], dim=-1)  # (B, H, T, d_c + d_h^R)
         if self.triton_decode and seq == 1:  # one new token: the split-K kernel reads each row once per head block
-            from .mla_kernel import latent_decode
+            from attention_lab.kernels.latent_decode import latent_decode
 
             latent_context = latent_decode(queries.view(batch, n_heads, width), rows, self.kv_latent_dim, self.scale)
             return expand_values(latent_context.unsqueeze(2), self.v_up.weight)  # (B, H, 1, d_h)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_divides, check_positive_int, check_rank
+from attention_lab.validation import check_divides, check_positive_int, check_rank
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ ATTENTION_VARIANTS: dict[str, str] = {
 
 
 def _build_mha(config: TinyGPTConfig) -> nn.Module:
-    from .attention import MultiHeadAttention
+    from attention_lab.attention import MultiHeadAttention
 
     return MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads,
                               window=config.window, backend=config.backend,

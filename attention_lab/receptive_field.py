@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_positive_int
+from attention_lab.validation import check_positive_int
 
 
 def receptive_field(n_layers: int, window: int, n_tokens: int | None = None) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_positive_int
+from attention_lab.validation import check_positive_int
 
 
 def check_rope_dim(name: str, dim: int) -> int:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import check_positive_int
-from .data import TokenDataset
+from attention_lab.validation import check_positive_int
+from attention_lab.data import TokenDataset
 
 
 @dataclass

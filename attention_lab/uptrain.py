@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_divides, check_positive_int
-from .train import evaluate, train
+from attention_lab.validation import check_divides, check_positive_int
+from attention_lab.train import evaluate, train
 
 CONVERSION_METHODS = ("mean", "first", "random")
 
@@ -85,7 +85,7 @@ def convert_to_gqa(model, n_groups: int, method: str = "mean", seed: int = 0):
     divisible by ``n_groups``. The key/value projections are pooled by :func:`pool_kv_heads`; every
     other weight is copied. ``model`` itself is left unchanged.
     """
-    from .model import TinyGPT
+    from attention_lab.model import TinyGPT
 
     config = model.config
     if config.attention != "mha":

@@ -15,7 +15,7 @@ L2_FLUSH_BYTES = 256 * 2**20  # rotate inputs until a timed graph touches at lea
 
 def kernel_plan(batch: int, n_kv_heads: int, n_heads: int, head_dim: int, context: int, dtype: torch.dtype) -> dict:
     """The tile and split-K partition the library's decode kernel chooses for this shape on this GPU."""
-    from attention_lab.decode_kernel import launch_plan
+    from attention_lab.kernels.decode_attention import launch_plan
 
     config, partition, parts = launch_plan(batch, n_kv_heads, n_heads, head_dim, context, dtype, "cuda")
     return {**vars(config), "partition_size": partition, "partitions": parts}
@@ -55,7 +55,7 @@ def start_decode_benchmark(script: str) -> tuple[dict, torch.dtype, float]:
     import sys
 
     if not torch.cuda.is_available():
-        sys.exit(f"{script} needs a CUDA GPU; the committed results are in benchmarks/results/")
+        sys.exit(f"{script} needs a CUDA GPU; the committed results are in attention_lab/results/")
     env = environment()
     copy_bytes_s = copy_bandwidth()
     print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
@@ -65,7 +65,7 @@ def start_decode_benchmark(script: str) -> tuple[dict, torch.dtype, float]:
 
 def copy_bandwidth(n_bytes: int = 2**31) -> float:
     """Bytes/s of a device-to-device copy, read + write counted (the ceiling a memory-bound kernel aims at)."""
-    from attention_lab.hardware import measure_copy_bandwidth
+    from attention_lab.costs.gpu_facts import measure_copy_bandwidth
 
     return measure_copy_bandwidth(n_bytes=n_bytes, repeats=20)
 
@@ -142,7 +142,7 @@ def sweep(make_calls, context: int, kv_bytes: int, replays: int = 5) -> list[dic
 
     ``partition_size=None`` is the library's own choice. Failures are recorded, not raised.
     """
-    from attention_lab.decode_kernel import DecodeConfig
+    from attention_lab.kernels.decode_attention import DecodeConfig
 
     configs = [DecodeConfig(64, 4, 2), DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4), DecodeConfig(32, 4, 3),
                DecodeConfig(128, 4, 3), DecodeConfig(128, 8, 3)]

@@ -2,7 +2,7 @@
 
 B=32, H=32, D=128, a contiguous cache of 4k and 32k tokens, bf16 (fp16 on a T4). Compared:
 
-* the project's grouped Triton decode kernel (:func:`attention_lab.decode_kernel.contiguous_decode`):
+* the project's grouped Triton decode kernel (:func:`attention_lab.kernels.decode_attention.contiguous_decode`):
   one program per KV head serves its whole query group, so each K/V byte is read once;
 * PyTorch SDPA with ``enable_gqa=True`` (its own choice of backend);
 * the library's reference grouped attention (fp32 math, 4k only: it upcasts the whole cache).
@@ -28,7 +28,8 @@ from decode_common import (best_of, copies_for, kernel_plan, relative_error, sav
                            start_decode_benchmark, sweep, time_eager, time_graph, timing_fields)
 
 from attention_lab.attention import scaled_dot_product_attention  # noqa: E402
-from attention_lab.decode_kernel import contiguous_decode  # noqa: E402
+from attention_lab.book.results import RESULTS_DIR  # noqa: E402
+from attention_lab.kernels.decode_attention import contiguous_decode  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM = 32, 32, 128
 KV_HEADS = [32, 8, 4, 1]
@@ -48,7 +49,7 @@ def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, copies: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--sweep", action="store_true", help="also time a few tile/partition choices (tuning)")
     args = parser.parse_args()
     env, dtype, copy_bytes_s = start_decode_benchmark("decode_gqa.py")

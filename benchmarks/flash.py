@@ -6,14 +6,13 @@
 Shapes (DESIGN.md §5): head_dim D ∈ {64, 128}, N ∈ {1k … 16k} with B·N = 32k tokens and H·D = 2048,
 causal and not, forward and forward+backward, bf16 (fp16 on a GPU without bf16). Every method runs in
 the same process on the same inputs; times are medians of ``triton.testing.do_bench`` (L2 flushed
-between runs). Writes ``benchmarks/results/flash_benchmark.json`` (card, versions, shapes, every
+between runs). Writes ``attention_lab/results/flash_benchmark.json`` (card, versions, shapes, every
 number), ``flash_tflops.png``, ``flash_memory.png`` and ``flash_steps.png``, and prints tables last.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from attention_lab.attention import scaled_dot_product_attention  # noqa: E402
-from attention_lab.bench import peak_memory  # noqa: E402
-from attention_lab.flash import benchmark_results as br  # noqa: E402
+from attention_lab.costs.timing import peak_memory  # noqa: E402
+from attention_lab.book.results import RESULTS_DIR, load as load_result, save as save_result  # noqa: E402
+from attention_lab.flash import benchmark_report as br  # noqa: E402
 from attention_lab.flash import triton_attention as ta  # noqa: E402
 from attention_lab.flash.triton_steps import STEPS, step_forward  # noqa: E402
 from decode_common import environment, half_dtype  # noqa: E402
@@ -173,7 +173,7 @@ def autotune_choices() -> dict:
 
 
 def save(results: dict, out_dir: Path) -> None:
-    (out_dir / "flash_benchmark.json").write_text(json.dumps(results, indent=1))
+    save_result("flash_benchmark", results, out_dir)
 
 
 def plot(results: dict, out_dir: Path) -> None:
@@ -197,7 +197,7 @@ def plot(results: dict, out_dir: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N in {1024, 4096} only")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--no-steps", action="store_true")
     parser.add_argument("--precompile-only", action="store_true", help="fill Triton's cache and stop")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNGs from the JSON in --out (no GPU)")
@@ -205,7 +205,7 @@ def main(argv=None) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
-        plot(br.load(out_dir / "flash_benchmark.json"), out_dir)
+        plot(load_result("flash_benchmark", out_dir), out_dir)
         return
     dtype = half_dtype()
     ns = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]

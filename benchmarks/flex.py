@@ -9,7 +9,7 @@ The shapes, timing and FLOP counts are those of ``benchmarks/flash.py`` (B·N = 
 bf16, forward and forward+backward, causal and not), and SDPA's flash and cuDNN backends are measured
 again in the same run, so every ratio compares numbers taken minutes apart on one GPU. Causal
 FlexAttention gets a block mask built once per N, as its documentation recommends. Writes
-``benchmarks/results/flash_flex.json`` (after every shape) and ``flash_flex.png``, then prints the table
+``attention_lab/results/flash_flex.json`` (after every shape) and ``flash_flex.png``, then prints the table
 and the ratios.
 """
 
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 import flash as fb  # benchmarks/flash.py: inputs, timing, precompilation, the other methods
-from attention_lab.flash import benchmark_results as br
+from attention_lab.book.results import RESULTS_DIR, load as load_result
+from attention_lab.flash import benchmark_report as br
 
 METHODS = ("sdpa_flash", "sdpa_cudnn", "flex", "triton")
 
@@ -78,14 +79,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N in {1024, 4096} only")
     parser.add_argument("--head-dims", type=int, nargs="+", default=[128, 64])  # the headline D first
-    parser.add_argument("--out", default=str(fb.ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON in --out (no GPU)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / br.FLEX_RESULTS.name
+    path = out_dir / "flash_flex.json"
     if args.plot_only:
-        plot(br.load(path), out_dir)
+        plot(load_result("flash_flex", out_dir), out_dir)
         return
     dtype = fb.half_dtype()
     ns = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]

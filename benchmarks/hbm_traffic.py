@@ -1,7 +1,7 @@
 """Chapter 07/09 on a real GPU: the card's own numbers, and the unfused attention chain vs a fused kernel.
 
-    export PYTHONPATH=$PWD; python3 benchmarks/hbm_traffic.py --out benchmarks/results
-    python3 benchmarks/hbm_traffic.py --plot-only benchmarks/results/hbm_traffic.json   # redraw the PNG
+    export PYTHONPATH=$PWD; python3 benchmarks/hbm_traffic.py            # writes attention_lab/results/
+    python3 benchmarks/hbm_traffic.py --plot-only attention_lab/results/hbm_traffic.json   # redraw the PNG
 
 Measures, in one run:
 1. what the driver reports (name, compute capability, SMs, L2, memory) next to the datasheet row;
@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from attention_lab.attention import scaled_dot_product_attention  # noqa: E402
-from attention_lab.bench import peak_memory, time_function  # noqa: E402
-from attention_lab.hardware import detect_device, measure_copy_bandwidth, measure_matmul_flops  # noqa: E402
-from attention_lab.traffic import (fused_forward_bytes, total_bytes, unfused_attention_chain,  # noqa: E402
-                                   unfused_backward_kernels, unfused_forward_kernels)
+from attention_lab.book.results import RESULTS_DIR  # noqa: E402
+from attention_lab.costs.timing import peak_memory, time_function  # noqa: E402
+from attention_lab.costs.gpu_facts import detect_device, measure_copy_bandwidth, measure_matmul_flops  # noqa: E402
+from attention_lab.costs.hbm_traffic import (fused_forward_bytes, total_bytes, unfused_attention_chain,  # noqa: E402
+                                             unfused_backward_kernels, unfused_forward_kernels)
 
 
 def versions() -> dict:
@@ -168,7 +169,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from attention_lab.traffic import plot_chain_vs_fused, plot_kernel_steps
+    from attention_lab.costs.hbm_traffic import plot_chain_vs_fused, plot_kernel_steps
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     plot_kernel_steps(results, axes[0])
@@ -180,7 +181,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--plot-only", default=None, help="redraw the PNG from an existing JSON")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU: checks the script runs")
     args = parser.parse_args()
@@ -200,7 +201,7 @@ def main() -> None:
     started = time.time()
     info = detect_device()
     if smoke:
-        from attention_lab.hardware import DeviceInfo
+        from attention_lab.costs.gpu_facts import DeviceInfo
 
         info = DeviceInfo(True, "CPU smoke test", (0, 0), 0, 0.0)
     results = {"device": {"name": info.name, "compute_capability": list(info.compute_capability), "sms": info.sms,

@@ -4,7 +4,7 @@ One attention layer with DeepSeek-V2's sizes (arXiv 2405.04434 §3.1.2: d_model 
 d_h 128, d_c 512, d_c' 1536, d_h^R 64), bf16, batch 4, one new token per step with 1k … 32k tokens
 already cached. Each step is ``MultiHeadLatentAttention.forward`` on a ``LatentCache`` — the library's
 own code. Paths: ``naive``; ``absorbed`` with PyTorch's SDPA as the attention core (``backend='torch'``);
-``absorbed_triton`` with the split-K latent kernel of :mod:`attention_lab.mla_kernel` (skipped with
+``absorbed_triton`` with the split-K latent kernel of :mod:`attention_lab.kernels.latent_decode` (skipped with
 ``--no-triton``, or recorded as ``triton_error`` if it fails). For scale, the attention core of plain
 MHA with the same heads over a full per-head K/V cache (SDPA) is timed too.
 
@@ -12,7 +12,7 @@ Checks first (bf16 paths vs an fp32 run of the same layer), then times every con
 CUDA-graph replay, and eager time with Python launching each kernel), writes ``mla_decode.json`` and
 ``mla_decode.png`` and prints a table.
 
-    python benchmarks/mla_decode.py                 # on a CUDA GPU; results -> benchmarks/results/
+    python benchmarks/mla_decode.py                 # on a CUDA GPU; results -> attention_lab/results/
     python benchmarks/mla_decode.py --out $OUT      # on the lent device
     python benchmarks/mla_decode.py --quick         # CPU smoke test of the script on tiny sizes
     python benchmarks/mla_decode.py --plot-only     # redraw mla_decode.png from mla_decode.json
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # decode_common, beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # attention_lab, when not installed
 
+from attention_lab.book.results import RESULTS_DIR  # noqa: E402
 from attention_lab.mla import DEEPSEEK_V2, MultiHeadLatentAttention  # noqa: E402
 
 TINY = dict(d_model=64, n_heads=4, head_dim=16, kv_latent_dim=32, q_latent_dim=48, rope_dim=8)
@@ -121,7 +122,7 @@ def check_correctness(sizes: dict, device: torch.device, context: int, triton: b
 def time_call(calls: list, device: torch.device) -> tuple[float, float]:
     """(graph seconds, eager seconds) per call: GPU time of a CUDA-graph replay, and eager wall time."""
     if device.type != "cuda":
-        from attention_lab.bench import time_function
+        from attention_lab.costs.timing import time_function
 
         seconds = time_function(calls[0], warmup=1, repeats=3, device=device)
         return seconds, seconds
@@ -223,7 +224,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and contexts (CPU smoke test)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON in --out")
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton latent-decode kernel")

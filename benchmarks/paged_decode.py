@@ -12,7 +12,7 @@ KV blocks of 16 tokens scattered at random over the pool. For each shape:
 
     PYTHONPATH=. python benchmarks/paged_decode.py [--out DIR] [--sweep]
 
-Writes ``paged_decode.json`` and ``paged_decode.png`` into DIR (default benchmarks/results) and
+Writes ``paged_decode.json`` and ``paged_decode.png`` into DIR (default attention_lab/results) and
 prints a table. ``--sweep`` also times a few tile/warp/stage/partition choices (how the defaults were tuned).
 """
 
@@ -30,8 +30,9 @@ from decode_common import (best_of, copies_for, kernel_plan, relative_error, sav
                            start_decode_benchmark, sweep, time_eager, time_graph, timing_fields)
 
 from attention_lab.attention import scaled_dot_product_attention, torch_attention  # noqa: E402
-from attention_lab.decode_kernel import contiguous_decode, paged_decode  # noqa: E402
-from attention_lab.paged import gather_kv, paged_attention_reference  # noqa: E402
+from attention_lab.book.results import RESULTS_DIR  # noqa: E402
+from attention_lab.kernels.decode_attention import contiguous_decode, paged_decode  # noqa: E402
+from attention_lab.caches.paged import gather_kv, paged_attention_reference  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM, BLOCK_SIZE = 32, 32, 128, 16
 SHAPES = [(32, 4096), (8, 4096), (32, 32768), (8, 32768)]  # (n_kv_heads, context)
@@ -80,7 +81,7 @@ def check(q, key_blocks, value_blocks, tables, lens, k, v) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
     env, dtype, copy_bytes_s = start_decode_benchmark("paged_decode.py")

@@ -1,4 +1,4 @@
-"""Write README.md's "GPU results" section from the committed result files in ``benchmarks/results/``.
+"""Write README.md's "GPU results" section from the committed result files in ``attention_lab/results/``.
 
     python benchmarks/readme_results.py            # rewrite the section between the results markers
     python benchmarks/readme_results.py --check    # exit 1 and print a diff when README.md differs
@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing the package
     sys.path.insert(0, str(ROOT))
-from attention_lab.flash import benchmark_results as br  # noqa: E402
+from attention_lab.book.results import RESULTS_DIR, load  # noqa: E402
+from attention_lab.flash import benchmark_report as br  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = RESULTS_DIR
 README = ROOT / "README.md"
 CHAPTERS = ROOT / "notebooks" / "src"  # one source per chapter: what "the whole book" means
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -54,7 +55,7 @@ class Environment:
 def load_result(name: str, results_dir: Path = RESULTS) -> dict:
     """The committed result file ``results_dir / name``; a clear error naming the file when it is missing."""
     path = Path(results_dir) / name
-    data = br.load(path)
+    data = load(name, results_dir)
     if data is None:
         raise FileNotFoundError(f"{path}: result file missing; the README's GPU results are built from it "
                                 f"(run the benchmark that writes it, or restore it from git)")
@@ -353,7 +354,7 @@ def notebooks_paragraph(results: dict, env: Environment, shared: bool, chapters:
         notes.append("report assembled from more than one run with `--append`")
     if notes:
         text += f" ({'; '.join(notes)})"
-    return wrap(text + "; see [benchmarks/results/notebooks_gpu.md](benchmarks/results/notebooks_gpu.md).")
+    return wrap(text + "; see [attention_lab/results/notebooks_gpu.md](attention_lab/results/notebooks_gpu.md).")
 
 
 def opening(envs: list[Environment]) -> str:
@@ -384,19 +385,19 @@ def results_section(results_dir: Path = RESULTS, chapters: list[str] | None = No
     blocks = [
         opening(list(envs.values())),
         flash_paragraph(*args("flash_benchmark.json")),
-        image(f"FlashAttention in Triton vs PyTorch SDPA {on_alt(flash)}", "benchmarks/results/flash_tflops.png"),
+        image(f"FlashAttention in Triton vs PyTorch SDPA {on_alt(flash)}", "attention_lab/results/flash_tflops.png"),
         flex_paragraph(*args("flash_flex.json")),
-        image(f"FlashAttention in Triton vs FlexAttention {on_alt(flex)}", "benchmarks/results/flash_flex.png"),
+        image(f"FlashAttention in Triton vs FlexAttention {on_alt(flex)}", "attention_lab/results/flash_flex.png"),
         paged_paragraph(*args("paged_decode.json")),
-        image(f"Paged decode bandwidth {on_alt(envs['paged_decode.json'])}", "benchmarks/results/paged_decode.png"),
+        image(f"Paged decode bandwidth {on_alt(envs['paged_decode.json'])}", "attention_lab/results/paged_decode.png"),
         gqa_paragraph(*args("decode_gqa.json")),
-        image(f"Grouped decode vs SDPA {on_alt(envs['decode_gqa.json'])}", "benchmarks/results/decode_gqa.png"),
+        image(f"Grouped decode vs SDPA {on_alt(envs['decode_gqa.json'])}", "attention_lab/results/decode_gqa.png"),
         mla_paragraph(*args("mla_decode.json")),
-        image(f"MLA decode {on_alt(envs['mla_decode.json'])}", "benchmarks/results/mla_decode.png"),
+        image(f"MLA decode {on_alt(envs['mla_decode.json'])}", "attention_lab/results/mla_decode.png"),
         hbm_paragraph(*args("hbm_traffic.json")),
-        image(f"HBM traffic {on_alt(envs['hbm_traffic.json'])}", "benchmarks/results/hbm_traffic.png"),
+        image(f"HBM traffic {on_alt(envs['hbm_traffic.json'])}", "attention_lab/results/hbm_traffic.png"),
         side_by_side_paragraph(*args("side_by_side.json")),
-        image(f"TinyGPT variants {on_alt(envs['side_by_side.json'])}", "benchmarks/results/side_by_side.png"),
+        image(f"TinyGPT variants {on_alt(envs['side_by_side.json'])}", "attention_lab/results/side_by_side.png"),
         notebooks_paragraph(*args("notebooks_gpu.json"), chapters=chapters),
     ]
     return "\n\n".join(blocks)
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         if current == updated:
             return 0
         sys.stdout.writelines(difflib.unified_diff(current.splitlines(keepends=True), updated.splitlines(keepends=True),
-                                                   "README.md (committed)", "README.md (from benchmarks/results)"))
+                                                   "README.md (committed)", "README.md (from attention_lab/results)"))
         print("\nREADME.md's GPU results are stale: run `python benchmarks/readme_results.py`")
         return 1
     if current != updated:

@@ -9,7 +9,7 @@ A GPU call is limited in time, so the whole book may be run in two parts on the 
 ``--append`` keeps the earlier report's rows for the chapters not run now (same device model and
 versions only) and says in the report that it was assembled from several runs.
 
-Writes ``benchmarks/results/notebooks_<device>.json`` and ``.md`` (or under --results-dir).
+Writes ``attention_lab/results/notebooks_<device>.json`` and ``.md`` (or under --results-dir).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import nbformat
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from attention_lab.book import SOURCES, chapter_notebook, execute  # noqa: E402
-from attention_lab.env import triton_version  # noqa: E402
+from attention_lab.book.build import SOURCES, chapter_notebook, execute  # noqa: E402
+from attention_lab.book.results import RESULTS_DIR  # noqa: E402
+from attention_lab.book.setup_cell import triton_version  # noqa: E402
 
 
 def device_name() -> str:
@@ -39,7 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=[], help="file-name prefixes")
     parser.add_argument("--write-dir", type=Path, help="where to write the executed notebooks")
-    parser.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--append", action="store_true", help="keep the earlier report's other chapters")
     args = parser.parse_args()
     earlier = earlier_report(args.results_dir) if args.append else None

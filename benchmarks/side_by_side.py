@@ -1,6 +1,6 @@
 """Chapter 13 on a GPU: every attention variant, one TinyGPT configuration, one training budget.
 
-    python benchmarks/side_by_side.py            # writes benchmarks/results/side_by_side.{json,png}
+    python benchmarks/side_by_side.py            # writes attention_lab/results/side_by_side.{json,png}
 
 The chapter-13 notebook plots the committed JSON when it runs without a GPU.
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from attention_lab.compare import VARIANTS, compare_variants, plot_comparison, results_table, results_to_dicts  # noqa: E402
+from attention_lab.side_by_side import VARIANTS, compare_variants, plot_comparison, results_table, results_to_dicts  # noqa: E402
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus  # noqa: E402
-from attention_lab.env import triton_version  # noqa: E402
+from attention_lab.book.results import RESULTS_DIR as RESULTS  # noqa: E402
+from attention_lab.book.setup_cell import triton_version  # noqa: E402
 from attention_lab.model import TinyGPTConfig  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # The GPU budget: a model big enough that attention, not Python overhead, decides the speed.
 BASE = dict(context_length=256, d_model=256, n_layers=4, n_heads=8)
 STEPS, BATCH, SPEED_BATCH = 1500, 64, 32

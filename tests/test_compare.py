@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attention_lab.compare import VARIANTS, compare_variants, results_from_dicts, results_to_dicts, variant_config
+from attention_lab.side_by_side import VARIANTS, compare_variants, results_from_dicts, results_to_dicts, variant_config
 from attention_lab.data import CharTokenizer, TokenDataset, synthetic_corpus
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch13 import check_cache_bytes_per_token

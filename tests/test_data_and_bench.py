@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attention_lab.bench import peak_memory, time_function
+from attention_lab.costs.timing import peak_memory, time_function
 from attention_lab.data import CharTokenizer, TokenDataset, get_tokenizer, load_corpus, synthetic_corpus
 
 

@@ -3,7 +3,7 @@
 ``triton.compile`` needs real ``JITFunction`` objects, not the interpreter's stand-ins that
 tests/conftest.py creates on a CPU machine, so the compiles run in a fresh Python without
 ``TRITON_INTERPRET`` (this file's ``__main__``), stopped after the shared-memory allocation pass
-(:mod:`attention_lab.flash.compile_check` explains that fast mode). For each architecture the
+(:mod:`attention_lab.kernels.compile_check` explains that fast mode). For each architecture the
 paged and the contiguous kernel are compiled with the configuration :func:`decode_config` picks
 there, at head_dim 128 and a query group of 32 (MQA with 32 heads): the largest tiles they meet.
 """
@@ -36,7 +36,7 @@ def _shared_memory(fn, constexprs: dict, capability: int, num_warps: int, num_st
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from attention_lab.flash.compile_check import _SharedMemoryMeasured, _stop_after_shared_memory_allocation
+    from attention_lab.kernels.compile_check import _SharedMemoryMeasured, _stop_after_shared_memory_allocation
 
     sig, attrs = _signature(fn, constexprs, dtype)
     source = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
@@ -52,7 +52,7 @@ def _shared_memory(fn, constexprs: dict, capability: int, num_warps: int, num_st
 
 def compile_all(capabilities=CAPABILITIES) -> list[dict]:
     """Shared memory of each kernel variant per architecture (runs without the interpreter)."""
-    from attention_lab import decode_kernel as dk
+    from attention_lab.kernels import decode_attention as dk
     from attention_lab.flash.triton_configs import shared_memory_limit
 
     rows = []

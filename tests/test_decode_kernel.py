@@ -7,9 +7,9 @@ there is no GPU); the ``gpu`` tests run the compiled kernels in fp16/bf16 on a r
 import pytest
 import torch
 
-from attention_lab.decode_kernel import (MAX_PARTITION, DecodeConfig, choose_partition_size, contiguous_decode,
-                                         paged_decode)
-from attention_lab.paged import gather_kv, paged_attention_reference
+from attention_lab.kernels.decode_attention import (MAX_PARTITION, DecodeConfig, choose_partition_size, contiguous_decode,
+                                                    paged_decode)
+from attention_lab.caches.paged import gather_kv, paged_attention_reference
 from reference import TOLERANCES, attention_fp64
 
 

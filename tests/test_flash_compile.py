@@ -9,7 +9,8 @@ pruning estimate is an upper bound of the real allocation.
 import pytest
 import triton
 
-from attention_lab.flash import compile_check, triton_configs
+from attention_lab.flash import triton_configs
+from attention_lab.kernels import compile_check
 
 
 @pytest.fixture(scope="module")

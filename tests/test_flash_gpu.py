@@ -120,7 +120,7 @@ def test_autotuned_path_and_strided_inputs():
 
 def test_forward_memory_is_linear_in_sequence_length():
     """Extra memory of the forward at N=16k: the output and the fp32 log-sum-exp, nothing N×N."""
-    from attention_lab.bench import peak_memory
+    from attention_lab.costs.timing import peak_memory
 
     dtype = torch.bfloat16 if _supported(torch.bfloat16) else torch.float16
     q = torch.randn(1, 4, 16384, 128, device="cuda", dtype=dtype)
@@ -133,7 +133,7 @@ def test_forward_memory_is_linear_in_sequence_length():
 
 def test_compile_check_agrees_with_the_launched_kernel():
     """The CPU compile check (stopped after shared-memory allocation) reports what the real launch allocates."""
-    from attention_lab.flash import compile_check
+    from attention_lab.kernels import compile_check
 
     capability = triton_configs.device_capability(torch.device("cuda"))
     config = triton_configs.configs_for("forward", 128, 2, capability)[0]

@@ -1,6 +1,7 @@
 """Reading the committed flash benchmark results: ratios against any baseline, tables of measured methods only."""
 
-from attention_lab.flash import benchmark_results as br
+from attention_lab.book.results import load
+from attention_lab.flash import benchmark_report as br
 
 
 def _results(methods, tflops):
@@ -32,11 +33,8 @@ def test_flops_count():
 
 def test_chapter_10_reading_of_the_flex_run():
     """What chapter 10 says about the committed FlexAttention run: causal, ahead at every shape; not, within ~10%."""
-    import pytest
-
-    results = br.load(br.FLEX_RESULTS)
-    if results is None:
-        pytest.skip("benchmarks/results/flash_flex.json is not in this checkout")
+    results = load("flash_flex")
+    assert results is not None, "attention_lab/results/flash_flex.json must ship with the package"
     ratios = {}
     for row in br.rows(results, method="triton"):
         flex = br.rows(results, method="flex", head_dim=row["head_dim"], n=row["n"], causal=row["causal"],

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attention_lab.attention import scaled_dot_product_attention
-from attention_lab.bench import peak_memory
+from attention_lab.costs.timing import peak_memory
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch09 import check_block_update
 from attention_lab.flash.tiled import (FULL, PARTIAL, SKIP, block_schedule, tiled_attention,

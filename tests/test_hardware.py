@@ -7,14 +7,14 @@ import torch
 
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch07 import check_softmax_bytes
-from attention_lab.hardware import (FULL_GH100_SMS, GPU_TABLE, WARP_SIZE, DeviceInfo, detect_device,
-                                    measure_copy_bandwidth, spec_for_name)
-from attention_lab.roofline import (arithmetic_intensity, attainable_flops, elementwise_cost, matmul_cost,
-                                    ridge_point, softmax_cost)
-from attention_lab.traffic import (flash_backward_bytes, fused_backward_bytes, flash_forward_accesses_paper, fused_forward_bytes,
-                                   paper_block_sizes, standard_forward_accesses_paper, tiled_forward_bytes,
-                                   total_bytes, unfused_attention_chain, unfused_backward_kernels,
-                                   unfused_forward_kernels)
+from attention_lab.costs.gpu_facts import (FULL_GH100_SMS, GPU_TABLE, WARP_SIZE, DeviceInfo, detect_device,
+                                           measure_copy_bandwidth, spec_for_name)
+from attention_lab.costs.roofline import (arithmetic_intensity, attainable_flops, elementwise_cost, matmul_cost,
+                                          ridge_point, softmax_cost)
+from attention_lab.costs.hbm_traffic import (flash_backward_bytes, fused_backward_bytes, flash_forward_accesses_paper, fused_forward_bytes,
+                                             paper_block_sizes, standard_forward_accesses_paper, tiled_forward_bytes,
+                                             total_bytes, unfused_attention_chain, unfused_backward_kernels,
+                                             unfused_forward_kernels)
 from reference import attention_fp64
 
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig, scaled_dot_product_attention
-from attention_lab.cache_sizes import GiB, KiB, MiB, PUBLISHED_MODELS, ModelShape, format_bytes
-from attention_lab.decode_cost import decode_step_work, generation_multiply_adds, measure_generation_speed
+from attention_lab.caches.sizes import GiB, KiB, MiB, PUBLISHED_MODELS, ModelShape, format_bytes
+from attention_lab.costs.step_work import decode_step_work, generation_multiply_adds, measure_generation_speed
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch03 import check_cache_append
 from attention_lab.generate import generate
-from attention_lab.kv_cache import KVCache, kv_cache_bytes
+from attention_lab.caches.contiguous import KVCache, kv_cache_bytes
 from reference import TOLERANCES, attention_fp64
 
 

@@ -10,7 +10,7 @@ from attention_lab import TinyGPT, TinyGPTConfig
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch12 import check_absorbed_query
 from attention_lab.generate import generate
-from attention_lab.kv_cache import KVCache
+from attention_lab.caches.contiguous import KVCache
 from attention_lab.mla import LatentCache, MultiHeadLatentAttention, absorb_query, expand_values, set_mode
 from attention_lab.rope import apply_rope
 from reference import TOLERANCES, attention_fp64
@@ -273,7 +273,7 @@ def _latent_reference(q, rows, latent_dim, scale):
 @pytest.mark.parametrize("n_heads,latent_dim,rope_dim,n_keys,partition", [
     (5, 24, 6, 77, 32), (4, 32, 0, 20, None), (17, 16, 8, 130, 64), (1, 48, 16, 1, None)])
 def test_latent_decode_kernel_matches_float64(n_heads, latent_dim, rope_dim, n_keys, partition):
-    from attention_lab.mla_kernel import latent_decode
+    from attention_lab.kernels.latent_decode import latent_decode
 
     g = torch.Generator().manual_seed(n_keys)
     q = torch.randn(2, n_heads, latent_dim + rope_dim, generator=g)
@@ -305,7 +305,7 @@ def test_triton_decode_step_equals_the_absorbed_path():
     (lambda k: k(torch.randn(3, 10), torch.randn(2, 5, 10), 8, 0.3), "q must have shape"),
 ])
 def test_latent_decode_errors(call, message):
-    from attention_lab.mla_kernel import latent_decode
+    from attention_lab.kernels.latent_decode import latent_decode
 
     with pytest.raises(ValueError, match=message):
         call(latent_decode)
@@ -315,8 +315,8 @@ _COMPILE_FOR_EACH_ARCHITECTURE = r"""
 import json
 import triton
 from triton.backends.compiler import GPUTarget
-from attention_lab import mla_kernel as mk
-from attention_lab.flash.compile_check import _SharedMemoryMeasured, _stop_after_shared_memory_allocation
+from attention_lab.kernels import latent_decode as mk
+from attention_lab.kernels.compile_check import _SharedMemoryMeasured, _stop_after_shared_memory_allocation
 from attention_lab.flash.triton_configs import shared_memory_limit
 
 fn, rows = mk._latent_decode_kernel, []
@@ -362,7 +362,7 @@ def test_latent_kernel_compiles_and_fits_every_architecture():
 
 
 def test_latent_kernel_refuses_a_t4_in_one_sentence():
-    from attention_lab.mla_kernel import latent_decode_config
+    from attention_lab.kernels.latent_decode import latent_decode_config
 
     with pytest.raises(ValueError, match="needs compute capability 8.0 or newer"):
         latent_decode_config((7, 5))

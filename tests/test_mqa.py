@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig
-from attention_lab.decode_memory import (decode_attention_cost, decode_layer_cost, decode_speed_sweep,
-                                         incremental_ratio, shazeer_ratio, time_decode_step)
+from attention_lab.costs.memory_bound_decode import (decode_attention_cost, decode_layer_cost, decode_speed_sweep,
+                                                     incremental_ratio, shazeer_ratio, time_decode_step)
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch05 import check_grouped_decode
-from attention_lab.kv_cache import kv_cache_bytes
+from attention_lab.caches.contiguous import kv_cache_bytes
 from reference import attention_fp64
 
 
@@ -154,7 +154,7 @@ def test_plot_decode_benchmark_reads_the_results_layout():
     import matplotlib
 
     matplotlib.use("Agg")
-    from attention_lab.decode_memory import plot_decode_benchmark
+    from attention_lab.costs.memory_bound_decode import plot_decode_benchmark
 
     rows = [{"impl": impl, "context": 4096, "n_kv_heads": g, "fraction_of_copy": 0.5 + 0.1 * g / 32}
             for impl in ("grouped", "sdpa") for g in (32, 8, 1)]

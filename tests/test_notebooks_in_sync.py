@@ -4,7 +4,7 @@
 import nbformat
 import pytest
 
-from attention_lab.book import NOTEBOOKS, SOURCES, cell_sources, chapter_notebook, repository_url
+from attention_lab.book.build import NOTEBOOKS, SOURCES, cell_sources, chapter_notebook, repository_url
 from attention_lab.exercises.student import BEGIN, END, strip_solutions, student_path, student_version
 
 SOURCE_FILES = sorted(SOURCES.glob("*.py"))
@@ -56,7 +56,7 @@ def test_unbalanced_markers_are_an_error():
 
 
 def test_readme_chapter_table_is_current_and_ci_runs_the_readme_commands():
-    from attention_lab.book import ROOT, readme_with_chapters
+    from attention_lab.book.build import ROOT, readme_with_chapters
 
     readme = (ROOT / "README.md").read_text()
     assert readme == readme_with_chapters(readme), "run `python -m attention_lab.book readme`"
@@ -68,7 +68,7 @@ def test_readme_chapter_table_is_current_and_ci_runs_the_readme_commands():
 
 
 def _tiny_book(tmp_path, monkeypatch, code="x = 1\nprint(x)"):
-    from attention_lab import book
+    from attention_lab.book.build import build as book
 
     sources = tmp_path / "src"
     sources.mkdir()
@@ -117,7 +117,7 @@ def test_build_keeps_a_chapter_executed_on_a_gpu(tmp_path, monkeypatch, capsys):
 
 
 def test_gpu_executed_notebooks_say_so():
-    from attention_lab.book import executed_on
+    from attention_lab.book.build import executed_on
 
     notebook = nbformat.read(NOTEBOOKS / "10_flash_triton.ipynb", as_version=4)
     assert executed_on(notebook).startswith("NVIDIA")  # chapter 10's committed outputs are real GPU numbers

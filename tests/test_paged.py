@@ -9,11 +9,11 @@ import torch
 from attention_lab import TinyGPT, TinyGPTConfig
 from attention_lab.exercises.ch11 import check_blocks_needed, check_physical_slot
 from attention_lab.exercises.core import ExerciseError
-from attention_lab.fragmentation import TraceRequest, compare_allocators, make_trace, simulate
+from attention_lab.caches.fragmentation import TraceRequest, compare_allocators, make_trace, simulate
 from attention_lab.generate import generate
-from attention_lab.paged import (BlockAllocator, OutOfBlocksError, PagedKVCache, blocks_needed,
-                                 paged_attention_reference, slot_of)
-from attention_lab.serving import Request, ServingEngine, generate_paged
+from attention_lab.caches.paged import (BlockAllocator, OutOfBlocksError, PagedKVCache, blocks_needed,
+                                        paged_attention_reference, slot_of)
+from attention_lab.caches.serving import Request, ServingEngine, generate_paged
 from reference import TOLERANCES, attention_fp64
 
 

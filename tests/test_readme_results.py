@@ -23,7 +23,7 @@ rr = _load_script()
 def test_readme_results_section_is_current():
     readme = rr.README.read_text(encoding="utf-8")
     assert rr.section_of(readme) == rr.results_section(), (
-        "README.md's GPU results differ from benchmarks/results/*.json: run `python benchmarks/readme_results.py`")
+        "README.md's GPU results differ from attention_lab/results/*.json: run `python benchmarks/readme_results.py`")
 
 
 def test_range_and_speedup_formatting():

@@ -7,7 +7,8 @@ from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig, scaled_dot
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch04 import check_band_mask, check_read_order
 from attention_lab.generate import generate
-from attention_lab.kv_cache import KVCache, RollingKVCache, kv_cache_bytes
+from attention_lab.caches.contiguous import KVCache, kv_cache_bytes
+from attention_lab.caches.rolling import RollingKVCache
 from attention_lab.receptive_field import input_influence, receptive_field
 from reference import TOLERANCES, allowed_positions, attention_fp64
 

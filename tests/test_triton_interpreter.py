@@ -7,7 +7,7 @@ for Triton 3.6's ``_patch_lang_tensor`` (``int()`` of the raw array) and check t
 import numpy as np
 import pytest
 
-from attention_lab import triton_interpreter
+from attention_lab.kernels import interpreter as triton_interpreter
 
 interpreter = pytest.importorskip("triton.runtime.interpreter")
 

@@ -2,8 +2,8 @@
 
 import sys
 
-from ..book import NOTEBOOKS
-from .student import build_all
+from attention_lab.book.build import NOTEBOOKS
+from attention_lab.exercises.student import build_all
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["build"]:

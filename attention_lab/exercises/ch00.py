@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from ..additive import additive_attention
-from .core import exercise_check, expect_close, random_generator
+from attention_lab.additive import additive_attention
+from attention_lab.exercises.core import exercise_check, expect_close, random_generator
 
 
 @exercise_check("additive attention")
@@ -21,7 +21,7 @@ def check_additive_attention(fn: Callable) -> None:
         context, weights = additive_attention(*args)
         result = fn(*args)
         if not isinstance(result, tuple) or len(result) != 2:
-            from .core import ExerciseError
+            from attention_lab.exercises.core import ExerciseError
 
             raise ExerciseError("additive attention: return a pair (context, weights)")
         hint = ("score_j = v · tanh(W_q·query + W_k·key_j); softmax over the N keys; context = Σ_j weight_j · value_j.")

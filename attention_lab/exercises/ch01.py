@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from ..attention import scaled_dot_product_attention
-from .core import exercise_check, expect_close, random_generator
+from attention_lab.attention import scaled_dot_product_attention
+from attention_lab.exercises.core import exercise_check, expect_close, random_generator
 
 # (B, H, N, D): odd sizes so that a transposed or mis-broadcast answer cannot pass by accident.
 _SHAPES = [(1, 1, 1, 16), (2, 3, 7, 16), (1, 2, 33, 40), (3, 1, 5, 64)]

@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from ..masks import causal_mask
-from .core import ExerciseError, exercise_check, expect_close, random_generator
+from attention_lab.masks import causal_mask
+from attention_lab.exercises.core import ExerciseError, exercise_check, expect_close, random_generator
 
 
 @exercise_check("causal mask")

@@ -6,9 +6,9 @@ from typing import Callable
 
 import torch
 
-from ..attention import MultiHeadAttention
-from ..kv_cache import KVCache
-from .core import ExerciseError, exercise_check, expect_close, random_generator
+from attention_lab.attention import MultiHeadAttention
+from attention_lab.caches.contiguous import KVCache
+from attention_lab.exercises.core import ExerciseError, exercise_check, expect_close, random_generator
 
 _POSITION_HINT = ("The T new entries belong at positions length, length+1, …, length+T-1 (0-based): the first "
                   "free slot is buffer[:, :, length], not length+1. Return buffer[:, :, :length+T] and length+T.")

@@ -6,9 +6,9 @@ from typing import Callable
 
 import torch
 
-from ..kv_cache import RollingKVCache
-from ..masks import sliding_window_mask
-from .core import ExerciseError, exercise_check, expect_close
+from attention_lab.caches.rolling import RollingKVCache
+from attention_lab.masks import sliding_window_mask
+from attention_lab.exercises.core import ExerciseError, exercise_check, expect_close
 
 
 @exercise_check("sliding-window (band) mask")

@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from ..attention import scaled_dot_product_attention
-from .core import exercise_check, expect_close, random_generator
+from attention_lab.attention import scaled_dot_product_attention
+from attention_lab.exercises.core import exercise_check, expect_close, random_generator
 
 # (batch, n_heads, n_kv_heads, n_keys, head_dim): MQA, GQA and MHA, odd lengths. Groups of 2 and 3
 # heads with several kv heads tell "query head i reads kv head i // group" from "i % n_kv_heads".

@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from ..uptrain import pool_kv_heads
-from .core import ExerciseError, exercise_check, expect_close, random_generator
+from attention_lab.uptrain import pool_kv_heads
+from attention_lab.exercises.core import ExerciseError, exercise_check, expect_close, random_generator
 
 # (n_heads, n_groups, head_dim, d_model)
 _CASES = [(8, 2, 4, 12), (6, 3, 5, 7), (4, 1, 8, 16), (8, 4, 3, 10), (4, 4, 6, 9)]

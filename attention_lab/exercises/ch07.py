@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..traffic import unfused_forward_kernels
-from .core import ExerciseError, exercise_check
+from attention_lab.costs.hbm_traffic import unfused_forward_kernels
+from attention_lab.exercises.core import ExerciseError, exercise_check
 
 # (batch, heads, n, d, bytes_per_element): odd sizes, fp16/bf16 and fp32, so no formula passes by luck.
 _CASES = [(1, 1, 1024, 64, 2), (2, 3, 777, 80, 2), (4, 16, 4096, 128, 2), (3, 5, 333, 40, 4), (1, 7, 9, 64, 4)]

@@ -6,9 +6,9 @@ import math
 import random
 from typing import Callable
 
-from ..flash.online_softmax import (TOY_VALUES, online_update_scalar, stream_with_max, toy_closed_form,
-                                    toy_scores)
-from .core import ExerciseError, exercise_check
+from attention_lab.flash.online_softmax import (TOY_VALUES, online_update_scalar, stream_with_max, toy_closed_form,
+                                                toy_scores)
+from attention_lab.exercises.core import ExerciseError, exercise_check
 
 _HINT = ("When a larger score arrives, m grows and BOTH old sums were computed relative to the old max: multiply "
          "the old numerator N and the old denominator D by exp(m_old − m_new) (a number ≤ 1) before adding "

@@ -7,9 +7,9 @@ from typing import Callable
 
 import torch
 
-from ..attention import scaled_dot_product_attention
-from ..flash.online_softmax import online_softmax_update
-from .core import ExerciseError, exercise_check, expect_close, random_generator
+from attention_lab.attention import scaled_dot_product_attention
+from attention_lab.flash.online_softmax import online_softmax_update
+from attention_lab.exercises.core import ExerciseError, exercise_check, expect_close, random_generator
 
 _HINT = ("Inside the loop: S = Q_i K_jᵀ · scale; m_new = max(m_i, rowmax S); P = exp(S − m_new); "
          "alpha = exp(m_i − m_new); l_new = alpha·l_i + rowsum P; acc_new = alpha·acc + P V_j. "

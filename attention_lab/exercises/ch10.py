@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from ..attention import scaled_dot_product_attention
-from .core import ExerciseError, exercise_check, expect_close, random_generator
+from attention_lab.attention import scaled_dot_product_attention
+from attention_lab.exercises.core import ExerciseError, exercise_check, expect_close, random_generator
 
 # (batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal): odd lengths cross block edges
 _CASES = [(1, 2, 2, 21, 21, 16, False), (1, 2, 1, 9, 37, 16, True)]
@@ -33,7 +33,7 @@ _HINT = ("m_new = max(m_i, rowmax(qk)); alpha = exp2(m_i - m_new) rescales BOTH 
 def run_forward_with_step(step: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           causal: bool) -> torch.Tensor:
     """The library's Triton forward, interpreted on CPU tensors ``(B, H, N, D)``, with ``step`` as its update."""
-    from ..flash import triton_attention
+    from attention_lab.flash import triton_attention
 
     with triton_attention.online_softmax_step_replaced(step):
         out, _ = triton_attention._forward(q, k, v, None, causal, None, None, tile=_TILE)
@@ -97,7 +97,7 @@ def check_online_softmax_step(step: Callable) -> None:
     entries -inf), ``v`` ``(BLOCK_N, D)``; ``acc`` ``(BLOCK_M, D)``, ``m_i`` and ``l_i`` ``(BLOCK_M,)``
     fp32. Must return the new ``(acc, m_i, l_i)``; the kernel divides ``acc`` by ``l_i`` at the end.
     """
-    from ..flash import triton_attention
+    from attention_lab.flash import triton_attention
 
     if triton_attention.interpreting():
         _check_here(step)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-from ..paged import blocks_needed, slot_of
-from .core import ExerciseError, exercise_check
+from attention_lab.caches.paged import blocks_needed, slot_of
+from attention_lab.exercises.core import ExerciseError, exercise_check
 
 
 def _tables(seed: int = 11):

@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from ..mla import absorb_query
-from .core import ExerciseError, exercise_check, expect_close, random_generator
+from attention_lab.mla import absorb_query
+from attention_lab.exercises.core import ExerciseError, exercise_check, expect_close, random_generator
 
 # (B, H, T, D, d_c). The first shape is square (D == d_c), so multiplying by W^UK_i instead of its
 # transpose gives an answer of the right shape with the wrong values; the others are not square.

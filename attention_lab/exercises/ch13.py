@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..model import TinyGPT, TinyGPTConfig
-from .core import ExerciseError, exercise_check
+from attention_lab.model import TinyGPT, TinyGPTConfig
+from attention_lab.exercises.core import ExerciseError, exercise_check
 
 _CONFIGS = [
     TinyGPTConfig(vocab_size=11, context_length=24, d_model=48, n_layers=3, n_heads=6),

@@ -28,9 +28,9 @@ import math
 
 import torch
 
-from .._checks import check_positive_int
-from ..attention import _check_qkv, _split_heads_of_mask, build_mask
-from .online_softmax import online_softmax_update
+from attention_lab.validation import check_positive_int
+from attention_lab.attention import _check_qkv, _split_heads_of_mask, build_mask
+from attention_lab.flash.online_softmax import online_softmax_update
 
 SKIP, FULL, PARTIAL = 0, 1, 2  # block_schedule codes: no pair allowed / every pair allowed / mask needed inside
 

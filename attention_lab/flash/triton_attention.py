@@ -33,9 +33,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import triton_interpreter  # noqa: F401  (fixes Triton ≤3.6's interpreter loop bounds)
-from ..attention import _check_qkv
-from . import triton_configs
+from attention_lab.kernels import interpreter as triton_interpreter  # noqa: F401  (fixes Triton ≤3.6's interpreter loop bounds)
+from attention_lab.attention import _check_qkv
+from attention_lab.flash import triton_configs
 
 LOG2_E = 1.4426950408889634  # log2(e) = 1 / ln 2: exp(x) = exp2(x · LOG2_E)
 MAX_HEAD_DIM = 128
@@ -479,7 +479,7 @@ def _prepare(q, k, v, mask, causal, window, scale):
         raise ValueError(f"causal attention needs n_queries <= n_keys (queries are the last keys), "
                          f"got {n_queries} > {n_keys}")
     if mask is not None:
-        from ..attention import build_mask
+        from attention_lab.attention import build_mask
 
         build_mask(n_queries, n_keys, mask, batch=batch, n_heads=n_heads)  # validates dtype and shape
     _check_device(q)

@@ -9,7 +9,7 @@ keeps its own tile (the queries, or the keys and values it owns) in shared memor
 does not fit the GPU's per-block limit the launch fails, so such a config is dropped *before*
 autotuning — never silently at run time. The estimate is checked against what the compiler
 really allocates, for every kernel, config and architecture, by
-:mod:`attention_lab.flash.compile_check` (run in CI on the CPU).
+:mod:`attention_lab.kernels.compile_check` (run in CI on the CPU).
 
 The limits (bytes of shared memory one block may use, the opt-in maximum):
 
@@ -96,7 +96,7 @@ def estimated_shared_memory(kernel: str, config: triton.Config, block_d: int, el
       ``2·BLOCK_M + 2·BLOCK_N`` rows, dQ ``4·BLOCK_M + 2·BLOCK_N``, dK/dV ``2·BLOCK_M + 4·BLOCK_N``)
       plus two ``(BLOCK_M, BLOCK_N)`` score tiles; a loose bound, tight at head_dim 128.
 
-    Calibrated with :mod:`attention_lab.flash.compile_check` (Triton 3.9); CI compiles every kept
+    Calibrated with :mod:`attention_lab.kernels.compile_check` (Triton 3.9); CI compiles every kept
     config and checks the real allocation fits, so a wrong estimate fails a test instead of a launch.
     """
     block_m, block_n, stages = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_stages

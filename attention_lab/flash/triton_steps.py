@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_attention import LOG2_E, _allowed, _load_rows, _online_softmax_step, _prepare, flash_attention, interpreting
+from attention_lab.flash.triton_attention import LOG2_E, _allowed, _load_rows, _online_softmax_step, _prepare, flash_attention, interpreting
 
 STEPS = ("two_pass", "online", "skip", "tuned")
 STEP_TILE = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}  # steps 1-3 share one tile (sm_80+)

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 
 from attention_lab.additive import mean_pool
 from attention_lab.attention import attention_weights
-from attention_lab.env import triton_version
-from attention_lab.plots import heatmap
+from attention_lab.book.setup_cell import triton_version
+from attention_lab.book.plots import heatmap
 
 # %% [markdown]
 # ## A short history

@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from attention_lab import MultiHeadAttention, attention_weights, scaled_dot_product_attention
-from attention_lab.bench import attention_cost_curve
-from attention_lab.plots import heatmap
+from attention_lab.costs.timing import attention_cost_curve
+from attention_lab.book.plots import heatmap
 from attention_lab.toy_sentence import FEATURES, SENTENCE, softmax_peak, word_embeddings
 
 # %% [markdown]

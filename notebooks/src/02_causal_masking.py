@@ -14,7 +14,7 @@ import torch
 from attention_lab import TinyGPT, TinyGPTConfig, attention_weights, causal_mask
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
 from attention_lab.generate import generate
-from attention_lab.plots import heatmap, loss_curve
+from attention_lab.book.plots import heatmap, loss_curve
 from attention_lab.toy_sentence import SENTENCE, word_embeddings
 from attention_lab.train import train
 

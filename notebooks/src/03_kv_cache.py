@@ -15,11 +15,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig
-from attention_lab.cache_sizes import GiB, PUBLISHED_MODELS, ModelShape, format_bytes
+from attention_lab.caches.sizes import GiB, PUBLISHED_MODELS, ModelShape, format_bytes
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
-from attention_lab.decode_cost import decode_step_work, generation_multiply_adds, measure_generation_speed
+from attention_lab.costs.step_work import decode_step_work, generation_multiply_adds, measure_generation_speed
 from attention_lab.generate import generate
-from attention_lab.kv_cache import KVCache, kv_cache_bytes
+from attention_lab.caches.contiguous import KVCache, kv_cache_bytes
 from attention_lab.train import train
 
 if device.type == "cpu":
@@ -46,7 +46,7 @@ if device.type == "cpu":
 #
 # ($12d^2$ per token = $4d^2$ for the Q, K, V and output projections + $8d^2$ for a $4\times$ MLP; each score
 # costs $d$ and its share of the weighted sum of values another $d$.) The counts, computed by
-# `attention_lab.decode_cost` for a Llama-2-7B-sized layer ($d = 4096$):
+# `attention_lab.costs.step_work` for a Llama-2-7B-sized layer ($d = 4096$):
 
 # %%
 d_llama = 4096
@@ -80,7 +80,7 @@ plt.show()
 #
 # ## The cache in code
 #
-# `attention_lab.kv_cache.KVCache` holds one layer's keys and values in buffers allocated once for the
+# `attention_lab.caches.contiguous.KVCache` holds one layer's keys and values in buffers allocated once for the
 # longest sequence, `(batch, n_kv_heads, max_len, head_dim)`, plus a fill pointer `length`. Each call
 # writes the new entries at positions `length … length+T-1` and returns everything filled so far:
 

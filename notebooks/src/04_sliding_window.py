@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig, attention_weights, sliding_window_mask
-from attention_lab.cache_sizes import GiB, PUBLISHED_MODELS, format_bytes
+from attention_lab.caches.sizes import GiB, PUBLISHED_MODELS, format_bytes
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
 from attention_lab.generate import generate
-from attention_lab.kv_cache import RollingKVCache
-from attention_lab.plots import heatmap
+from attention_lab.caches.rolling import RollingKVCache
+from attention_lab.book.plots import heatmap
 from attention_lab.receptive_field import input_influence, receptive_field
 from attention_lab.toy_sentence import SENTENCE, word_embeddings
 from attention_lab.train import train

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig
-from attention_lab.book import ROOT
-from attention_lab.cache_sizes import PUBLISHED_MODELS, format_bytes
+from attention_lab.book.results import load as load_results
+from attention_lab.caches.sizes import PUBLISHED_MODELS, format_bytes
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
-from attention_lab.decode_memory import (decode_attention_cost, decode_speed_sweep, incremental_ratio,
-                                         plot_decode_benchmark, shazeer_ratio, time_decode_step)
+from attention_lab.costs.memory_bound_decode import (decode_attention_cost, decode_speed_sweep, incremental_ratio,
+                                                     plot_decode_benchmark, shazeer_ratio, time_decode_step)
 from attention_lab.generate import generate
-from attention_lab.hardware import GPU_TABLE, measure_copy_bandwidth
-from attention_lab.kv_cache import kv_cache_bytes
-from attention_lab.plots import loss_curve
+from attention_lab.costs.gpu_facts import GPU_TABLE, measure_copy_bandwidth
+from attention_lab.caches.contiguous import kv_cache_bytes
+from attention_lab.book.plots import loss_curve
 from attention_lab.train import train
 
 torch.set_num_threads(1)  # small models gain little from more threads, and timings stay steadier on a shared CPU
@@ -291,32 +291,26 @@ for name, model in models.items():
 # tokens, 16-bit) for 32, 8, 4 and 1 key/value heads. It compares the project's Triton grouped decode kernel
 # (chapter 11), which loads each key/value tile once for its whole query group, with PyTorch's SDPA
 # (`enable_gqa=True`). Speed is given as effective bandwidth: cache bytes read per second, as a fraction of
-# the card's copy bandwidth measured in the same run. The committed results are plotted when present. The
+# the card's copy bandwidth measured in the same run. The committed results are plotted below. The
 # library's reference attention in fp32 is left out of the plot; its fraction is printed instead.
 
 # %%
-results_path = ROOT / "benchmarks" / "results" / "decode_gqa.json"
-if results_path.exists():
-    bench = json.loads(results_path.read_text())
-    rows = bench.get("rows", [])
-    print(f"{results_path.name}: {bench.get('device', {}).get('name')}, versions {bench.get('versions')}")
-    try:
-        plot_decode_benchmark({**bench, "rows": [r for r in rows if not str(r.get("impl")).startswith("reference")]})
-        plt.show()
-        for r in sorted(rows, key=lambda r: (r["context"], r["n_kv_heads"], r["impl"])):
-            print(f"{r['context']:>6} tokens, {r['n_kv_heads']:>2} kv heads, {r['impl']:<23} {r['ms']:7.3f} ms "
-                  f"= {r['fraction_of_copy']:.2f} of copy bandwidth")
-        ms = {(r["impl"], r["context"], r["n_kv_heads"]): r["ms"] for r in rows}
-        for impl, context, _ in sorted(k for k in ms if k[2] == 1):
-            mha_heads = max(g for i, c, g in ms if (i, c) == (impl, context))
-            print(f"{impl} at {context} tokens: a step with {mha_heads} kv heads takes "
-                  f"{ms[impl, context, mha_heads] / ms[impl, context, 1]:.1f}× as long as with 1 ({mha_heads}× the cache)")
-    except (ValueError, KeyError) as error:  # a results file in another layout: show it as it is
-        print(f"cannot plot ({error!r}); rows:", *rows, sep="\n")
-else:
-    print("benchmarks/results/decode_gqa.json is not in this checkout. It would show, for 32, 8, 4 and 1 kv heads, "
-          "what fraction of the GPU's copy bandwidth a decoding step reaches while reading the cache, for the "
-          "project's grouped Triton kernel and for PyTorch's SDPA.")
+bench = load_results("decode_gqa")  # committed GPU results: package data, shipped in the wheel
+rows = bench.get("rows", [])
+print(f"decode_gqa.json: {bench.get('device', {}).get('name')}, versions {bench.get('versions')}")
+try:
+    plot_decode_benchmark({**bench, "rows": [r for r in rows if not str(r.get("impl")).startswith("reference")]})
+    plt.show()
+    for r in sorted(rows, key=lambda r: (r["context"], r["n_kv_heads"], r["impl"])):
+        print(f"{r['context']:>6} tokens, {r['n_kv_heads']:>2} kv heads, {r['impl']:<23} {r['ms']:7.3f} ms "
+              f"= {r['fraction_of_copy']:.2f} of copy bandwidth")
+    ms = {(r["impl"], r["context"], r["n_kv_heads"]): r["ms"] for r in rows}
+    for impl, context, _ in sorted(k for k in ms if k[2] == 1):
+        mha_heads = max(g for i, c, g in ms if (i, c) == (impl, context))
+        print(f"{impl} at {context} tokens: a step with {mha_heads} kv heads takes "
+              f"{ms[impl, context, mha_heads] / ms[impl, context, 1]:.1f}× as long as with 1 ({mha_heads}× the cache)")
+except (ValueError, KeyError) as error:  # a results file in another layout: show it as it is
+    print(f"cannot plot ({error!r}); rows:", *rows, sep="\n")
 
 # %% [markdown]
 # Each line is one implementation at one context length. A point near 1 reads the cache as fast as the card

@@ -23,8 +23,8 @@ import torch
 
 from attention_lab import TinyGPT, TinyGPTConfig
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
-from attention_lab.decode_memory import decode_speed_sweep
-from attention_lab.kv_cache import kv_cache_bytes
+from attention_lab.costs.memory_bound_decode import decode_speed_sweep
+from attention_lab.caches.contiguous import kv_cache_bytes
 from attention_lab.train import evaluate, train
 from attention_lab.uptrain import (GQA_PAPER_TABLE1, convert_to_gqa, format_table, uptrain, uptrain_steps,
                                    uptraining_study)

@@ -12,13 +12,14 @@
 import matplotlib.pyplot as plt
 import torch
 
-from attention_lab.bench import time_function
-from attention_lab.hardware import (FULL_GH100_SMS, GPU_TABLE, LECTURE_H100_ROW, WARP_SIZE, detect_device,
-                                    load_benchmark_results, measure_copy_bandwidth, spec_for_name)
-from attention_lab.roofline import elementwise_cost, matmul_cost, plot_roofline, softmax_cost
-from attention_lab.traffic import (fused_forward_bytes, plot_chain_vs_fused, plot_kernel_steps,
-                                   roofline_predictions, total_bytes, unfused_attention_chain,
-                                   unfused_forward_kernels)
+from attention_lab.costs.timing import time_function
+from attention_lab.costs.gpu_facts import (FULL_GH100_SMS, GPU_TABLE, LECTURE_H100_ROW, WARP_SIZE, detect_device,
+                                           measure_copy_bandwidth, spec_for_name)
+from attention_lab.book.results import load as load_results
+from attention_lab.costs.roofline import elementwise_cost, matmul_cost, plot_roofline, softmax_cost
+from attention_lab.costs.hbm_traffic import (fused_forward_bytes, plot_chain_vs_fused, plot_kernel_steps,
+                                             roofline_predictions, total_bytes, unfused_attention_chain,
+                                             unfused_forward_kernels)
 
 torch.set_num_threads(1)  # this chapter's tensors are small: one CPU thread beats several contending for them
 
@@ -69,7 +70,7 @@ print(f"H100 SXM: all shared memory together is {sram_total_mib:.0f} MiB; HBM is
 # %%
 info = detect_device()
 print(info.describe())
-results = load_benchmark_results("hbm_traffic")
+results = load_results("hbm_traffic")
 if info.available:
     live_bandwidth = measure_copy_bandwidth(2**30 if info.memory_gib > 8 else 2**28)
     card = {"name": info.name, "sms": info.sms, "l2_mib": info.l2_mib, "warp_size": info.warp_size,
@@ -148,7 +149,7 @@ plt.show()
 # | $O = PV$ | $P$: $N^2$, $V$: $Nd$ | $O$: $Nd$ |
 #
 # A fused kernel reads $Q, K, V$ once and writes $O$ once: $4Nd$ elements, whatever $N$ is. The
-# traffic model `attention_lab.traffic` counts it per kernel; for 4 sequences × 16 heads, $N = 4096$,
+# traffic model `attention_lab.costs.hbm_traffic` counts it per kernel; for 4 sequences × 16 heads, $N = 4096$,
 # $d = 64$, fp16:
 
 # %%

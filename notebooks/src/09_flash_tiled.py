@@ -18,13 +18,14 @@ import torch
 from matplotlib.colors import ListedColormap
 
 from attention_lab.attention import scaled_dot_product_attention
-from attention_lab.bench import peak_memory
+from attention_lab.costs.timing import peak_memory
 from attention_lab.flash.tiled import FULL, PARTIAL, SKIP, block_schedule, tiled_attention, tiled_attention_forward
-from attention_lab.hardware import GPU_TABLE, load_benchmark_results
-from attention_lab.traffic import (FLASH_PAPER_GPT2_MEDIUM, flash_backward_bytes, flash_forward_accesses_paper,
-                                   fused_backward_bytes, fused_forward_bytes, paper_block_sizes,
-                                   standard_forward_accesses_paper, tiled_forward_bytes, total_bytes,
-                                   unfused_backward_kernels, unfused_forward_kernels)
+from attention_lab.book.results import load as load_results
+from attention_lab.costs.gpu_facts import GPU_TABLE
+from attention_lab.costs.hbm_traffic import (FLASH_PAPER_GPT2_MEDIUM, flash_backward_bytes, flash_forward_accesses_paper,
+                                             fused_backward_bytes, fused_forward_bytes, paper_block_sizes,
+                                             standard_forward_accesses_paper, tiled_forward_bytes, total_bytes,
+                                             unfused_backward_kernels, unfused_forward_kernels)
 
 torch.set_num_threads(1)  # this chapter's tensors are small: one CPU thread beats several contending for them
 
@@ -131,7 +132,7 @@ for length in lengths:
     qn, kn, vn = (torch.randn(1, 2, length, 64, generator=generator) for _ in range(3))
     naive_bytes.append(peak_memory(lambda: scaled_dot_product_attention(qn, kn, vn, causal=True), "cpu"))
     tiled_bytes.append(peak_memory(lambda: tiled_attention(qn, kn, vn, causal=True, block_q=128, block_k=128), "cpu"))
-results = load_benchmark_results("hbm_traffic")
+results = load_results("hbm_traffic")
 fig, axes = plt.subplots(1, 2 if results else 1, figsize=(12 if results else 6, 4), squeeze=False)
 ax = axes[0, 0]
 ax.loglog(lengths, [b / 2**20 for b in naive_bytes], "o-", label="reference (materialised N × N)")

@@ -32,7 +32,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attention_lab.attention import MultiHeadAttention, scaled_dot_product_attention
 from attention_lab.exercises.ch10 import check_online_softmax_step
-from attention_lab.flash import benchmark_results, triton_configs
+from attention_lab.flash import triton_configs
+from attention_lab.book.results import load as load_results
+from attention_lab.flash import benchmark_report
 from attention_lab.flash import triton_attention as ta
 from attention_lab.flash.tiled import FULL, PARTIAL, SKIP, block_schedule
 from attention_lab.flash.triton_attention import flash_attention
@@ -40,7 +42,7 @@ from attention_lab.flash.triton_steps import STEP_TILE, step_forward
 
 ON_GPU = torch.cuda.is_available()
 torch.set_num_threads(1)  # the interpreter's tiles are tiny: one CPU thread is fastest
-results = benchmark_results.load()  # the committed H100 run of benchmarks/flash.py
+results = load_results("flash_benchmark")  # the committed H100 run of benchmarks/flash.py (package data)
 env = results["environment"]
 print("kernels:", "compiled for this GPU" if ON_GPU else "Triton interpreter on the CPU (TRITON_INTERPRET=1)")
 print(f"committed benchmark: {env['card']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
@@ -74,7 +76,7 @@ if ON_GPU:
         try:
             with sdpa_kernel(backend):
                 ms = triton.testing.do_bench(lambda: F.scaled_dot_product_attention(qg, kg, vg, is_causal=True))
-            flops = benchmark_results.attention_flops(8, 16, 4096, 128, causal=True)
+            flops = benchmark_report.attention_flops(8, 16, 4096, 128, causal=True)
             print(f"{backend.name:20} {ms:7.2f} ms  {flops / ms / 1e9:5.0f} TFLOP/s")
         except RuntimeError as error:
             print(f"{backend.name:20} not available here: {str(error).splitlines()[0][:80]}")
@@ -82,7 +84,7 @@ if ON_GPU:
 else:
     print("No GPU: on one, this cell times each backend on (8, 16, 4096, 128) fp16. The committed run:")
 for causal in (False, True):
-    found = {r["method"]: r["tflops"] for r in benchmark_results.rows(results, head_dim=128, n=4096, causal=causal,
+    found = {r["method"]: r["tflops"] for r in benchmark_report.rows(results, head_dim=128, n=4096, causal=causal,
                                                                      mode="fwd")}
     print(f"  {env['card']}, D=128, N=4096, causal={causal}: SDPA flash {found['sdpa_flash']:.0f}, "
           f"cuDNN {found['sdpa_cudnn']:.0f}, naive {found['naive']:.0f} TFLOP/s (forward)")
@@ -228,7 +230,7 @@ for config in sorted(set(chosen.values())):
 # %% [markdown]
 # The estimate behind the rule was calibrated, and is checked in CI, by *compiling* every kernel and
 # config for sm_75, sm_80, sm_89 and sm_90 on a CPU — Triton compiles for any target without a GPU —
-# and reading the shared memory the compiler allocates (`python -m attention_lab.flash.compile_check`;
+# and reading the shared memory the compiler allocates (`python -m attention_lab.kernels.compile_check`;
 # `tests/test_flash_compile.py`). A tile that does not fit still compiles; only that check catches it.
 #
 # ### What each step bought
@@ -237,14 +239,14 @@ for config in sorted(set(chosen.values())):
 # FlashAttention-2 backend in the same run:
 
 # %%
-benchmark_results.plot_steps(results)
+benchmark_report.plot_steps(results)
 plt.tight_layout()
 plt.show()
 for causal in (False, True):
     print(f"causal={causal}, forward TFLOP/s at N = " + ", ".join(str(r["n"]) for r in results["steps"]
                                                                if r["step"] == "tuned" and r["causal"] == causal))
     speed = {}
-    for step, label in benchmark_results.STEPS.items():
+    for step, label in benchmark_report.STEPS.items():
         found = [r["tflops"] for r in results["steps"] if r["step"] == step and r["causal"] == causal]
         speed[step] = found[-1]
         print(f"  {label:48} {' '.join(f'{t:.0f}' for t in found)}")
@@ -301,12 +303,12 @@ for kwargs in ({"causal": True}, {"window": 9}):
 # the reference attention, which materialises the $N\times N$ scores in fp32.
 
 # %%
-benchmark_results.plot_tflops(results)
+benchmark_report.plot_tflops(results)
 plt.show()
 for mode in ("fwd", "fwd_bwd"):
     for head_dim in (64, 128):
-        span = benchmark_results.ratio_range(results, head_dim, mode, min_n=4096)
-        cudnn = benchmark_results.ratio_range(results, head_dim, mode, min_n=4096, baseline="sdpa_cudnn")
+        span = benchmark_report.ratio_range(results, head_dim, mode, min_n=4096)
+        cudnn = benchmark_report.ratio_range(results, head_dim, mode, min_n=4096, baseline="sdpa_cudnn")
         print(f"{'forward' if mode == 'fwd' else 'fwd+bwd'} D={head_dim:3}, N ≥ 4k: Triton / SDPA-flash "
               f"{span[0]:.2f}–{span[1]:.2f}×, Triton / cuDNN {cudnn[0]:.2f}–{cudnn[1]:.2f}×")
 
@@ -318,20 +320,16 @@ for mode in ("fwd", "fwd_bwd"):
 # (causal Flex gets its block mask built once per N):
 
 # %%
-flex = benchmark_results.load(benchmark_results.FLEX_RESULTS)
-if flex is None:
-    print("benchmarks/results/flash_flex.json is not here (a pip install has no benchmarks/); on a clone it "
-          "holds this kernel against FlexAttention.")
-else:
-    benchmark_results.plot_tflops(flex)
-    plt.show()
-    print(f"{flex['environment']['card']}, torch {flex['environment']['torch']}, triton {flex['environment']['triton']}:")
-    for mode in ("fwd", "fwd_bwd"):
-        for head_dim in (64, 128):
-            span = benchmark_results.ratio_range(flex, head_dim, mode, baseline="flex")
-            if span:
-                print(f"{'forward' if mode == 'fwd' else 'fwd+bwd'} D={head_dim:3}, every N from 1k to 16k: "
-                      f"Triton / FlexAttention {span[0]:.2f}–{span[1]:.2f}×")
+flex = load_results("flash_flex")  # benchmarks/flex.py on a GPU
+benchmark_report.plot_tflops(flex)
+plt.show()
+print(f"{flex['environment']['card']}, torch {flex['environment']['torch']}, triton {flex['environment']['triton']}:")
+for mode in ("fwd", "fwd_bwd"):
+    for head_dim in (64, 128):
+        span = benchmark_report.ratio_range(flex, head_dim, mode, baseline="flex")
+        if span:
+            print(f"{'forward' if mode == 'fwd' else 'fwd+bwd'} D={head_dim:3}, every N from 1k to 16k: "
+                  f"Triton / FlexAttention {span[0]:.2f}–{span[1]:.2f}×")
 
 # %% [markdown]
 # Reading the comparison: with a causal mask this kernel is ahead of FlexAttention at every N and both
@@ -349,14 +347,14 @@ else:
 # at every N while the score matrix grows N-fold):
 
 # %%
-benchmark_results.plot_memory(results)
+benchmark_report.plot_memory(results)
 plt.tight_layout()
 plt.show()
 largest = max(m["n"] for m in results["memory"])
 for m in results["memory"]:
     if m["n"] == largest:
         size = "out of memory" if m["extra_bytes"] is None else f"{m['extra_bytes'] / 2**20:,.0f} MiB"
-        print(f"N={largest}, {m['mode']:7} {benchmark_results.METHODS[m['method']]:32} {size}")
+        print(f"N={largest}, {m['mode']:7} {benchmark_report.METHODS[m['method']]:32} {size}")
 
 # %% [markdown]
 # On a GPU, one more measurement, live (a single shape; the sweep above takes minutes):
@@ -366,7 +364,7 @@ if ON_GPU:
     qg, kg, vg = (torch.randn(8, 16, 4096, 128, device="cuda",
                               dtype=torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16)
                   for _ in range(3))
-    flops = benchmark_results.attention_flops(8, 16, 4096, 128, causal=True)
+    flops = benchmark_report.attention_flops(8, 16, 4096, 128, causal=True)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         sdpa_ms = triton.testing.do_bench(lambda: F.scaled_dot_product_attention(qg, kg, vg, is_causal=True))
     ours_ms = triton.testing.do_bench(lambda: flash_attention(qg, kg, vg, causal=True))

@@ -28,15 +28,15 @@ if not torch.cuda.is_available():
     torch.set_num_threads(1)  # tiny matrices: one thread is faster, and steadier on a shared CPU
 
 from attention_lab import TinyGPT, TinyGPTConfig, scaled_dot_product_attention
-from attention_lab.book import ROOT
+from attention_lab.book.results import load as load_results
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
-from attention_lab.decode_kernel import paged_decode
+from attention_lab.kernels.decode_attention import paged_decode
 from attention_lab.exercises.ch11 import check_blocks_needed, check_physical_slot
-from attention_lab.fragmentation import TraceRequest, compare_allocators, make_trace, simulate
+from attention_lab.caches.fragmentation import TraceRequest, compare_allocators, make_trace, simulate
 from attention_lab.generate import generate
-from attention_lab.kv_cache import kv_cache_bytes
-from attention_lab.paged import PagedKVCache, blocks_needed, gather_kv, paged_attention_reference, slot_of
-from attention_lab.serving import Request, ServingEngine
+from attention_lab.caches.contiguous import kv_cache_bytes
+from attention_lab.caches.paged import PagedKVCache, blocks_needed, gather_kv, paged_attention_reference, slot_of
+from attention_lab.caches.serving import Request, ServingEngine
 from attention_lab.train import train
 
 # %% [markdown]
@@ -83,7 +83,7 @@ print(f"KV cache per token: {kv_per_token / 1024:.0f} KiB  ->  30% of the card h
 # %% [markdown]
 # ## A request trace, simulated
 #
-# `attention_lab.fragmentation` simulates a server with a fixed KV budget. Requests have random prompt and
+# `attention_lab.caches.fragmentation` simulates a server with a fixed KV budget. Requests have random prompt and
 # output lengths (exponential, capped so that prompt + output ≤ `max_len`) and all arrive at once; each step
 # every running request stores one more token. *Contiguous* reserves `max_len` slots per request — which is
 # exactly paging with a single block of `max_len` slots, so one simulator serves both. *Paged* gives a
@@ -399,37 +399,32 @@ plt.show()
 # results are shown below (a GPU run of the script regenerates them).
 
 # %%
-bench_path = ROOT / "benchmarks" / "results" / "paged_decode.json"
-if bench_path.exists():
-    bench = json.loads(bench_path.read_text())
-    env = bench["environment"]
-    print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
-          f"copy bandwidth {bench['copy_tb_s']:.2f} TB/s")
-    print(f"{'Hkv':>4} {'context':>8} | {'paged ms':>8} {'TB/s':>5} {'of copy':>8} | {'SDPA ms':>8} "
-          f"{'paged speed vs SDPA':>20} | {'gather ref ms':>13} | kernel tile / partition")
-    for row in bench["rows"]:
-        plan = row["kernel_plan"]
-        print(f"{row['n_kv_heads']:>4} {row['context']:>8} | {row['ms']['paged_triton']:8.3f} "
-              f"{row['tb_s']['paged_triton']:5.2f} {row['of_copy']['paged_triton']:8.0%} | "
-              f"{row['ms']['sdpa_contiguous']:8.3f} {row['paged_vs_sdpa_speed']:20.2f} | "
-              f"{row['ms']['gather_reference']:13.3f} | {plan['tile_n']} keys, {plan['partitions']} × {plan['partition_size']}")
-    meets = all(r["of_copy"]["paged_triton"] >= 0.85 and r["paged_vs_sdpa_speed"] >= 1 / 1.15 for r in bench["rows"])
-    print(f"every shape meets both targets: {meets}")
-    fig, ax = plt.subplots(figsize=(8, 4))
-    x = np.arange(len(bench["rows"]))
-    for i, (key, label) in enumerate([("paged_triton", "paged Triton kernel"), ("sdpa_contiguous", "SDPA, contiguous"),
-                                      ("gather_reference", "gather + SDPA")]):
-        ax.bar(x + (i - 1) * 0.27, [r["tb_s"][key] for r in bench["rows"]], 0.27, label=label)
-    ax.axhline(bench["copy_tb_s"], color="black", linestyle="--", linewidth=1, label="copy bandwidth")
-    ax.set_xticks(x, [f"Hkv={r['n_kv_heads']}, N={r['context'] // 1024}k" for r in bench["rows"]])
-    ax.set_ylabel("effective KV-read bandwidth (TB/s)")
-    ax.set_title(f"One decoding step, B=32, H=32, D=128, bf16 ({env['card']})")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
-    plt.show()
-else:
-    print("benchmarks/results/paged_decode.json is not here (a pip install has no benchmarks/); on a clone it "
-          "shows the paged kernel's bandwidth next to contiguous SDPA decode.")
+bench = load_results("paged_decode")  # committed GPU results: package data, shipped in the wheel
+env = bench["environment"]
+print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
+      f"copy bandwidth {bench['copy_tb_s']:.2f} TB/s")
+print(f"{'Hkv':>4} {'context':>8} | {'paged ms':>8} {'TB/s':>5} {'of copy':>8} | {'SDPA ms':>8} "
+      f"{'paged speed vs SDPA':>20} | {'gather ref ms':>13} | kernel tile / partition")
+for row in bench["rows"]:
+    plan = row["kernel_plan"]
+    print(f"{row['n_kv_heads']:>4} {row['context']:>8} | {row['ms']['paged_triton']:8.3f} "
+          f"{row['tb_s']['paged_triton']:5.2f} {row['of_copy']['paged_triton']:8.0%} | "
+          f"{row['ms']['sdpa_contiguous']:8.3f} {row['paged_vs_sdpa_speed']:20.2f} | "
+          f"{row['ms']['gather_reference']:13.3f} | {plan['tile_n']} keys, {plan['partitions']} × {plan['partition_size']}")
+meets = all(r["of_copy"]["paged_triton"] >= 0.85 and r["paged_vs_sdpa_speed"] >= 1 / 1.15 for r in bench["rows"])
+print(f"every shape meets both targets: {meets}")
+fig, ax = plt.subplots(figsize=(8, 4))
+x = np.arange(len(bench["rows"]))
+for i, (key, label) in enumerate([("paged_triton", "paged Triton kernel"), ("sdpa_contiguous", "SDPA, contiguous"),
+                                  ("gather_reference", "gather + SDPA")]):
+    ax.bar(x + (i - 1) * 0.27, [r["tb_s"][key] for r in bench["rows"]], 0.27, label=label)
+ax.axhline(bench["copy_tb_s"], color="black", linestyle="--", linewidth=1, label="copy bandwidth")
+ax.set_xticks(x, [f"Hkv={r['n_kv_heads']}, N={r['context'] // 1024}k" for r in bench["rows"]])
+ax.set_ylabel("effective KV-read bandwidth (TB/s)")
+ax.set_title(f"One decoding step, B=32, H=32, D=128, bf16 ({env['card']})")
+ax.legend(fontsize=8, loc="lower right")
+ax.grid(axis="y", alpha=0.3)
+plt.show()
 
 if torch.cuda.is_available():  # a quick live check on this GPU
     dtype = torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
@@ -473,8 +468,7 @@ print(f"TinyGPT served {len(requests)} requests with continuous batching: {same}
       f"generating alone; simulator matched the real allocator at every step: {measured_rows == predicted_rows}")
 print(f"Parallel sampling (4 samples): {shared.peak_blocks} vs {separate.peak_blocks} peak blocks with / without "
       f"sharing, {shared.copies} blocks copied on write")
-if bench_path.exists():
-    worst = min(bench["rows"], key=lambda r: r["of_copy"]["paged_triton"])
-    slowest = min(bench["rows"], key=lambda r: r["paged_vs_sdpa_speed"])
-    print(f"Paged decode on {bench['environment']['card']}: at least {worst['of_copy']['paged_triton']:.0%} of copy "
-          f"bandwidth and at least {slowest['paged_vs_sdpa_speed']:.2f}× the speed of contiguous SDPA on every shape")
+worst = min(bench["rows"], key=lambda r: r["of_copy"]["paged_triton"])
+slowest = min(bench["rows"], key=lambda r: r["paged_vs_sdpa_speed"])
+print(f"Paged decode on {bench['environment']['card']}: at least {worst['of_copy']['paged_triton']:.0%} of copy "
+      f"bandwidth and at least {slowest['paged_vs_sdpa_speed']:.2f}× the speed of contiguous SDPA on every shape")

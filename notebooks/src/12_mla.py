@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig
-from attention_lab.book import ROOT
-from attention_lab.cache_sizes import ModelShape, format_bytes
+from attention_lab.book.results import load as load_results, result_path
+from attention_lab.caches.sizes import ModelShape, format_bytes
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
 from attention_lab.generate import generate
 from attention_lab.mla import DEEPSEEK_V2, MultiHeadLatentAttention, set_mode
@@ -403,26 +403,21 @@ print("sample:", repr(tokenizer.decode(reference[0].tolist())))
 # rows). Its committed results, from the card named in them:
 
 # %%
-result_path = ROOT / "benchmarks" / "results" / "mla_decode.json"
-if result_path.exists():
-    bench = json.loads(result_path.read_text())
-    env = bench["environment"]
-    print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | batch {bench['batch']}, bf16")
-    print(f"{'context':>8} {'path':>16} {'ms / step':>10} {'MB moved':>9} {'GB/s':>6}")
-    for row in bench["rows"]:
-        print(f"{row['context']:>8} {row['path']:>16} {row['graph_ms']:>10.3f} {row['bytes'] / 1e6:>9,.0f} "
-              f"{row['achieved_GBps']:>6,.0f}")
-    for context, speedup in bench["speedup_absorbed_over_naive"].items():
-        print(f"absorbed over naive at {int(context):>6,} tokens: " + ", ".join(
-            f"{key.replace('_', ' ')} {value:.1f}×" for key, value in speedup.items()))
-    image = plt.imread(result_path.with_suffix(".png"))
-    fig, ax = plt.subplots(figsize=(11, 4))
-    ax.imshow(image)
-    ax.axis("off")
-    plt.show()
-else:
-    print("benchmarks/results/mla_decode.json is not here (a pip install has no benchmarks/); clone the repository "
-          "to see the committed H100 results.")
+bench = load_results("mla_decode")  # committed GPU results: package data, shipped in the wheel
+env = bench["environment"]
+print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | batch {bench['batch']}, bf16")
+print(f"{'context':>8} {'path':>16} {'ms / step':>10} {'MB moved':>9} {'GB/s':>6}")
+for row in bench["rows"]:
+    print(f"{row['context']:>8} {row['path']:>16} {row['graph_ms']:>10.3f} {row['bytes'] / 1e6:>9,.0f} "
+          f"{row['achieved_GBps']:>6,.0f}")
+for context, speedup in bench["speedup_absorbed_over_naive"].items():
+    print(f"absorbed over naive at {int(context):>6,} tokens: " + ", ".join(
+        f"{key.replace('_', ' ')} {value:.1f}×" for key, value in speedup.items()))
+image = plt.imread(result_path("mla_decode.png"))
+fig, ax = plt.subplots(figsize=(11, 4))
+ax.imshow(image)
+ax.axis("off")
+plt.show()
 
 # %% [markdown]
 # ("graph": GPU time of the step replayed as a CUDA graph; "eager": Python launching each kernel; `mha_sdpa`
@@ -432,7 +427,7 @@ else:
 # path's bandwidth: it falls far below what the card can copy as the context grows, and its time grows
 # linearly with context — the signature of too few thread blocks, each streaming the whole cache. SDPA's
 # kernels spread work over query rows; with the 128 heads folded into the query axis, a batch of 4 has very
-# few rows to spread. `attention_lab.mla_kernel` is a Triton kernel for exactly this shape: split-K over the
+# few rows to spread. `attention_lab.kernels.latent_decode` is a Triton kernel for exactly this shape: split-K over the
 # context, 16 heads per program sharing each loaded latent tile as keys *and* values, partial results merged
 # by chapter 11's reduction kernel. It is tested against float64 under the Triton interpreter and compiled
 # for sm_80/89/90 by the tests; `benchmarks/mla_decode.py` times it as `absorbed_triton` on a GPU, and its
@@ -441,7 +436,7 @@ else:
 # %%
 if torch.cuda.is_available():
     # A live check on this GPU (fp16, so it also runs on a T4): one decode step at 4k context, both paths.
-    from attention_lab.bench import time_function
+    from attention_lab.costs.timing import time_function
 
     gpu_layer = MultiHeadLatentAttention(ds["d_model"], ds["n_heads"], ds["kv_latent_dim"], ds["rope_dim"],
                                          head_dim=ds["head_dim"], q_latent_dim=ds["q_latent_dim"], backend="torch")

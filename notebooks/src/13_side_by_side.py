@@ -8,14 +8,12 @@
 # per token (from the real cache tensors), and prefill and decode throughput.
 
 # %%
-import json
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 
-from attention_lab.compare import (VARIANTS, compare_variants, plot_comparison, plot_cost_map, results_from_dicts,
-                                   results_table)
+from attention_lab.side_by_side import (VARIANTS, compare_variants, plot_comparison, plot_cost_map, results_from_dicts,
+                                        results_table)
+from attention_lab.book.results import load as load_results
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
 from attention_lab.model import TinyGPT, TinyGPTConfig
 
@@ -25,7 +23,7 @@ from attention_lab.model import TinyGPT, TinyGPTConfig
 # On a CPU the budget is tiny (a few dozen steps on a 2-layer model) — enough to see the cache sizes and
 # the ordering of speeds, not to separate the quality of close variants. On a GPU this notebook runs the
 # real budget below; its results, measured once on a real card, are committed in
-# `benchmarks/results/side_by_side.json` and plotted further down either way.
+# `attention_lab/results/side_by_side.json` and plotted further down either way.
 
 # %%
 text = load_corpus()
@@ -87,18 +85,13 @@ check_cache_bytes_per_token(cache_bytes_per_token)
 # committed results:
 
 # %%
-path = Path("..") / "benchmarks" / "results" / "side_by_side.json"
-if path.exists():
-    report = json.loads(path.read_text())
-    gpu_results = results_from_dicts(report["results"])
-    print(f"{report['device']} | torch {report['torch']} | triton {report['triton']} | "
-          f"{report['steps']} steps, batch {report['batch_size']} | config {report['config']}")
-    print(results_table(gpu_results))
-    plot_comparison(gpu_results, f"TinyGPT variants, {report['steps']} steps on {report['device']}")
-    plt.show()
-else:
-    print("No committed GPU results yet: run `python benchmarks/side_by_side.py` on a GPU to create "
-          "benchmarks/results/side_by_side.json; it would show the same table at a realistic scale.")
+report = load_results("side_by_side")  # committed GPU results: package data, shipped in the wheel
+gpu_results = results_from_dicts(report["results"])
+print(f"{report['device']} | torch {report['torch']} | triton {report['triton']} | "
+      f"{report['steps']} steps, batch {report['batch_size']} | config {report['config']}")
+print(results_table(gpu_results))
+plot_comparison(gpu_results, f"TinyGPT variants, {report['steps']} steps on {report['device']}")
+plt.show()
 
 # %% [markdown]
 # ## A map of the book

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_positive_int
+from attention_lab.validation import check_positive_int
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def elementwise_cost(elements: int, bytes_per_element: int = 2, flops_per_elemen
 
 
 def plot_roofline(specs, kernels=(), ax=None, intensity_range=(0.05, 2000.0), measured=None):
-    """Log-log roofline of each :class:`~attention_lab.hardware.GPUSpec` in ``specs`` with ``kernels``
+    """Log-log roofline of each :class:`~attention_lab.costs.gpu_facts.GPUSpec` in ``specs`` with ``kernels``
     (:class:`KernelCost`) marked at their intensity. ``measured``: optional ``(label, peak_flops, bandwidth)``
     drawn dashed (a card's measured ceilings)."""
     import matplotlib.pyplot as plt

@@ -37,9 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_rank
-from .paged import check_paged_inputs
-from .triton_interpreter import interpreting as _interpreting
+from attention_lab.validation import check_rank
+from attention_lab.caches.paged import check_paged_inputs
+from attention_lab.kernels.interpreter import interpreting as _interpreting
 
 LOG2_E = 1.4426950408889634  # 1 / ln 2: exp(x) = 2^(x · log2 e)
 
@@ -211,7 +211,7 @@ def decode_config(head_dim: int, element_size: int, capability: tuple[int, int] 
     """The tile for a device. K and V tiles of ``tile_n × head_dim`` are kept ``num_stages`` deep in
     shared memory, so a T4 (sm_75, 64 KiB) gets 32-key tiles and 2 stages, Ampere/Ada 64 keys and
     3 stages, and Hopper (227 KiB) 128 keys, which an H100 sweep found best or within 2% of the
-    best for bf16 at D=128 (benchmarks/results/decode_sweep.json). Every choice is compiled and
+    best for bf16 at D=128 (attention_lab/results/decode_sweep.json). Every choice is compiled and
     its shared memory checked per architecture by ``tests/test_decode_compile.py``."""
     if capability is None or capability < (8, 0):
         return DecodeConfig(tile_n=32, num_warps=4, num_stages=2)
@@ -232,7 +232,7 @@ def choose_partition_size(max_len: int, programs: int, group: int, tile_n: int, 
     ``programs`` = B · Hkv before splitting. Splitting costs: every partition writes one output
     per query head that the reduction reads back (``G · P / N`` of the KV bytes for P partitions of
     N tokens and a group of G query heads) plus a second kernel. An H100 sweep (B=32, H=32, D=128:
-    benchmarks/results/decode_sweep.json) found the fastest split to be the fewest partitions
+    attention_lab/results/decode_sweep.json) found the fastest split to be the fewest partitions
     giving about one program per SM, each at most :data:`MAX_PARTITION` tokens; many short
     partitions (16 programs per SM) were 2–10% slower. The extra traffic is capped at
     ``max_extra_traffic``, and a partition is never shorter than 4 tiles.
@@ -273,7 +273,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
             partition_size: int | None, config: DecodeConfig | None) -> torch.Tensor:
     if q.device.type != "cuda" and not _interpreting():
         raise ValueError("the Triton decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before importing "
-                         "attention_lab.decode_kernel, to run it on the CPU); paged_attention_reference works anywhere")
+                         "attention_lab.kernels.decode_attention, to run it on the CPU); paged_attention_reference works anywhere")
     batch, n_heads, _, head_dim = q.shape
     group = n_heads // n_kv_heads
     planned_config, planned_partition, _ = launch_plan(batch, n_kv_heads, n_heads, head_dim, max_len, q.dtype, q.device)
@@ -325,7 +325,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
 def paged_decode(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, partition_size: int | None = None,
                  config: DecodeConfig | None = None, max_len: int | None = None) -> torch.Tensor:
-    """Decode attention through block tables (same contract as :func:`attention_lab.paged.paged_attention_reference`).
+    """Decode attention through block tables (same contract as :func:`attention_lab.caches.paged.paged_attention_reference`).
 
     Args:
         q: ``(B, H, 1, D)`` fp16/bf16, or fp32 (exact fp32 dot products, slower).

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_positive_int, check_rank
-from .attention import scaled_dot_product_attention
+from attention_lab.validation import check_positive_int, check_rank
+from attention_lab.attention import scaled_dot_product_attention
 
 
 class OutOfBlocksError(RuntimeError):

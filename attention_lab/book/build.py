@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository checkout
 NOTEBOOKS = ROOT / "notebooks"
 SOURCES = NOTEBOOKS / "src"
 STUDENT = NOTEBOOKS / "student"
@@ -57,7 +57,7 @@ def setup_cell() -> nbformat.NotebookNode:
         "    import subprocess\n"
         f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"attention_lab @ git+{url}\"], check=True)\n"
         "\n"
-        "from attention_lab.env import setup\n"
+        "from attention_lab.book.setup_cell import setup\n"
         "device = setup(seed=0)")
 
 
@@ -154,7 +154,7 @@ def build(prefixes: list[str], run: bool = True, force: bool = False) -> None:
     A chapter whose committed outputs come from a GPU is kept, not rebuilt, on a machine without one
     (the CPU would replace real measurements), unless ``force``.
     """
-    from .exercises.student import write_student_notebook
+    from attention_lab.exercises.student import write_student_notebook
 
     sources = sorted(SOURCES.glob("*.py"))
     chosen = [s for s in sources if not prefixes or any(s.stem.startswith(p) for p in prefixes)]
@@ -181,7 +181,7 @@ def build(prefixes: list[str], run: bool = True, force: bool = False) -> None:
 
 def update_text(prefix: str) -> Path:
     """Rewrite one chapter's markdown from its source, keeping the committed outputs of its code cells."""
-    from .exercises.student import write_student_notebook
+    from attention_lab.exercises.student import write_student_notebook
 
     sources = [s for s in sorted(SOURCES.glob("*.py")) if s.stem.startswith(prefix)]
     if len(sources) != 1:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import check_positive_int
-from .generate import sample_next
-from .model import ModelCache, TinyGPT
-from .paged import OutOfBlocksError, PagedKVCache, blocks_needed, paged_attention_reference
+from attention_lab.validation import check_positive_int
+from attention_lab.generate import sample_next
+from attention_lab.model import ModelCache, TinyGPT
+from attention_lab.caches.paged import OutOfBlocksError, PagedKVCache, blocks_needed, paged_attention_reference
 
 
 @dataclass
@@ -109,7 +109,7 @@ class _PrefillLayer:
 
 
 class ServingEngine:
-    """Continuous batching with TinyGPT on a :class:`~attention_lab.paged.PagedKVCache` of ``num_blocks`` blocks.
+    """Continuous batching with TinyGPT on a :class:`~attention_lab.caches.paged.PagedKVCache` of ``num_blocks`` blocks.
 
     ``decode``: 'reference' (gather + the reference attention, any device), 'triton' (the paged
     decode kernel; a GPU, or the interpreter on the CPU), or 'auto' (Triton on a GPU).
@@ -118,7 +118,7 @@ class ServingEngine:
 
     def __init__(self, model: TinyGPT, num_blocks: int, block_size: int = 16, max_batch: int | None = None,
                  decode: str = "auto", share_prompt: bool = True) -> None:
-        from .attention import MultiHeadAttention
+        from attention_lab.attention import MultiHeadAttention
 
         for block in model.blocks:
             if not isinstance(block.attn, MultiHeadAttention) or block.attn.window is not None:
@@ -279,7 +279,7 @@ class ServingEngine:
     def _attend(self, q: torch.Tensor, layer: int, tables: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         keys, values = self.cache.keys[layer], self.cache.values[layer]  # (num_blocks, block_size, Hkv, D)
         if self.decode == "triton":
-            from .decode_kernel import paged_decode
+            from attention_lab.kernels.decode_attention import paged_decode
 
             return paged_decode(q, keys, values, tables, lengths)
         return paged_attention_reference(q, keys, values, tables, lengths)

@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .data import TokenDataset
-from .model import TinyGPT, TinyGPTConfig
-from .train import train
+from attention_lab.data import TokenDataset
+from attention_lab.model import TinyGPT, TinyGPTConfig
+from attention_lab.train import train
 
 # name -> overrides of the base config. The base has 8 query heads so that GQA-2, GQA-4 and MQA all exist.
 VARIANTS: dict[str, dict] = {

@@ -22,9 +22,9 @@ import dataclasses
 
 import torch
 
-from ._checks import check_divides, check_positive_int
-from .bench import time_function
-from .roofline import KernelCost
+from attention_lab.validation import check_divides, check_positive_int
+from attention_lab.costs.timing import time_function
+from attention_lab.costs.roofline import KernelCost
 
 
 def _check_heads(n_heads: int, n_kv_heads: int) -> None:
@@ -167,12 +167,12 @@ def decode_speed_sweep(config, kv_heads: list[int], contexts: list[int], batch_s
 
 
 def _tiny_gpt(config):
-    from .model import TinyGPT
+    from attention_lab.model import TinyGPT
 
     return TinyGPT(config)
 
 
-# Field names accepted in benchmarks/results/decode_gqa.json rows (the GPU benchmark's output).
+# Field names accepted in attention_lab/results/decode_gqa.json rows (the GPU benchmark's output).
 _IMPL_KEYS = ("impl", "implementation", "backend", "method", "kernel")
 _CONTEXT_KEYS = ("context", "n_keys", "seq_len", "cache_len", "context_len")
 _FRACTION_KEYS = ("fraction_of_copy", "bandwidth_fraction", "fraction_of_copy_bandwidth", "fraction")

@@ -10,7 +10,7 @@ folded into the query axis a whole batch gets only a handful of programs. This k
   rows of a ``tl.dot``, and the loaded latent tile serves as the keys' content part AND as the values;
 * **splits the context** (split-K) so that batch × head blocks × partitions fill the GPU; each program
   keeps the online-softmax state of its partition and the partitions are merged by the chapter-11
-  reduction kernel (:func:`attention_lab.decode_kernel._reduce_kernel`).
+  reduction kernel (:func:`attention_lab.kernels.decode_attention._reduce_kernel`).
 
 Online softmax per program (scores in log2 units, so ``exp2``):
     S     = (q̃ Cᵀ + q^R K^Rᵀ) · scale · log2(e)      C: latent tile, K^R: rotary-key tile
@@ -29,10 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_rank
-from .decode_kernel import (LOG2_E, _device_facts, _dot_precision, _next_pow2, _online_softmax_update,
-                            _partial_buffers, _reduce_kernel)
-from .triton_interpreter import interpreting as _interpreting
+from attention_lab.validation import check_rank
+from attention_lab.kernels.decode_attention import (LOG2_E, _device_facts, _dot_precision, _next_pow2, _online_softmax_update,
+                                                    _partial_buffers, _reduce_kernel)
+from attention_lab.kernels.interpreter import interpreting as _interpreting
 
 
 @triton.jit
@@ -148,7 +148,7 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
     check_rank("rows", rows, 3, "(batch, n_keys, latent_dim + rope_dim)")
     if q.device.type != "cuda" and not _interpreting():
         raise ValueError("the Triton latent decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before "
-                         "importing attention_lab.mla_kernel); the 'absorbed' path without it works anywhere")
+                         "importing attention_lab.kernels.latent_decode); the 'absorbed' path without it works anywhere")
     batch, n_heads, width = q.shape
     if rows.shape[0] != batch or rows.shape[2] != width or not 0 < latent_dim <= width:
         raise ValueError(f"rows must have shape (B={batch}, N, {width}) like q {tuple(q.shape)} with "

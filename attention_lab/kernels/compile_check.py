@@ -18,8 +18,8 @@ The kernels must be real ``JITFunction`` objects, not the interpreter's stand-in
 process runs under ``TRITON_INTERPRET=1`` (the tests on a CPU), :func:`check_in_subprocess` runs
 the check in a fresh Python with the interpreter switched off.
 
-    python -m attention_lab.flash.compile_check              # table for sm_75, sm_80, sm_89, sm_90
-    python -m attention_lab.flash.compile_check --json --full
+    python -m attention_lab.kernels.compile_check              # table for sm_75, sm_80, sm_89, sm_90
+    python -m attention_lab.kernels.compile_check --json --full
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class _SharedMemoryMeasured(Exception):
 
 def kernels() -> dict:
     """The jitted kernels by name (as in :data:`triton_configs.CONFIGS`, plus the small delta kernel)."""
-    from . import triton_attention as ta
+    from attention_lab.flash import triton_attention as ta
 
     return {"forward": ta._attn_fwd, "backward_kv": ta._attn_bwd_kv, "backward_q": ta._attn_bwd_q,
             "delta": ta._attn_bwd_delta}
@@ -131,7 +131,7 @@ def shared_memory(kernel: str, config, capability: int, head_dim: int = 128, dty
 
 def worst_head_dim(kernel: str, config, capability: int) -> int | None:
     """The largest padded head_dim (128, 64, 32, 16) at which the pruning rule keeps ``config``, or None."""
-    from . import triton_configs
+    from attention_lab.flash import triton_configs
 
     for block_d in (128, 64, 32, 16):
         if triton_configs.fits(kernel, config, block_d, 2, capability):
@@ -147,7 +147,7 @@ def check(capabilities=CAPABILITIES, full: bool = False) -> list[dict]:
     """
     import triton
 
-    from . import triton_configs
+    from attention_lab.flash import triton_configs
 
     results = []
     for capability in capabilities:
@@ -174,7 +174,7 @@ def check_in_subprocess(capabilities=CAPABILITIES, full: bool = False, timeout: 
     """:func:`check` in a fresh Python without ``TRITON_INTERPRET`` (so the kernels are real JITFunctions)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    command = [sys.executable, "-m", "attention_lab.flash.compile_check", "--json",
+    command = [sys.executable, "-m", "attention_lab.kernels.compile_check", "--json",
                "--capabilities", *map(str, capabilities)]
     if full:
         command.append("--full")
@@ -185,7 +185,7 @@ def check_in_subprocess(capabilities=CAPABILITIES, full: bool = False, timeout: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m attention_lab.flash.compile_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m attention_lab.kernels.compile_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--capabilities", type=int, nargs="+", default=list(CAPABILITIES))
     parser.add_argument("--full", action="store_true", help="compile down to cubin (slow on a small CPU)")

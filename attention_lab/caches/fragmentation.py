@@ -14,7 +14,7 @@ memory:
 Every allocated slot is, at a given moment, one of: a *stored* token, *reserved* for a token the
 request will still produce, or *never used* (past the request's final length: the internal
 fragmentation of a block or of a max-length reservation). The scheduling rules are exactly those
-of :class:`attention_lab.serving.ServingEngine`, so the simulator predicts what the real allocator
+of :class:`attention_lab.caches.serving.ServingEngine`, so the simulator predicts what the real allocator
 does when it drives TinyGPT (tested step by step).
 """
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._checks import check_positive_int
-from .paged import blocks_needed
+from attention_lab.validation import check_positive_int
+from attention_lab.caches.paged import blocks_needed
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def simulate(trace: list[TraceRequest], capacity_tokens: int, block_size: int,
     """Serve ``trace`` with a KV budget of ``capacity_tokens`` slots cut into ``block_size``-slot blocks.
 
     ``block_size = max_len`` is contiguous max-length reservation. The rules mirror
-    :class:`attention_lab.serving.ServingEngine`: admit in arrival order while the prompt's blocks
+    :class:`attention_lab.caches.serving.ServingEngine`: admit in arrival order while the prompt's blocks
     are free; each step, grow every older request by one token, preempting the newest request
     when no block is free; record; retire finished requests.
     """

@@ -14,9 +14,9 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_positive_int
-from .bench import time_function
-from .generate import generate
+from attention_lab.validation import check_positive_int
+from attention_lab.costs.timing import time_function
+from attention_lab.generate import generate
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Read and plot the committed GPU results of ``benchmarks/flash.py`` (chapter 10 and the README).
 
-The benchmark writes ``benchmarks/results/flash_benchmark.json``; on a CPU the notebook plots that file
+The benchmarks write ``flash_benchmark.json`` and ``flash_flex.json`` (read with :mod:`attention_lab.book.results`);
+on a CPU the notebook plots them
 instead of measuring. Throughput is counted the usual way: a forward pass does ``4·B·H·N²·D`` floating
 point operations (two matrix products), half of that when causal, and forward + backward 3.5 times the
 forward (the backward's five matrix products are 2.5 forwards).
@@ -8,11 +9,6 @@ forward (the backward's five matrix products are 2.5 forwards).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "flash_benchmark.json"
-FLEX_RESULTS = RESULTS.with_name("flash_flex.json")  # benchmarks/flex.py: this kernel against FlexAttention
 METHODS = {"naive": "naive (reference, N×N in fp32)", "sdpa_flash": "PyTorch SDPA, flash backend",
            "sdpa_cudnn": "PyTorch SDPA, cuDNN backend", "flex": "PyTorch FlexAttention (torch.compile)",
            "triton": "this chapter's Triton kernel"}
@@ -24,12 +20,6 @@ def attention_flops(batch: int, heads: int, n: int, head_dim: int, causal: bool,
     """Floating-point operations of one attention call: 4·B·H·N²·D, halved if causal, ×3.5 for forward+backward."""
     flops = 4.0 * batch * heads * n * n * head_dim * (0.5 if causal else 1.0)
     return flops * (3.5 if mode == "fwd_bwd" else 1.0)
-
-
-def load(path: str | Path = RESULTS) -> dict | None:
-    """The committed benchmark results, or None when the file does not exist yet."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def rows(results: dict, **where) -> list[dict]:

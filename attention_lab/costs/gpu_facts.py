@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bench import time_function
+from attention_lab.costs.timing import time_function
 
 WARP_SIZE = 32  # threads per warp on every NVIDIA GPU so far (CUDA C++ Programming Guide, "SIMT Architecture")
 FULL_GH100_SMS = 144  # SMs on the full GH100 die; no H100 product enables all of them (NVIDIA H100 whitepaper, 2022)
@@ -159,31 +159,3 @@ def measure_matmul_flops(n: int = 8192, dtype: torch.dtype = torch.bfloat16,
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = time_function(lambda: a @ b, warmup=3, repeats=repeats, device=device)
     return 2 * n**3 / seconds
-
-
-def load_benchmark_results(name: str) -> dict | None:
-    """A committed GPU result ``benchmarks/results/<name>.json`` (card, versions, shapes, numbers), or None.
-
-    Read from the repository checkout when there is one; a pip-installed copy (Colab) fetches it from the
-    repository named in the package metadata, unless ``ATTENTION_LAB_OFFLINE`` is set.
-    """
-    import json
-    import os
-    from importlib import metadata
-    from pathlib import Path
-
-    local = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / f"{name}.json"
-    if local.exists():
-        return json.loads(local.read_text())
-    if os.environ.get("ATTENTION_LAB_OFFLINE"):
-        return None
-    try:
-        urls = metadata.metadata("attention_lab").get_all("Project-URL") or []
-        repo = next(u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("repository"))
-        raw = repo.replace("https://github.com/", "https://raw.githubusercontent.com/").rstrip("/")
-        from urllib.request import urlopen
-
-        with urlopen(f"{raw}/main/benchmarks/results/{name}.json", timeout=10) as response:
-            return json.loads(response.read())
-    except Exception:
-        return None

@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from ._checks import check_positive_int
-from .roofline import KernelCost, elementwise_cost, matmul_cost, softmax_cost
+from attention_lab.validation import check_positive_int
+from attention_lab.costs.roofline import KernelCost, elementwise_cost, matmul_cost, softmax_cost
 
 
 # FlashAttention paper (Dao et al., 2022, arXiv:2205.14135), Figure 2 left: GPT-2 medium attention, forward +
@@ -172,7 +172,7 @@ def unfused_attention_chain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.reshape(batch, heads, n, v.shape[-1])  # (B, H, N, D)
 
 
-# --- figures of committed GPU results (benchmarks/results/hbm_traffic.json) --------------------------------
+# --- figures of committed GPU results (attention_lab/results/hbm_traffic.json) --------------------------------
 
 
 def plot_kernel_steps(results: dict, ax=None):

@@ -1,15 +1,15 @@
 """How big the KV cache gets: published model shapes and the formula ``2 · L · n_kv · d_head · N · B · bytes``.
 
 The shapes below are facts from the models' papers (cited in each entry); the bytes come from
-:func:`attention_lab.kv_cache.kv_cache_bytes`, the same formula the caches' ``nbytes`` obey.
+:func:`attention_lab.caches.contiguous.kv_cache_bytes`, the same formula the caches' ``nbytes`` obey.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._checks import check_positive_int
-from .kv_cache import kv_cache_bytes
+from attention_lab.validation import check_positive_int
+from attention_lab.caches.contiguous import kv_cache_bytes
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 
