@@ -2,9 +2,12 @@
 
 from attention_lab.attention import MultiHeadAttention, attention_weights, scaled_dot_product_attention, torch_attention
 from attention_lab.masks import causal_mask, padding_mask, sliding_window_mask
-from attention_lab.model import TinyGPT, TinyGPTConfig
+from attention_lab.mla import MLASettings
+from attention_lab.model import MHASettings, TinyGPT, TinyGPTConfig
 
 __all__ = [
+    "MHASettings",
+    "MLASettings",
     "MultiHeadAttention",
     "TinyGPT",
     "TinyGPTConfig",

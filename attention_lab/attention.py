@@ -19,8 +19,13 @@ from attention_lab.validation import check_divides, check_float_dtype, check_pos
 from attention_lab.masks import causal_mask, sliding_window_mask
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
-    """Validate q ``(B, H, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)``; return B, H, Hkv, Nq, Nk."""
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """Check the inputs of an attention call; return ``(B, H, Hkv, Nq, Nk)``.
+
+    q ``(B, H, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)``, one float dtype, ``Hkv`` dividing ``H``.
+    Every attention path (reference, torch, tiled, Triton) calls this first, so a bad input gets the same
+    ``ValueError`` naming the argument and the expected shape everywhere.
+    """
     check_rank("q", q, 4, "(batch, n_heads, n_queries, head_dim)")
     check_rank("k", k, 4, "(batch, n_kv_heads, n_keys, head_dim)")
     check_rank("v", v, 4, "(batch, n_kv_heads, n_keys, value_dim)")
@@ -93,7 +98,7 @@ def attention_weights(
     Rows whose keys are all masked get weight 0 everywhere (not NaN).
     """
     v_stub = k[..., :0]  # validation only: (B, Hkv, Nk, 0)
-    batch, n_heads, n_kv_heads, n_queries, n_keys = _check_qkv(q, k, v_stub)
+    batch, n_heads, n_kv_heads, n_queries, n_keys = check_qkv(q, k, v_stub)
     if (causal or window is not None) and n_queries > n_keys:
         raise ValueError(f"causal attention needs n_queries <= n_keys (queries are the last keys), got {n_queries} > {n_keys}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -106,7 +111,7 @@ def attention_weights(
     scores = scores.view(batch, n_kv_heads, group, n_queries, n_keys)  # (B, Hkv, G, Nq, Nk)
     allowed = build_mask(n_queries, n_keys, mask, causal, window, batch, n_heads, device=q.device)
     if allowed is not None:
-        allowed5 = _split_heads_of_mask(allowed, n_kv_heads, group)  # broadcastable to (B, Hkv, G, Nq, Nk)
+        allowed5 = split_heads_of_mask(allowed, n_kv_heads, group)  # broadcastable to (B, Hkv, G, Nq, Nk)
         scores = scores.masked_fill(~allowed5, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     if allowed is not None:
@@ -114,8 +119,12 @@ def attention_weights(
     return weights.reshape(batch, n_heads, n_queries, n_keys)  # (B, H, Nq, Nk)
 
 
-def _split_heads_of_mask(mask: torch.Tensor, n_kv_heads: int, group: int) -> torch.Tensor:
-    """Reshape a ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)`` mask to broadcast against ``(B, Hkv, G, Nq, Nk)``."""
+def split_heads_of_mask(mask: torch.Tensor, n_kv_heads: int, group: int) -> torch.Tensor:
+    """Reshape a ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)`` mask to broadcast against ``(B, Hkv, G, Nq, Nk)``.
+
+    Query head ``h`` is kv head ``h // G``'s member ``h % G`` (``G = group = H // Hkv``), so splitting the
+    mask's head axis into ``(Hkv, G)`` keeps each query head's mask beside its rows of the scores.
+    """
     if mask.dim() == 2:
         return mask  # (Nq, Nk) broadcasts on its own
     b, h = mask.shape[:2]
@@ -149,7 +158,7 @@ def scaled_dot_product_attention(
         ``(B, H, Nq, Dv)`` in q's dtype. Softmax statistics are computed in fp32 (fp64 for fp64
         input); a query whose keys are all masked returns zeros.
     """
-    _check_qkv(q, k, v)
+    check_qkv(q, k, v)
     weights = attention_weights(q, k, mask, causal, window, scale)  # (B, H, Nq, Nk), fp32/fp64
     batch, n_heads, n_queries, n_keys = weights.shape
     n_kv_heads = k.shape[1]
@@ -173,7 +182,7 @@ def torch_attention(
     PyTorch's ``is_causal`` aligns queries to the START of the keys, so for ``Nq != Nk`` (decoding)
     or a window this passes an explicit bool mask built by :func:`build_mask` instead.
     """
-    batch, n_heads, n_kv_heads, n_queries, n_keys = _check_qkv(q, k, v)
+    batch, n_heads, n_kv_heads, n_queries, n_keys = check_qkv(q, k, v)
     if (causal or window is not None) and n_queries > n_keys:
         raise ValueError(f"causal attention needs n_queries <= n_keys, got {n_queries} > {n_keys}")
     use_is_causal = causal and window is None and mask is None and n_queries == n_keys
@@ -200,26 +209,20 @@ class AttentionFunction(Protocol):
                  causal: bool = ..., window: int | None = ..., scale: float | None = ...) -> torch.Tensor: ...
 
 
-_BACKENDS: dict[str, AttentionFunction] = {"reference": scaled_dot_product_attention, "torch": torch_attention}
-# Backends living in modules that need extra imports (Triton) are loaded on first use.
-_LAZY_BACKENDS: dict[str, str] = {"flash": "attention_lab.flash:flash_attention"}
-
-
-def register_backend(name: str, fn: AttentionFunction) -> None:
-    """Make ``fn`` selectable as ``backend=name`` in :class:`MultiHeadAttention` and TinyGPT."""
-    _BACKENDS[name] = fn
+BACKENDS = ("reference", "torch", "flash")  # the names get_backend knows
 
 
 def get_backend(name: str) -> AttentionFunction:
-    """Return the attention function called ``name`` ('reference', 'torch', 'flash', ...)."""
-    if name not in _BACKENDS and name in _LAZY_BACKENDS:
-        import importlib
+    """Return the attention function called ``name``: 'reference', 'torch' or 'flash' (the Triton kernel)."""
+    if name == "reference":
+        return scaled_dot_product_attention
+    if name == "torch":
+        return torch_attention
+    if name == "flash":
+        from attention_lab.flash import flash_attention  # imported on first use: it brings in the Triton kernel
 
-        module_name, attr = _LAZY_BACKENDS[name].split(":")
-        _BACKENDS[name] = getattr(importlib.import_module(module_name), attr)
-    if name not in _BACKENDS:
-        raise ValueError(f"backend must be one of {sorted(set(_BACKENDS) | set(_LAZY_BACKENDS))}, got {name!r}")
-    return _BACKENDS[name]
+        return flash_attention
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
 class MultiHeadAttention(nn.Module):

@@ -29,6 +29,8 @@ The cache holds ``d_c + d_h^R`` numbers per token per layer. Two inference paths
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -37,6 +39,9 @@ from attention_lab.validation import check_float_dtype, check_positive_int, chec
 from attention_lab.attention import get_backend
 from attention_lab.masks import causal_mask
 from attention_lab.rope import RotaryEmbedding, check_rope_dim
+
+if TYPE_CHECKING:  # for the type hint only: attention_lab.model imports this module
+    from attention_lab.model import TinyGPTConfig
 
 MODES = ("naive", "absorbed")
 
@@ -308,26 +313,44 @@ def set_mode(model: nn.Module, mode: str) -> nn.Module:
     return model
 
 
-# TinyGPTConfig.options keys read by build_mla (defaults follow DeepSeek-V2's ratios d_c = 4·d_h, d_h^R = d_h/2).
-MLA_OPTIONS = ("kv_latent_dim", "q_latent_dim", "rope_dim", "rope_base", "mode")
+@dataclass(frozen=True)
+class MLASettings:
+    """Settings of ``attention='mla'`` in a :class:`~attention_lab.model.TinyGPTConfig` (``settings=MLASettings(...)``).
+
+    ``None`` sizes follow DeepSeek-V2's ratios to the head width ``d_h = d_model // n_heads``:
+    ``d_c = 4·d_h`` and ``d_h^R = d_h / 2`` (at least 2).
+    """
+
+    kv_latent_dim: int | None = None  # d_c, the cached KV latent; None = 4·d_h
+    q_latent_dim: int | None = None  # d_c', the query latent; None = queries straight from h (no compression)
+    rope_dim: int | None = None  # d_h^R, the decoupled rotary part (even, 0 = none); None = 2·max(1, d_h // 4)
+    rope_base: float = 10000.0  # RoPE's base for the rotary part
+    mode: str = "naive"  # inference path: 'naive' (decompress the cache) or 'absorbed' (attend over latents)
+
+    def __post_init__(self) -> None:
+        for name in ("kv_latent_dim", "q_latent_dim"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        if self.rope_dim is not None:
+            check_rope_dim("rope_dim", self.rope_dim)
+        if not self.rope_base > 0:
+            raise ValueError(f"rope_base must be > 0, got {self.rope_base!r}")
+        _check_mode(self.mode)
 
 
-def build_mla(config) -> MultiHeadLatentAttention:
-    """TinyGPT factory (``attention='mla'``): sizes from ``config.options`` (keys in :data:`MLA_OPTIONS`)."""
-    options = dict(config.options)
-    unknown = sorted(set(options) - set(MLA_OPTIONS))
-    if unknown:
-        raise ValueError(f"options for attention='mla' must be among {MLA_OPTIONS}, got unknown {unknown}")
+def build_mla(config: TinyGPTConfig) -> MultiHeadLatentAttention:
+    """One layer of TinyGPT's ``attention='mla'``, sized by ``config.settings`` (an :class:`MLASettings`)."""
     if config.n_kv_heads is not None or config.window is not None:
         raise ValueError("attention='mla' compresses keys/values instead of sharing them: leave n_kv_heads and "
                          f"window as None (got n_kv_heads={config.n_kv_heads}, window={config.window})")
+    settings = config.attention_settings
     head_dim = config.d_model // config.n_heads
     return MultiHeadLatentAttention(
         config.d_model, config.n_heads,
-        kv_latent_dim=options.get("kv_latent_dim", 4 * head_dim),
-        rope_dim=options.get("rope_dim", 2 * max(1, head_dim // 4)),
-        q_latent_dim=options.get("q_latent_dim"),
-        rope_base=options.get("rope_base", 10000.0),
-        mode=options.get("mode", "naive"),
+        kv_latent_dim=4 * head_dim if settings.kv_latent_dim is None else settings.kv_latent_dim,
+        rope_dim=2 * max(1, head_dim // 4) if settings.rope_dim is None else settings.rope_dim,
+        q_latent_dim=settings.q_latent_dim,
+        rope_base=settings.rope_base,
+        mode=settings.mode,
         backend=config.backend,
     )

@@ -1,19 +1,43 @@
 """TinyGPT: a small decoder-only transformer whose attention is chosen by its config.
 
 Later chapters plug in here: ``n_kv_heads`` (MQA/GQA), ``window`` (sliding window),
-``backend`` ('reference', 'torch', 'flash'), and ``attention`` (the variant's class).
+``backend`` ('reference', 'torch', 'flash'), ``attention`` (the variant: 'mha' or 'mla') and
+``settings`` (that variant's own settings: :class:`MHASettings` or :class:`~attention_lab.mla.MLASettings`).
+
+    TinyGPTConfig(vocab_size=65)                                    # multi-head attention, 4 heads
+    TinyGPTConfig(vocab_size=65, n_kv_heads=1)                      # multi-query attention
+    TinyGPTConfig(vocab_size=65, settings=MHASettings(rope=True))   # RoPE on queries and keys
+    TinyGPTConfig(vocab_size=65, attention="mla", settings=MLASettings(kv_latent_dim=48, rope_dim=16))
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attention_lab.attention import MultiHeadAttention
+from attention_lab.mla import MLASettings, build_mla
 from attention_lab.validation import check_divides, check_positive_int, check_rank
+
+
+@dataclass(frozen=True)
+class MHASettings:
+    """Settings of ``attention='mha'`` (:class:`~attention_lab.attention.MultiHeadAttention`) beside
+    ``n_kv_heads`` and ``window``, which every config has."""
+
+    rope: bool = False  # rotate queries and keys by their positions (attention_lab.rope; chapter 12's baseline)
+    rope_base: float = 10000.0  # RoPE's base: pair i turns by position · base^(-2i / head_dim)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rope, bool):
+            raise ValueError(f"rope must be True or False, got {self.rope!r}")
+        if not self.rope_base > 0:
+            raise ValueError(f"rope_base must be > 0, got {self.rope_base!r}")
 
 
 @dataclass(frozen=True)
@@ -26,9 +50,10 @@ class TinyGPTConfig:
     n_kv_heads: int | None = None  # key/value heads: None = n_heads (MHA), 1 = MQA, else GQA
     window: int | None = None  # sliding-window size (keys incl. self); None = full causal attention
     backend: str = "reference"  # attention function: 'reference', 'torch', 'flash'
-    attention: str = "mha"  # attention variant: a key of ATTENTION_VARIANTS
+    attention: str = "mha"  # attention variant: a key of ATTENTION_VARIANTS ('mha', 'mla')
     dropout: float = 0.0  # dropout on attention output and MLP
-    options: dict = field(default_factory=dict, hash=False)  # extra per-variant settings (e.g. MLA dims)
+    settings: MHASettings | MLASettings | None = None  # the variant's own settings; None = its defaults
+    #   (a dict is accepted too: each key is checked, and the config keeps the typed settings)
     mlp_hidden: int | None = None  # MLP width; None = 4·d_model (set it to match parameter budgets)
 
     def __post_init__(self) -> None:
@@ -47,32 +72,55 @@ class TinyGPTConfig:
             check_positive_int("mlp_hidden", self.mlp_hidden)
         if self.attention not in ATTENTION_VARIANTS:
             raise ValueError(f"attention must be one of {sorted(ATTENTION_VARIANTS)}, got {self.attention!r}")
+        settings_type = ATTENTION_VARIANTS[self.attention].settings
+        if isinstance(self.settings, Mapping):  # a plain dict is checked key by key, then kept typed
+            object.__setattr__(self, "settings", settings_from_dict(settings_type, self.settings))
+        if self.settings is not None and not isinstance(self.settings, settings_type):
+            raise ValueError(f"settings for attention={self.attention!r} must be {settings_type.__name__}(...), "
+                             f"got {self.settings!r}")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def attention_settings(self) -> MHASettings | MLASettings:
+        """``settings``, or the variant's defaults when it is ``None``."""
+        return ATTENTION_VARIANTS[self.attention].settings() if self.settings is None else self.settings
 
-# Variant name -> "module:factory"; the factory takes a TinyGPTConfig and returns an attention module
-# with forward(x, positions, cache) and make_cache(batch_size, max_len, device, dtype).
-ATTENTION_VARIANTS: dict[str, str] = {
-    "mha": "attention_lab.model:_build_mha",
-    "mla": "attention_lab.mla:build_mla",
+
+def settings_from_dict(settings_type: type, values: Mapping[str, object]):
+    """``settings_type(**values)`` (e.g. :class:`MHASettings`), refusing a key it does not have with a
+    ``ValueError`` that names the key and the known ones (a typo such as ``"rop"`` is an error, never ignored)."""
+    known = [field.name for field in fields(settings_type)]
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        raise ValueError(f"unknown {settings_type.__name__} setting(s) {unknown}; the known ones are {known}")
+    return settings_type(**values)
+
+
+def build_mha(config: TinyGPTConfig) -> MultiHeadAttention:
+    """One layer of ``attention='mha'``: MHA, GQA or MQA by ``n_kv_heads``, optionally windowed, optionally RoPE."""
+    settings = config.attention_settings
+    return MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads, window=config.window,
+                              backend=config.backend, rope=settings.rope, rope_base=settings.rope_base)
+
+
+class AttentionVariant(NamedTuple):
+    settings: type  # its settings dataclass (TinyGPTConfig.settings)
+    build: Callable[[TinyGPTConfig], nn.Module]  # config -> one layer's attention module, with
+    #   forward(x, positions, cache) and make_cache(batch_size, max_len, device, dtype)
+
+
+ATTENTION_VARIANTS: dict[str, AttentionVariant] = {
+    "mha": AttentionVariant(MHASettings, build_mha),  # attention_lab.attention, chapters 01-06
+    "mla": AttentionVariant(MLASettings, build_mla),  # attention_lab.mla, chapter 12
 }
-
-
-def _build_mha(config: TinyGPTConfig) -> nn.Module:
-    from attention_lab.attention import MultiHeadAttention
-
-    return MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads,
-                              window=config.window, backend=config.backend,
-                              rope=bool(config.options.get("rope", False)))  # options={"rope": True}: RoPE on q, k
 
 
 def build_attention(config: TinyGPTConfig) -> nn.Module:
     """Instantiate the attention module named by ``config.attention``."""
-    module_name, factory = ATTENTION_VARIANTS[config.attention].split(":")
-    return getattr(importlib.import_module(module_name), factory)(config)
+    return ATTENTION_VARIANTS[config.attention].build(config)
 
 
 class MLP(nn.Module):

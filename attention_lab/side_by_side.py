@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from attention_lab.data import TokenDataset
+from attention_lab.mla import MLASettings
 from attention_lab.model import TinyGPT, TinyGPTConfig
 from attention_lab.train import train
 
@@ -19,7 +20,7 @@ VARIANTS: dict[str, dict] = {
     "GQA-4": {"n_kv_heads": 4},
     "GQA-2": {"n_kv_heads": 2},
     "MQA": {"n_kv_heads": 1},
-    "MLA": {"attention": "mla"},
+    "MLA": {"attention": "mla", "settings": MLASettings()},  # DeepSeek-V2's ratios: d_c = 4·d_h, d_h^R = d_h/2
     "sliding window": {"window": "quarter"},  # a quarter of the context
     "MHA + Triton flash": {"backend": "flash"},
 }

@@ -7,7 +7,8 @@ from attention_lab.side_by_side import VARIANTS, compare_variants, results_from_
 from attention_lab.data import CharTokenizer, TokenDataset, synthetic_corpus
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch13 import check_cache_bytes_per_token
-from attention_lab.model import TinyGPTConfig
+from attention_lab.mla import MLASettings
+from attention_lab.model import MHASettings, TinyGPTConfig
 
 BASE = TinyGPTConfig(vocab_size=27, context_length=16, d_model=32, n_layers=2, n_heads=8)
 
@@ -19,6 +20,12 @@ def test_variant_configs():
     assert variant_config(BASE, "MLA").attention == "mla"
     with pytest.raises(ValueError, match="name must be one of"):
         variant_config(BASE, "nope")
+
+
+def test_variant_configs_keep_or_replace_the_base_settings():
+    roped = TinyGPTConfig(vocab_size=27, context_length=16, d_model=32, n_heads=8, settings=MHASettings(rope=True))
+    assert variant_config(roped, "MQA").settings == MHASettings(rope=True)  # the MHA family keeps RoPE
+    assert variant_config(roped, "MLA").settings == MLASettings()  # MLA has its own (decoupled) RoPE
 
 
 def test_comparison_cache_bytes_follow_the_formulas():

@@ -11,7 +11,7 @@ from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch12 import check_absorbed_query
 from attention_lab.generate import generate
 from attention_lab.caches.contiguous import KVCache
-from attention_lab.mla import LatentCache, MultiHeadLatentAttention, absorb_query, expand_values, set_mode
+from attention_lab.mla import LatentCache, MLASettings, MultiHeadLatentAttention, absorb_query, expand_values, set_mode
 from attention_lab.rope import apply_rope
 from reference import TOLERANCES, attention_fp64
 
@@ -133,16 +133,29 @@ def test_gradients_agree_between_the_paths():
         torch.testing.assert_close(grads["absorbed"][name], grad, atol=1e-9, rtol=1e-9)
 
 
-def tiny_mla_gpt(**options) -> TinyGPT:
+def tiny_mla_gpt(**settings) -> TinyGPT:
     torch.manual_seed(0)
     config = TinyGPTConfig(vocab_size=29, context_length=40, d_model=32, n_layers=2, n_heads=4, attention="mla",
-                           options={"kv_latent_dim": 20, "rope_dim": 4, **options})
+                           settings=MLASettings(**{"kv_latent_dim": 20, "rope_dim": 4, **settings}))
     return TinyGPT(config).eval()
 
 
-@pytest.mark.parametrize("options", [{}, {"q_latent_dim": 12}])
-def test_cached_generation_equals_uncached_in_both_modes(options):
-    model = tiny_mla_gpt(**options)
+def test_mla_settings_reach_every_layer():
+    settings = MLASettings(kv_latent_dim=20, q_latent_dim=12, rope_dim=6, rope_base=500.0, mode="absorbed")
+    model = TinyGPT(TinyGPTConfig(vocab_size=9, d_model=32, n_heads=4, attention="mla", settings=settings))
+    for block in model.blocks:
+        layer = block.attn
+        assert isinstance(layer, MultiHeadLatentAttention)
+        assert (layer.kv_latent_dim, layer.q_latent_dim, layer.rope_dim, layer.mode) == (20, 12, 6, "absorbed")
+        assert layer.rotary.base == 500.0
+    # Unset sizes follow DeepSeek-V2's ratios to d_h = 32 / 4 = 8: d_c = 4·d_h, d_h^R = d_h / 2.
+    layer = TinyGPT(TinyGPTConfig(vocab_size=9, d_model=32, n_heads=4, attention="mla")).blocks[0].attn
+    assert (layer.kv_latent_dim, layer.q_latent_dim, layer.rope_dim, layer.mode) == (32, None, 4, "naive")
+
+
+@pytest.mark.parametrize("settings", [{}, {"q_latent_dim": 12}])
+def test_cached_generation_equals_uncached_in_both_modes(settings):
+    model = tiny_mla_gpt(**settings)
     for prompt_len, new in [(1, 20), (9, 25)]:
         prompt = torch.randint(0, 29, (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
         set_mode(model, "naive")
@@ -207,7 +220,13 @@ def test_absorbed_helpers_follow_their_definitions():
     (lambda: absorb_query(torch.randn(1, 2, 3, 4), torch.randn(9, 5)), r"w_uk must have shape \(n_heads·head_dim, latent_dim\) = \(8, d_c\)"),
     (lambda: expand_values(torch.randn(1, 2, 3, 5), torch.randn(8, 6)), r"w_uv must have shape"),
     (lambda: LatentCache(1, 4, 16, 3), "rope_dim must be even"),
-    (lambda: tiny_mla_gpt(kv_rank=3), "options for attention='mla' must be among"),
+    (lambda: TinyGPTConfig(vocab_size=9, attention="mla", settings={"kv_rank": 3}),
+     r"unknown MLASettings setting\(s\) \['kv_rank'\]; the known ones are \['kv_latent_dim', 'q_latent_dim'"),
+    (lambda: TinyGPTConfig(vocab_size=9, attention="mla", settings={"rope": True}),
+     r"unknown MLASettings setting\(s\) \['rope'\]"),
+    (lambda: MLASettings(rope_dim=3), "rope_dim must be even"),
+    (lambda: MLASettings(mode="fast"), "mode must be one of"),
+    (lambda: MLASettings(kv_latent_dim=0), "kv_latent_dim must be an integer >= 1"),
     (lambda: TinyGPT(TinyGPTConfig(vocab_size=9, n_kv_heads=2, attention="mla")), "leave n_kv_heads and window"),
 ])
 def test_bad_input_raises_clear_value_error(call, message):

@@ -6,6 +6,9 @@ import torch
 from attention_lab import TinyGPT, TinyGPTConfig
 from attention_lab.data import CharTokenizer, TokenDataset, synthetic_corpus
 from attention_lab.generate import generate, sample_next
+from attention_lab.mla import MLASettings
+from attention_lab.model import MHASettings
+from attention_lab.rope import RotaryEmbedding
 from attention_lab.train import evaluate, train
 
 
@@ -99,7 +102,22 @@ def test_cache_errors_are_clear():
     (dict(n_kv_heads=3), "n_kv_heads=3 must divide n_heads=4"),
     (dict(window=0), "window must be an integer >= 1"),
     (dict(attention="nope"), "attention must be one of"),
+    (dict(settings={"rop": True}), r"unknown MHASettings setting\(s\) \['rop'\]; the known ones are \['rope', 'rope_base'\]"),
+    (dict(settings=MLASettings()), r"settings for attention='mha' must be MHASettings\(...\), got MLASettings"),
+    (dict(attention="mla", settings=MHASettings(rope=True)), r"settings for attention='mla' must be MLASettings"),
+    (dict(settings={"rope": "yes"}), "rope must be True or False"),
+    (dict(settings={"rope_base": 0.0}), "rope_base must be > 0"),
 ])
 def test_bad_config_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
+
+
+def test_settings_reach_every_attention_layer():
+    assert all(block.attn.rotary is None for block in tiny().blocks)  # default: no RoPE
+    for settings in (MHASettings(rope=True, rope_base=500.0), {"rope": True, "rope_base": 500.0}):
+        model = tiny(n_kv_heads=2, settings=settings)
+        assert model.config.settings == MHASettings(rope=True, rope_base=500.0)  # a dict is kept typed
+        for block in model.blocks:
+            assert isinstance(block.attn.rotary, RotaryEmbedding) and block.attn.rotary.base == 500.0
+    assert all(block.attn.rotary is None for block in tiny(settings=MHASettings(rope=False)).blocks)

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from attention_lab import TinyGPT, TinyGPTConfig
+from attention_lab import MHASettings, TinyGPT, TinyGPTConfig
 from attention_lab.exercises.ch11 import check_blocks_needed, check_physical_slot
 from attention_lab.exercises.core import ExerciseError
 from attention_lab.caches.fragmentation import TraceRequest, compare_allocators, make_trace, simulate
@@ -275,6 +275,9 @@ def test_engine_errors(model):
     windowed = TinyGPT(TinyGPTConfig(vocab_size=40, context_length=32, d_model=32, n_heads=4, window=4))
     with pytest.raises(ValueError, match="full causal MultiHeadAttention"):
         ServingEngine(windowed, 8, 4)
+    roped = TinyGPT(TinyGPTConfig(vocab_size=40, context_length=32, d_model=32, n_heads=4, settings=MHASettings(rope=True)))
+    with pytest.raises(ValueError, match="without RoPE"):
+        ServingEngine(roped, 8, 4)
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@ import torch
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig
 from attention_lab.generate import generate
+from attention_lab.model import MHASettings
 from attention_lab.rope import RotaryEmbedding, apply_rope, rope_angles, rotation_matrix
 
 
@@ -71,7 +72,7 @@ def test_rope_in_multihead_attention_is_translation_invariant():
 def test_tinygpt_with_rope_caches_exactly():
     torch.manual_seed(0)
     model = TinyGPT(TinyGPTConfig(vocab_size=29, context_length=40, d_model=32, n_heads=4, n_kv_heads=2,
-                                  options={"rope": True})).eval()
+                                  settings=MHASettings(rope=True))).eval()
     prompt = torch.randint(0, 29, (2, 6), generator=torch.Generator().manual_seed(1))
     cached, cached_logits = generate(model, prompt, 25, use_cache=True, return_logits=True)
     plain, plain_logits = generate(model, prompt, 25, use_cache=False, return_logits=True)

@@ -28,7 +28,6 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[2]  # the repository checkout
 NOTEBOOKS = ROOT / "notebooks"
 SOURCES = NOTEBOOKS / "src"
-STUDENT = NOTEBOOKS / "student"
 
 
 def repository_url() -> str:

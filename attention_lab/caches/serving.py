@@ -120,10 +120,11 @@ class ServingEngine:
                  decode: str = "auto", share_prompt: bool = True) -> None:
         from attention_lab.attention import MultiHeadAttention
 
-        for block in model.blocks:
-            if not isinstance(block.attn, MultiHeadAttention) or block.attn.window is not None:
-                raise ValueError("ServingEngine needs TinyGPT with full causal MultiHeadAttention "
-                                 "(attention='mha', window=None)")
+        for block in model.blocks:  # the batched decode step below has no window and rotates nothing
+            attn = block.attn
+            if not isinstance(attn, MultiHeadAttention) or attn.window is not None or attn.rotary is not None:
+                raise ValueError("ServingEngine needs TinyGPT with full causal MultiHeadAttention without RoPE "
+                                 "(attention='mha', window=None, settings.rope=False)")
         if decode not in ("auto", "reference", "triton"):
             raise ValueError(f"decode must be 'auto', 'reference' or 'triton', got {decode!r}")
         if max_batch is not None:

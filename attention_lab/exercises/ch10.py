@@ -36,11 +36,13 @@ def run_forward_with_step(step: Callable, q: torch.Tensor, k: torch.Tensor, v: t
     from attention_lab.flash import triton_attention
 
     with triton_attention.online_softmax_step_replaced(step):
-        out, _ = triton_attention._forward(q, k, v, None, causal, None, None, tile=_TILE)
+        out, _ = triton_attention.flash_attention_forward(q, k, v, None, causal, None, None, tile=_TILE)
     return out
 
 
-def _check_here(step: Callable) -> None:
+def check_step_interpreted(step: Callable) -> None:
+    """Check ``step`` in this process, which runs Triton's interpreter (``TRITON_INTERPRET=1``): the library's
+    forward with ``step`` as its update must equal the reference attention on odd shapes, causal and not."""
     generator = random_generator(10)
     for batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal in _CASES:
         q = torch.randn(batch, n_heads, n_queries, head_dim, generator=generator) * 2
@@ -75,7 +77,7 @@ def _check_in_subprocess(step: Callable) -> None:
                    "from attention_lab.exercises import ch10\n"
                    f"spec = importlib.util.spec_from_file_location('student_step', {path!r})\n"
                    "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
-                   f"ch10._check_here(getattr(module, {raw.__name__!r}))\n")
+                   f"ch10.check_step_interpreted(getattr(module, {raw.__name__!r}))\n")
         # The interpreted check runs exactly as on a machine without a GPU: no CUDA device visible.
         env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
         done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=600)
@@ -100,6 +102,6 @@ def check_online_softmax_step(step: Callable) -> None:
     from attention_lab.flash import triton_attention
 
     if triton_attention.interpreting():
-        _check_here(step)
+        check_step_interpreted(step)
     else:
         _check_in_subprocess(step)

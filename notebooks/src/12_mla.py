@@ -25,12 +25,12 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig
+from attention_lab import MHASettings, MultiHeadAttention, TinyGPT, TinyGPTConfig
 from attention_lab.book.results import load as load_results, result_path
 from attention_lab.caches.sizes import ModelShape, format_bytes
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
 from attention_lab.generate import generate
-from attention_lab.mla import DEEPSEEK_V2, MultiHeadLatentAttention, set_mode
+from attention_lab.mla import DEEPSEEK_V2, MLASettings, MultiHeadLatentAttention, set_mode
 from attention_lab.rope import apply_rope, rotation_matrix
 from attention_lab.train import train
 
@@ -65,7 +65,7 @@ text = load_corpus("synthetic")
 tokenizer = get_tokenizer(text, kind="char")  # the same tokenizer offline and on Colab: comparable numbers
 data = TokenDataset.from_text(text, tokenizer, context_length=64)
 base = TinyGPTConfig(vocab_size=tokenizer.vocab_size, context_length=64, d_model=64, n_layers=2, n_heads=4,
-                     options={"rope": True})
+                     settings=MHASettings(rope=True))
 STEPS, BATCH = 100, 16  # a short run, cheap on a CPU
 
 torch.manual_seed(0)
@@ -323,7 +323,7 @@ configs = {
     "MHA": base,
     "GQA (2 groups)": dataclasses.replace(base, n_kv_heads=2),
     "MQA": dataclasses.replace(base, n_kv_heads=1),
-    "MLA (d_c=48)": dataclasses.replace(base, attention="mla", options={"kv_latent_dim": 48, "rope_dim": 16}),
+    "MLA (d_c=48)": dataclasses.replace(base, attention="mla", settings=MLASettings(kv_latent_dim=48, rope_dim=16)),
 }
 models, results = {("MHA", 0): mha}, {("MHA", 0): mha_result}
 for name, seed in [(name, 0) for name in configs] + [("MHA", 1)]:
