@@ -26,7 +26,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Generic, TypeVar
 
 import torch
 
@@ -36,6 +36,7 @@ DOWNLOAD_TIMEOUT_S = 30.0  # the longest any one download may take before it is 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_FILE = "tinyshakespeare.txt"
 GPT2_HOST = "openaipublic.blob.core.windows.net"  # where tiktoken fetches GPT-2's vocab.bpe and encoder.json
+PROBE_ADDRESS = (GPT2_HOST, 443)  # what is_offline() tries to reach
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -132,7 +133,7 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-class _Attempt:
+class _Attempt(Generic[_T]):
     """One call of ``fn`` in a daemon thread, so the caller can stop waiting for it after a time limit.
 
     Name resolution and some libraries' downloads (tiktoken's, through ``requests``) have no time limit
@@ -162,7 +163,8 @@ class _Attempt:
 
 
 def is_offline(timeout: float = 2.0) -> bool:
-    """True when the offline switch is on, or GPT-2's file host cannot be reached within ``timeout`` seconds.
+    """True when the offline switch is on, or GPT-2's file host (:data:`PROBE_ADDRESS`) cannot be reached within
+    ``timeout`` seconds (connecting and resolving the name both count).
 
     A quick hint only: a host that accepts connections may still never answer, which is why every
     download has its own time limit as well.
@@ -172,7 +174,7 @@ def is_offline(timeout: float = 2.0) -> bool:
         return True
 
     def probe() -> None:
-        socket.create_connection((GPT2_HOST, 443), timeout=timeout).close()
+        socket.create_connection(PROBE_ADDRESS, timeout=timeout).close()
 
     try:
         _Attempt(probe, "attention_lab network probe").wait(timeout)
@@ -191,7 +193,7 @@ def download(url: str, path: str | Path, timeout: float = DOWNLOAD_TIMEOUT_S, wh
     timeout = _check_timeout(timeout)
     path = Path(path)
     if offline_requested():
-        raise DownloadError(f"{what} is not downloaded because {OFFLINE_VARIABLE} is set (offline); "
+        raise DownloadError(f"{what[:1].upper()}{what[1:]} is not downloaded because {OFFLINE_VARIABLE} is set (offline); "
                             f"unset it to fetch {url}.")
     deadline = time.monotonic() + timeout
     cancelled = threading.Event()
@@ -215,7 +217,10 @@ def download(url: str, path: str | Path, timeout: float = DOWNLOAD_TIMEOUT_S, wh
             part.unlink(missing_ok=True)
 
     try:
-        _Attempt(fetch, f"attention_lab download of {url}").wait(max(deadline - time.monotonic(), 0.0))
+        try:
+            _Attempt(fetch, f"attention_lab download of {url}").wait(max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise TimeoutError(f"not finished within {timeout:g} s") from None
     except Exception as error:  # URLError, socket and HTTP errors, the time limit
         cancelled.set()
         raise DownloadError(f"Could not download {what} from {url} ({_short(error)}); check the network, "
