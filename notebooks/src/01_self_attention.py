@@ -19,6 +19,8 @@ from attention_lab.costs.timing import attention_cost_curve
 from attention_lab.book.plots import heatmap
 from attention_lab.toy_sentence import FEATURES, SENTENCE, softmax_peak, word_embeddings
 
+torch.set_num_threads(1)  # small tensors: one CPU thread is as fast, and the time is the same on any machine
+
 # %% [markdown]
 # ## Embeddings
 #

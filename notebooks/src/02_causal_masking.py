@@ -18,6 +18,8 @@ from attention_lab.book.plots import heatmap, loss_curve
 from attention_lab.toy_sentence import SENTENCE, word_embeddings
 from attention_lab.train import train
 
+torch.set_num_threads(1)  # small tensors: one CPU thread is as fast, and the time is the same on any machine
+
 # %% [markdown]
 # ## The mask and the −∞ triangle
 
