@@ -67,7 +67,7 @@ def _sentence(rng: random.Random, subject: str) -> str:
 
 
 def synthetic_corpus(n_stories: int = 1500, seed: int = 0) -> str:
-    """Deterministic short stories from a tiny grammar (the book's offline corpus, ~200 KB by default).
+    """Deterministic short stories from a tiny grammar (the book's offline corpus, ~160 KB by default).
 
     Each story introduces a character and then refers back to it ("the cat ... the cat ..."),
     so a model must look back in the context to predict well — a job for attention.
