@@ -269,8 +269,8 @@ print(f"Mistral 7B at {contexts[-1]:,} tokens: {format_bytes(mistral.cache_bytes
 # ## What a window costs in quality
 #
 # The same TinyGPT trained for the same number of steps on the story corpus, once with full causal
-# attention and once with a window of 8 characters, whose two layers reach back `receptive_field(2, 8)`
-# characters (printed below). The stories refer back to their hero ("once there was a fox. … the fox sat
+# attention and once with a window of 8 positions (characters or BPE tokens, whichever tokenizer loaded:
+# printed below), whose two layers reach back `receptive_field(2, 8)` positions. The stories refer back to their hero ("once there was a fox. … the fox sat
 # on a mat"), often further back than that.
 
 # %%
@@ -278,7 +278,8 @@ text = load_corpus()
 tokenizer = get_tokenizer(text)
 data = TokenDataset.from_text(text, tokenizer, context_length=64)
 steps = 1500 if device.type == "cuda" else 200
-print(f"reach of the window-8 model: {receptive_field(2, 8)} characters; context: {data.context_length}")
+print(f"tokenizer: {tokenizer.name}; reach of the window-8 model: {receptive_field(2, 8)} {tokenizer.units}; "
+      f"context: {data.context_length} {tokenizer.units}")
 trained, results = {}, {}
 for name, w in (("full", None), ("window 8", 8)):
     torch.manual_seed(0)
@@ -313,7 +314,7 @@ for name, result in results.items():
 axes[0].set_title(f"Validation loss, equal steps ({steps})")
 axes[0].set_xlabel("training step")
 axes[1].set_title("Validation loss by position in the context")
-axes[1].set_xlabel("position of the predicted token (characters)")
+axes[1].set_xlabel(f"position of the predicted token ({tokenizer.units})")
 axes[1].axvline(reach, color="gray", linestyle=":", label="reach of the window model")
 for ax in axes:
     ax.set_ylabel("cross-entropy (nats / token)")
@@ -340,8 +341,8 @@ print("full:    ", repr(tokenizer.decode(generate(trained["full"], prompt, 37)[0
 # In the run above the window does not cost quality — it gains, at every position (printed above). After
 # so few steps the full model has not yet learned *where* to look: its loss even grows with the position
 # in the context (right plot) — the more keys it can see, the more its still unfocused attention spreads
-# over irrelevant ones. The window model is told where to look — the last 8 characters, which decide most
-# of the next character — and learns faster.
+# over irrelevant ones. The window model is told where to look — the last 8 positions, which decide most
+# of the next one — and learns faster.
 # That is the locality prior a window brings. It is not the whole story: with more training a full model
 # can use the hero's name from the start of a story, beyond the window model's reach, and a window model
 # needs more layers (or a larger $w$) to reach that far — the receptive field above. On a GPU this cell
