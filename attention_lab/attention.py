@@ -15,8 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attention_lab.validation import check_divides, check_float_dtype, check_positive_int, check_rank
+from attention_lab.validation import (check_divides, check_dtype_matches, check_float_dtype, check_positive_int,
+                                     check_rank, check_real)
 from attention_lab.masks import causal_mask, sliding_window_mask
+
+
+def check_scale(scale: float | None, head_dim: int) -> float:
+    """The softmax scale every attention path uses: ``head_dim ** -0.5`` when ``scale`` is None, else ``scale``
+    itself, which must be a positive finite real number (a bool, a string, NaN, ±inf, 0 or a negative
+    number is a ``ValueError``). Shared by every path, so each refuses the same values with the same message.
+    """
+    if scale is None:
+        return head_dim ** -0.5
+    return check_real("scale", scale, minimum=0.0, strict=True)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -31,6 +42,9 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
     check_rank("v", v, 4, "(batch, n_kv_heads, n_keys, value_dim)")
     check_float_dtype("q", q)
     batch, n_heads, n_queries, head_dim = q.shape
+    if head_dim < 1 or n_heads < 1 or k.shape[1] < 1:
+        raise ValueError(f"q (B, H, Nq, D) and k (B, Hkv, Nk, D) need at least one head and head_dim >= 1, got "
+                         f"q {tuple(q.shape)} and k {tuple(k.shape)}")
     if k.shape[0] != batch or v.shape[0] != batch:
         raise ValueError(f"q, k and v must share the batch size: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if k.shape[-1] != head_dim:
@@ -95,13 +109,12 @@ def attention_weights(
 ) -> torch.Tensor:
     """softmax(q kᵀ · scale) with masking: the ``(B, H, Nq, Nk)`` attention weights, in fp32 (fp64 for fp64 input).
 
-    Rows whose keys are all masked get weight 0 everywhere (not NaN).
+    Rows whose keys are all masked get weight 0 everywhere (not NaN): with ``causal`` and ``Nq > Nk`` the
+    first ``Nq − Nk`` queries see no key. A NaN in a query row, or in a key it may see, gives a NaN row.
     """
     v_stub = k[..., :0]  # validation only: (B, Hkv, Nk, 0)
     batch, n_heads, n_kv_heads, n_queries, n_keys = check_qkv(q, k, v_stub)
-    if (causal or window is not None) and n_queries > n_keys:
-        raise ValueError(f"causal attention needs n_queries <= n_keys (queries are the last keys), got {n_queries} > {n_keys}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = check_scale(scale, q.shape[-1])
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax stats in fp32 at least
     group = n_heads // n_kv_heads
     # Fold each kv head's group of query heads into its query rows: one (G·Nq × D) @ (D × Nk) product per
@@ -156,7 +169,8 @@ def scaled_dot_product_attention(
 
     Returns:
         ``(B, H, Nq, Dv)`` in q's dtype. Softmax statistics are computed in fp32 (fp64 for fp64
-        input); a query whose keys are all masked returns zeros.
+        input); a query whose keys are all masked returns zeros (with ``causal`` and ``Nq > Nk``, the first
+        ``Nq − Nk`` queries), and a NaN in a query row or in a key/value it sees stays NaN.
     """
     check_qkv(q, k, v)
     weights = attention_weights(q, k, mask, causal, window, scale)  # (B, H, Nq, Nk), fp32/fp64
@@ -180,11 +194,11 @@ def torch_attention(
     """Same contract as :func:`scaled_dot_product_attention`, computed by PyTorch's fused SDPA.
 
     PyTorch's ``is_causal`` aligns queries to the START of the keys, so for ``Nq != Nk`` (decoding)
-    or a window this passes an explicit bool mask built by :func:`build_mask` instead.
+    or a window this passes an explicit bool mask built by :func:`build_mask` instead. PyTorch's CPU kernel
+    turns a query row holding NaN into zeros; such rows are set back to NaN, as the reference gives.
     """
     batch, n_heads, n_kv_heads, n_queries, n_keys = check_qkv(q, k, v)
-    if (causal or window is not None) and n_queries > n_keys:
-        raise ValueError(f"causal attention needs n_queries <= n_keys, got {n_queries} > {n_keys}")
+    scale = check_scale(scale, q.shape[-1])
     use_is_causal = causal and window is None and mask is None and n_queries == n_keys
     allowed = None if use_is_causal else build_mask(n_queries, n_keys, mask, causal, window, batch, n_heads, q.device)
     if n_kv_heads != n_heads:
@@ -197,9 +211,24 @@ def torch_attention(
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=use_is_causal, scale=scale)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=use_is_causal, scale=scale)
+    out = out.masked_fill(torch.isnan(q).any(dim=-1, keepdim=True), float("nan"))  # a NaN query stays NaN
     if allowed is not None:
         out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # all-masked rows: zeros, not NaN
     return out
+
+
+def check_kv_cache(cache) -> None:
+    """Raise ``ValueError`` unless ``cache`` is None or a per-layer key/value cache: an object with
+    ``length`` and ``update(k, v)`` (:class:`~attention_lab.caches.contiguous.KVCache`, the rolling cache, a
+    paged sequence's view). MLA's :class:`~attention_lab.mla.LatentCache` and a whole-model
+    :class:`~attention_lab.model.ModelCache` are refused by name."""
+    if cache is None:
+        return
+    from attention_lab.mla import LatentCache  # imported here: attention_lab.mla imports this module
+
+    if isinstance(cache, LatentCache) or not (hasattr(cache, "update") and hasattr(cache, "length")):
+        raise ValueError("cache must be this layer's key/value cache (a KVCache or RollingKVCache from "
+                         f"make_cache()), got {type(cache).__name__}")
 
 
 class AttentionFunction(Protocol):
@@ -291,6 +320,8 @@ class MultiHeadAttention(nn.Module):
         check_rank("x", x, 3, "(batch, seq, d_model)")
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (batch, seq, d_model={self.d_model}), got {tuple(x.shape)}")
+        check_dtype_matches("x", x, self.q_proj.weight.dtype, "this MultiHeadAttention")
+        check_kv_cache(cache)
         batch, seq, _ = x.shape
         q, k, v = self.project_qkv(x)
         if self.rotary is not None:

@@ -2,7 +2,9 @@
 
 Masks are ``(Nq, Nk)`` and broadcast over batch and heads. When ``Nq != Nk`` the queries are
 the LAST ``Nq`` positions of the ``Nk`` keys (decoding with a cache): query ``i`` sits at
-absolute position ``i + Nk - Nq``.
+absolute position ``i + Nk - Nq``. With ``Nq > Nk`` the first ``Nq - Nk`` queries sit before every key
+and see none (an all-False row; attention gives them zeros), as flash-attention's and PyTorch's
+``causal_lower_right`` do.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from attention_lab.validation import check_positive_int
 
 
 def _positions(n_queries: int, n_keys: int, device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absolute positions of queries ``(Nq, 1)`` and keys ``(1, Nk)``, queries aligned to the end."""
+    """Absolute positions of queries ``(Nq, 1)`` and keys ``(1, Nk)``, queries aligned to the end
+    (a query's position is negative when ``Nq > Nk`` puts it before the first key)."""
     check_positive_int("n_queries", n_queries, minimum=0)
     check_positive_int("n_keys", n_keys, minimum=0)
-    if n_queries > n_keys:
-        raise ValueError(f"n_queries={n_queries} cannot exceed n_keys={n_keys}: queries are aligned to the end of the keys")
     query_pos = torch.arange(n_queries, device=device).unsqueeze(1) + (n_keys - n_queries)  # (Nq, 1)
     key_pos = torch.arange(n_keys, device=device).unsqueeze(0)  # (1, Nk)
     return query_pos, key_pos

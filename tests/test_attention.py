@@ -142,7 +142,9 @@ def test_multihead_kv_heads_equal_mha_reduction():
     (lambda: scaled_dot_product_attention(*_qkv(1, 2, 2, 5, 5, 16), mask=torch.ones(5, 4, dtype=torch.bool)), "mask must have shape"),
     (lambda: scaled_dot_product_attention(*_qkv(1, 2, 2, 5, 5, 16), mask=torch.ones(5, 5)), "bool"),
     (lambda: scaled_dot_product_attention(*_qkv(1, 2, 2, 5, 5, 16), window=0), "window must be an integer >= 1"),
-    (lambda: scaled_dot_product_attention(*_qkv(1, 2, 2, 6, 5, 16), causal=True), "n_queries <= n_keys"),
+    (lambda: scaled_dot_product_attention(*_qkv(1, 2, 2, 5, 5, 0)), "head_dim >= 1"),
+    (lambda: scaled_dot_product_attention(torch.randn(1, 0, 5, 8), torch.randn(1, 0, 5, 8), torch.randn(1, 0, 5, 8)),
+     "at least one head"),
     (lambda: MultiHeadAttention(30, 4), "must divide d_model"),
     (lambda: MultiHeadAttention(32, 4, n_kv_heads=3), "n_kv_heads=3 must divide n_heads=4"),
     (lambda: MultiHeadAttention(32, 4, backend="nope"), "backend must be one of"),
@@ -150,3 +152,72 @@ def test_multihead_kv_heads_equal_mha_reduction():
 def test_bad_input_raises_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---------------------------------------------------------------------- issue #18: Nq > Nk, NaN, scale
+@pytest.mark.parametrize("attend", [scaled_dot_product_attention, torch_attention])
+@pytest.mark.parametrize("n_queries,n_keys,window", [(6, 5, None), (9, 3, None), (7, 4, 2), (4, 1, None), (3, 0, None)])
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_causal_with_more_queries_than_keys_gives_zero_rows_first(attend, n_queries, n_keys, window, n_kv_heads):
+    """DESIGN §3: query i sits at position i + Nk − Nq; the first Nq − Nk see no key and get zero rows."""
+    q, k, v = _qkv(2, 4, n_kv_heads, n_queries, n_keys, 16, seed=n_queries * 7 + n_keys)
+    out = attend(q, k, v, causal=True, window=window)
+    expected = (attention_fp64(q, k, v, causal=True, window=window) if n_keys else
+                torch.zeros(out.shape, dtype=torch.float64))  # (the fp64 einsum needs a key)
+    _assert_matches(out, expected, torch.float32)
+    assert (out[:, :, :n_queries - n_keys] == 0).all()
+    assert (expected[:, :, n_queries - n_keys:].abs().sum(-1) > 0).all()  # every later query sees a key
+
+
+def test_masks_with_more_queries_than_keys():
+    assert causal_mask(4, 2).tolist() == [[False, False], [False, False], [True, False], [True, True]]
+    assert torch.equal(sliding_window_mask(4, 2, 3), allowed_positions(4, 3, window=2))
+    for n_queries, n_keys in [(5, 2), (3, 0), (2, 2)]:
+        assert torch.equal(causal_mask(n_queries, n_keys), allowed_positions(n_queries, n_keys, causal=True))
+    weights = attention_weights(*_qkv(1, 2, 2, 5, 3, 8)[:2], causal=True)
+    assert (weights[:, :, :2] == 0).all() and torch.allclose(weights[:, :, 2:].sum(-1), torch.ones(1, 2, 3))
+
+
+@pytest.mark.parametrize("attend", [scaled_dot_product_attention, torch_attention])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("masked", [False, True])  # without a mask torch_attention takes PyTorch's fused paths
+def test_a_nan_query_row_stays_nan_and_a_fully_masked_row_stays_zero(attend, causal, masked):
+    q, k, v = _qkv(1, 4, 2, 6, 6, 16, seed=3)
+    q[0, 1, 3, 5] = float("nan")  # one element of one query row
+    mask = None
+    clean = torch.ones(1, 4, 6, dtype=torch.bool)
+    clean[0, 1, 3] = False
+    if masked:
+        mask = torch.ones(1, 4, 6, 6, dtype=torch.bool)
+        mask[0, 2, 4] = False  # head 2, query 4 sees nothing
+        q[0, 2, 4, 0] = float("nan")  # ... and is NaN: still a zero row (nothing is read)
+        clean[0, 2, 4] = False
+    out = attend(q, k, v, mask=mask, causal=causal)
+    assert torch.isnan(out[0, 1, 3]).all()
+    if masked:
+        assert (out[0, 2, 4] == 0).all()
+    assert torch.isfinite(out[clean]).all()  # nothing else is touched
+    reference = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+    torch.testing.assert_close(out, reference, equal_nan=True, atol=1e-5, rtol=1e-5)
+
+
+BAD_SCALES = [0.0, -0.5, -1, float("nan"), float("inf"), -float("inf"), True, "0.1", torch.tensor(0.5)]
+
+
+@pytest.mark.parametrize("scale", BAD_SCALES, ids=repr)
+@pytest.mark.parametrize("attend", [scaled_dot_product_attention, torch_attention,
+                                    lambda q, k, v, **kw: attention_weights(q, k, **kw)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_scale_must_be_a_positive_finite_number(attend, scale, causal):
+    q, k, v = _qkv(1, 2, 2, 4, 4, 8)
+    with pytest.raises(ValueError, match="scale must be a finite real number > 0"):
+        attend(q, k, v, causal=causal, scale=scale)
+
+
+@pytest.mark.parametrize("scale", [0.25, 2, 1e-3])
+def test_torch_causal_fast_path_honours_any_valid_scale(scale):
+    """Nq == Nk with causal takes PyTorch's is_causal path; it must agree with the reference for every scale."""
+    q, k, v = _qkv(2, 4, 2, 7, 7, 8, seed=1)
+    expected = attention_fp64(q, k, v, causal=True, scale=scale)
+    _assert_matches(torch_attention(q, k, v, causal=True, scale=scale), expected, torch.float32)
+    _assert_matches(scaled_dot_product_attention(q, k, v, causal=True, scale=scale), expected, torch.float32)

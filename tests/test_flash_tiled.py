@@ -129,8 +129,6 @@ def test_extra_memory_is_linear_not_quadratic():
 
 def test_bad_input_is_a_clear_error():
     q, k, v = _qkv(1, 2, 2, 9, 5, 8)
-    with pytest.raises(ValueError, match="n_queries <= n_keys"):
-        tiled_attention(q, k, v, causal=True)
     with pytest.raises(ValueError, match="block_q must be"):
         tiled_attention(q, k, v, block_q=0)
     with pytest.raises(ValueError, match="head_dim"):
@@ -187,3 +185,46 @@ def test_ch09_checker_passes_solution(capsys):
 def test_ch09_checker_rejects_classic_mistakes(wrong):
     with pytest.raises(ExerciseError):
         check_block_update(wrong)
+
+
+# --- issue #18: Nq > Nk under causal, NaN rows, scale -----------------------------------------------------
+
+@pytest.mark.parametrize("n_queries,n_keys,window,block", [(9, 5, None, 4), (40, 13, None, 8), (12, 7, 3, 5),
+                                                           (5, 1, None, 2), (4, 0, None, 3)])
+def test_more_queries_than_keys_gives_zero_rows_and_gradients_match(n_queries, n_keys, window, block):
+    q, k, v = _qkv(2, 4, 2, n_queries, n_keys, 8, seed=n_queries + n_keys, grad=True)
+    out = tiled_attention(q, k, v, causal=True, window=window, block_q=block, block_k=block)
+    expected = (attention_fp64(q.detach(), k.detach(), v.detach(), causal=True, window=window) if n_keys else
+                torch.zeros(out.shape, dtype=torch.float64))  # (the fp64 einsum needs a key)
+    atol, rtol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(out.detach().double(), expected, atol=atol, rtol=rtol)
+    assert (out[:, :, :n_queries - n_keys] == 0).all()
+    grad = torch.randn_like(out)
+    tiled = torch.autograd.grad(out, (q, k, v), grad, allow_unused=True)
+    ref_out = scaled_dot_product_attention(q, k, v, causal=True, window=window)
+    reference = torch.autograd.grad(ref_out, (q, k, v), grad, allow_unused=True)
+    for mine, theirs in zip(tiled, reference):
+        torch.testing.assert_close(mine, torch.zeros_like(mine) if theirs is None else theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 3)])
+def test_a_nan_query_row_stays_nan(causal, window):
+    q, k, v = _qkv(1, 4, 2, 11, 11, 8, seed=2)
+    q[0, 3, 6, 2] = float("nan")
+    mask = torch.ones(11, 11, dtype=torch.bool)
+    mask[8] = False  # query 8 sees no key: zeros even with a NaN in it
+    q[0, 1, 8, 0] = float("nan")
+    out = tiled_attention(q, k, v, mask=mask, causal=causal, window=window, block_q=4, block_k=4)
+    assert torch.isnan(out[0, 3, 6]).all()
+    assert (out[0, :, 8] == 0).all()
+    reference = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, window=window)
+    torch.testing.assert_close(out, reference, equal_nan=True, atol=1e-5, rtol=1e-5)
+    _, lse = tiled_attention_forward(q, k, v, mask=mask, causal=causal, window=window, block_q=4, block_k=4)
+    assert torch.isnan(lse[0, 3, 6]) and lse[0, 1, 8] == -math.inf
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf"), True, "1"], ids=repr)
+def test_bad_scale_is_a_value_error(scale):
+    q, k, v = _qkv(1, 2, 2, 5, 5, 8)
+    with pytest.raises(ValueError, match="scale must be a finite real number > 0"):
+        tiled_attention(q, k, v, causal=True, scale=scale)

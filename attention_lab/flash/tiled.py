@@ -19,7 +19,8 @@ O(N): the LSE and one ``Br × Bc`` tile at a time, never ``N × N``.
 
 Same contract as :func:`attention_lab.attention.scaled_dot_product_attention` (layout ``(B, H, N, D)``,
 GQA/MQA kv heads, bool masks True = may attend, causal aligned to the end of the keys, fp32 statistics,
-fully masked rows give zeros). It is the slow, readable twin of the Triton kernel of chapter 10.
+fully masked rows give zeros, among them the first ``Nq − Nk`` queries of causal attention with ``Nq > Nk``;
+a NaN stays NaN). It is the slow, readable twin of the Triton kernel of chapter 10.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import math
 import torch
 
 from attention_lab.validation import check_positive_int
-from attention_lab.attention import _check_qkv, _split_heads_of_mask, build_mask
+from attention_lab.attention import build_mask, check_qkv, check_scale, split_heads_of_mask
 from attention_lab.flash.online_softmax import online_softmax_update
 
 SKIP, FULL, PARTIAL = 0, 1, 2  # block_schedule codes: no pair allowed / every pair allowed / mask needed inside
@@ -85,15 +86,13 @@ def _block_allowed(rows: slice, cols: slice, offset: int, causal: bool, window: 
 
 def _prepare(q, k, v, mask, causal, window, scale, block_q, block_k):
     """Validate arguments like the reference does; return sizes, scale, compute dtype and the 5-D mask."""
-    batch, n_heads, n_kv_heads, n_queries, n_keys = _check_qkv(q, k, v)
+    batch, n_heads, n_kv_heads, n_queries, n_keys = check_qkv(q, k, v)
     check_positive_int("block_q", block_q)
     check_positive_int("block_k", block_k)
-    if (causal or window is not None) and n_queries > n_keys:
-        raise ValueError(f"causal attention needs n_queries <= n_keys (queries are the last keys), got {n_queries} > {n_keys}")
     build_mask(n_queries, n_keys, mask, False, window, batch, n_heads)  # validates mask and window only
     group = n_heads // n_kv_heads
-    mask5 = None if mask is None else _split_heads_of_mask(mask.to(q.device), n_kv_heads, group)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    mask5 = None if mask is None else split_heads_of_mask(mask.to(q.device), n_kv_heads, group)
+    scale = check_scale(scale, q.shape[-1])
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax stats in fp32 at least
     return batch, n_heads, n_kv_heads, group, n_queries, n_keys, scale, compute_dtype, mask5
 
@@ -136,9 +135,9 @@ def tiled_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
             if allowed is not None:
                 scores = scores.masked_fill(~allowed, -math.inf)
             m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, v_j)  # chapter 08's update
-        seen = l_i > 0  # False for a query with no visible key
-        out[..., rows, :] = torch.where(seen[..., None], acc / l_i.clamp_min(1e-30)[..., None], 0.0).to(q.dtype)  # O_i = acc / l_i
-        lse[..., rows] = torch.where(seen, m_i + torch.log(l_i.clamp_min(1e-30)), -math.inf)  # L_i = m_i + log l_i
+        unseen = l_i == 0  # True for a query with no visible key (l_i is NaN, not 0, for a NaN score: it stays NaN)
+        out[..., rows, :] = torch.where(unseen[..., None], 0.0, acc / l_i[..., None]).to(q.dtype)  # O_i = acc / l_i
+        lse[..., rows] = torch.where(unseen, -math.inf, m_i + torch.log(l_i))  # L_i = m_i + log l_i
     return out.reshape(batch, n_heads, n_queries, v.shape[-1]), lse.reshape(batch, n_heads, n_queries)
 
 
