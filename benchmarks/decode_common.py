@@ -47,7 +47,9 @@ def environment() -> dict:
 
 def half_dtype() -> torch.dtype:
     """The 16-bit type a benchmark measures in: bf16, or fp16 on a GPU without bf16 (sm_75, a Colab T4)."""
-    return torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
+    from attention_lab.kernels.common import device_capability
+
+    return torch.bfloat16 if device_capability("cuda") >= 80 else torch.float16
 
 
 def start_decode_benchmark(script: str) -> tuple[dict, torch.dtype, float]:

@@ -10,6 +10,7 @@ import torch
 from attention_lab.kernels.decode_attention import (MAX_PARTITION, DecodeConfig, choose_partition_size, contiguous_decode,
                                                     paged_decode)
 from attention_lab.caches.paged import gather_kv, paged_attention_reference
+from attention_lab.kernels.common import device_facts
 from reference import TOLERANCES, attention_fp64
 
 
@@ -93,7 +94,9 @@ def test_decode_errors_name_the_argument(monkeypatch):
         paged_decode(q, key_blocks, value_blocks, tables, lens, partition_size=20, config=DecodeConfig(16, 4, 2))
     with pytest.raises(ValueError, match=r"k and v must both have shape"):
         contiguous_decode(q, torch.randn(2, 2, 9, 16), torch.randn(2, 2, 8, 16))
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from attention_lab.kernels import decode_attention
+
+    monkeypatch.setattr(decode_attention, "interpreting", lambda: False)  # kernels compiled for a GPU, CPU tensors
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         paged_decode(q, key_blocks, value_blocks, tables, lens)
 
@@ -118,7 +121,7 @@ def test_partition_size_gives_each_sm_work_with_few_long_partitions():
 @pytest.mark.parametrize("n_heads,n_kv_heads,head_dim,block_size", [(32, 32, 128, 16), (32, 8, 128, 16),
                                                                      (32, 1, 64, 32), (12, 4, 80, 8)])
 def test_paged_decode_on_gpu(dtype, n_heads, n_kv_heads, head_dim, block_size):
-    if dtype == torch.bfloat16 and torch.cuda.get_device_capability() < (8, 0):
+    if dtype == torch.bfloat16 and device_facts("cuda").capability < 80:
         pytest.skip("bf16 needs sm_80 or newer")
     lengths = [1, 17, 1000, 4097, 0, 2500]
     inputs = random_pool(lengths, n_heads, n_kv_heads, head_dim, block_size, dtype=dtype, device="cuda", seed=11)

@@ -1,5 +1,6 @@
-"""Every FlashAttention kernel and autotune config compiles for sm_75, sm_80, sm_89 and sm_90 — on a CPU —
-and the shared memory the compiler allocates fits each GPU (T4 64 KiB, A100 163, L4 99, H100 227).
+"""Every FlashAttention kernel and autotune config, and chapter 10's two teaching kernels, compile for sm_75,
+sm_80, sm_89 and sm_90 — on a CPU — and the shared memory the compiler allocates fits each GPU (T4 64 KiB,
+A100 163, L4 99, H100 227).
 
 Configs that cannot fit are removed by the code (triton_configs.configs_for / the autotuner's pruning
 hook), not by this test: the test only checks that what the code keeps really fits, and that the
@@ -16,17 +17,25 @@ from attention_lab.kernels import compile_check
 @pytest.fixture(scope="module")
 def compiled():
     # One fresh Python without TRITON_INTERPRET (the kernels must be real JITFunctions), all four targets.
-    return compile_check.check_in_subprocess(compile_check.CAPABILITIES)
+    return compile_check.check_in_subprocess(families=("flash", "flash_steps"), capabilities=compile_check.CAPABILITIES)
 
 
 def test_every_kept_config_fits_its_gpu(compiled):
-    checked = [r for r in compiled if r["head_dim"] is not None]
+    checked = [r for r in compiled if r["skipped"] is None]
+    assert all(r["head_dim"] is None for r in compiled if r["skipped"] is not None)  # pruned at every head_dim
     assert {r["capability"] for r in checked} == set(compile_check.CAPABILITIES)
     too_big = [r for r in checked if r["shared"] > r["limit"]]
     assert not too_big, f"configs kept by the pruning rule that do not fit: {too_big}"
     for capability in compile_check.CAPABILITIES:  # every kernel has a tile at head_dim 128 on every GPU
         for kernel in triton_configs.CONFIGS:
             assert triton_configs.configs_for(kernel, 128, 2, capability)
+
+
+def test_the_teaching_steps_fit_every_gpu(compiled):
+    steps = [r for r in compiled if r["family"] == "flash_steps"]
+    assert {(r["kernel"], r["capability"]) for r in steps} == {(k, c) for k in ("two_pass", "online")
+                                                                for c in compile_check.CAPABILITIES}
+    assert all(r["fits"] for r in steps), steps
 
 
 def test_pruning_estimate_bounds_the_real_allocation(compiled):

@@ -13,6 +13,7 @@ from attention_lab.attention import scaled_dot_product_attention, torch_attentio
 from attention_lab.flash import triton_attention as ta
 from attention_lab.flash import triton_configs
 from attention_lab.flash.triton_attention import flash_attention
+from attention_lab.kernels.common import device_capability
 
 pytestmark = pytest.mark.gpu
 TILE = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}  # fits every GPU from a T4 up at D<=128
@@ -20,8 +21,7 @@ DTYPES = [torch.float16, torch.bfloat16]
 
 
 def _supported(dtype):
-    major, _ = torch.cuda.get_device_capability()
-    return dtype != torch.bfloat16 or major >= 8
+    return dtype != torch.bfloat16 or device_capability("cuda") >= triton_configs.BF16_MIN_CAPABILITY
 
 
 def _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype, seed=0):
@@ -88,7 +88,7 @@ def test_sixteen_thousand_tokens_bf16():
 
 def test_every_autotune_config_gives_the_same_answer():
     """Each config this GPU keeps (pruned by shared memory) runs and matches the reference."""
-    capability = triton_configs.device_capability(torch.device("cuda"))
+    capability = device_capability("cuda")
     dtype = torch.bfloat16 if _supported(torch.bfloat16) else torch.float16
     q, k, v = _qkv(1, 16, 16, 1024, 1024, 128, dtype, seed=6)  # the benchmark's variant: its compiles are reused
     grad_out = torch.randn(q.shape, device="cuda", dtype=dtype)
@@ -96,15 +96,15 @@ def test_every_autotune_config_gives_the_same_answer():
         expected = scaled_dot_product_attention(q.float(), k.float(), v.float(), causal=True)
     for config in triton_configs.configs_for("forward", 128, 2, capability):
         tile = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-        out, lse = ta._forward(q, k, v, None, True, None, None, tile=tile)
+        out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None, tile=tile)
         assert (out.float() - expected).abs().max() < 2e-2, tile
-    out, lse = ta._forward(q, k, v, None, True, None, None, tile=TILE)
-    reference_grads = ta._backward(grad_out, q, k, v, out, lse, None, True, None, None, tile=TILE)
+    out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None, tile=TILE)
+    reference_grads = ta.flash_attention_backward(grad_out, q, k, v, out, lse, None, True, None, None, tile=TILE)
     kv_configs = triton_configs.configs_for("backward_kv", 128, 2, capability)
     q_configs = triton_configs.configs_for("backward_q", 128, 2, capability)
     for kv_config, q_config in zip(kv_configs, q_configs):
         tiles = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in (kv_config, q_config)]
-        grads = ta._backward(grad_out, q, k, v, out, lse, None, True, None, None, tile=tiles[0], tile_q=tiles[1])
+        grads = ta.flash_attention_backward(grad_out, q, k, v, out, lse, None, True, None, None, tile=tiles[0], tile_q=tiles[1])
         for mine, ref in zip(grads, reference_grads):
             assert (mine.float() - ref.float()).abs().max() < 2e-2, tiles
 
@@ -135,7 +135,7 @@ def test_compile_check_agrees_with_the_launched_kernel():
     """The CPU compile check (stopped after shared-memory allocation) reports what the real launch allocates."""
     from attention_lab.kernels import compile_check
 
-    capability = triton_configs.device_capability(torch.device("cuda"))
+    capability = device_capability("cuda")
     config = triton_configs.configs_for("forward", 128, 2, capability)[0]
     q = torch.randn(1, 2, 256, 128, device="cuda", dtype=torch.float16)
     out = torch.empty_like(q)
@@ -144,7 +144,7 @@ def test_compile_check_agrees_with_the_launched_kernel():
                                   *out.stride()[:3], 0, 0, 0, 0, 2, 256, 256, 1, 0, 0.1, 256, 256,
                                   HEAD_DIM=128, BLOCK_D=128, CAUSAL=True, HAS_WINDOW=False, HAS_MASK=False,
                                   num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs)
-    measured = compile_check.check_in_subprocess([capability])
+    measured = compile_check.check_in_subprocess(families=("flash",), capabilities=[capability])
     row = next(r for r in measured if r["kernel"] == "forward" and r["config"] == config.kwargs
                and r["num_warps"] == config.num_warps and r["num_stages"] == config.num_stages)
     assert kernel.metadata.shared == row["shared"]

@@ -16,9 +16,11 @@ from attention_lab.exercises.core import ExerciseError
 from attention_lab.flash import triton_attention as ta
 from attention_lab.flash.tiled import FULL, PARTIAL, SKIP, block_schedule
 from attention_lab.flash.triton_attention import check_dtype_supported, flash_attention
+from attention_lab.kernels.common import LOG2_E, online_softmax_update
+from attention_lab.kernels.interpreter import interpreting
 from reference import TOLERANCES, attention_fp64
 
-interpreter_only = pytest.mark.skipif(not ta.interpreting(), reason="CPU interpreter tests (GPU: test_flash_gpu.py)")
+interpreter_only = pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (GPU: test_flash_gpu.py)")
 TILE_16 = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
@@ -143,6 +145,46 @@ def test_kernel_visits_exactly_the_blocks_of_the_tiled_schedule(n_queries, n_key
         assert all(schedule[i, j] == FULL for i in unmasked), f"key block {j} skips a needed mask"
 
 
+@triton.jit
+def _fold_two_tiles(S, V, M, L, ACC, ROWS: tl.constexpr, TILE: tl.constexpr, WIDTH: tl.constexpr):
+    """Run the shared update over two (ROWS, TILE) score tiles and their (TILE, WIDTH) values; store the state."""
+    r = tl.arange(0, ROWS)
+    t = tl.arange(0, TILE)
+    w = tl.arange(0, WIDTH)
+    m_i = tl.full((ROWS,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((ROWS,), dtype=tl.float32)
+    acc = tl.zeros((ROWS, WIDTH), dtype=tl.float32)
+    for j in tl.static_range(2):
+        scores = tl.load(S + j * ROWS * TILE + r[:, None] * TILE + t[None, :])
+        values = tl.load(V + j * TILE * WIDTH + t[:, None] * WIDTH + w[None, :])
+        m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, values, "ieee")
+    tl.store(M + r, m_i)
+    tl.store(L + r, l_i)
+    tl.store(ACC + r[:, None] * WIDTH + w[None, :], acc)
+
+
+@interpreter_only
+def test_the_shared_triton_update_is_chapter_08s_update_in_base_2():
+    """kernels.common.online_softmax_update (flash, decode, latent) == flash.online_softmax.online_softmax_update,
+    same state order (m_i, l_i, acc); rows that saw no key yet (all -inf) stay at m=-inf, l=0, acc=0."""
+    from attention_lab.flash.online_softmax import online_softmax_update as torch_update
+
+    g = torch.Generator().manual_seed(12)
+    scores = torch.randn(2, 16, 16, generator=g) * 3  # (tile, rows, keys), natural units
+    scores[0, 0] = float("-inf")  # row 0 sees its first key in the second tile
+    scores[:, 1] = float("-inf")  # row 1 never sees a key
+    values = torch.randn(2, 16, 16, generator=g)
+    m, l, acc = torch.empty(16), torch.empty(16), torch.empty(16, 16)
+    _fold_two_tiles[(1,)](scores * LOG2_E, values, m, l, acc, ROWS=16, TILE=16, WIDTH=16)
+    m_ref, l_ref, acc_ref = torch.full((16,), float("-inf")), torch.zeros(16), torch.zeros(16, 16)
+    for j in range(2):
+        m_ref, l_ref, acc_ref = torch_update(m_ref, l_ref, acc_ref, scores[j], values[j])
+    torch.testing.assert_close(m, m_ref * LOG2_E)  # the kernels keep the max in log2 units
+    torch.testing.assert_close(l, l_ref)
+    torch.testing.assert_close(acc, acc_ref)
+    assert m[1] == float("-inf") and l[1] == 0 and acc[1].abs().max() == 0
+
+
 @interpreter_only
 def test_flash_backend_in_multi_head_attention():
     from attention_lab.attention import MultiHeadAttention
@@ -193,46 +235,56 @@ def test_bf16_on_a_t4_is_refused_with_a_clear_message():
 # --- the chapter-10 exercise checker: passes the solution, fails the stub and plausible mistakes ---
 
 @triton.jit
-def _solution(acc, m_i, l_i, qk, v):
+def _solution(m_i, l_i, acc, qk, v):
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(qk - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return acc, m_new, l_i
+    return m_new, l_i, acc
 
 
 @triton.jit
-def _stub(acc, m_i, l_i, qk, v):
+def _stub(m_i, l_i, acc, qk, v):
     raise NotImplementedError
 
 
 @triton.jit
-def _acc_not_rescaled(acc, m_i, l_i, qk, v):
+def _acc_not_rescaled(m_i, l_i, acc, qk, v):
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(qk - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc + tl.dot(p.to(v.dtype), v)
-    return acc, m_new, l_i
+    return m_new, l_i, acc
 
 
 @triton.jit
-def _exp_instead_of_exp2(acc, m_i, l_i, qk, v):
+def _exp_instead_of_exp2(m_i, l_i, acc, qk, v):
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     alpha = tl.exp(m_i - m_new)
     p = tl.exp(qk - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return acc, m_new, l_i
+    return m_new, l_i, acc
 
 
 @triton.jit
-def _sum_not_rescaled(acc, m_i, l_i, qk, v):
+def _sum_not_rescaled(m_i, l_i, acc, qk, v):
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(qk - m_new[:, None])
     l_i = l_i + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _state_in_the_old_order(acc, m_i, l_i, qk, v):  # the (acc, m_i, l_i) order this library used before
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, m_new, l_i
 
@@ -241,7 +293,8 @@ def test_exercise_checker_passes_the_solution():
     assert check_online_softmax_step(_solution)
 
 
-@pytest.mark.parametrize("wrong", [_stub, _acc_not_rescaled, _exp_instead_of_exp2, _sum_not_rescaled])
+@pytest.mark.parametrize("wrong", [_stub, _acc_not_rescaled, _exp_instead_of_exp2, _sum_not_rescaled,
+                                   _state_in_the_old_order])
 def test_exercise_checker_rejects_the_stub_and_wrong_steps(wrong):
     with pytest.raises(ExerciseError):
         check_online_softmax_step(wrong)

@@ -330,58 +330,24 @@ def test_latent_decode_errors(call, message):
         call(latent_decode)
 
 
-_COMPILE_FOR_EACH_ARCHITECTURE = r"""
-import json
-import triton
-from triton.backends.compiler import GPUTarget
-from attention_lab.kernels import latent_decode as mk
-from attention_lab.kernels.compile_check import _SharedMemoryMeasured, _stop_after_shared_memory_allocation
-from attention_lab.flash.triton_configs import shared_memory_limit
-
-fn, rows = mk._latent_decode_kernel, []
-for capability in (80, 89, 90):
-    config = mk.latent_decode_config((capability // 10, capability % 10))
-    constexprs = dict(LATENT=512, LATENT_PAD=512, ROPE=64, ROPE_PAD=64, BLOCK_H=config.block_h,
-                      TILE_N=config.tile_n, SINGLE_PARTITION=False, DOT_PRECISION="tf32")
-    types = {"Q": "*fp16", "ROWS": "*fp16", "OUT": "*fp16", "O_PART": "*fp16", "M_PART": "*fp32",
-             "L_PART": "*fp32", "qk_scale": "fp32"}
-    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-             if signature[n].startswith("*") or n.startswith("stride")}
-    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    restore = _stop_after_shared_memory_allocation()
-    try:
-        shared = triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                                options={"num_warps": config.num_warps, "num_stages": config.num_stages}).metadata.shared
-    except _SharedMemoryMeasured as measured:
-        shared = measured.shared
-    finally:
-        restore()
-    rows.append(dict(capability=capability, tile_n=config.tile_n, shared=shared, limit=shared_memory_limit(capability)))
-print(json.dumps(rows))
-"""
-
-
 def test_latent_kernel_compiles_and_fits_every_architecture():
-    """DeepSeek-V2's sizes (d_c=512, d_R=64), fp16, sm_80/89/90 with their config: shared memory within the limit."""
-    import json
-    import os
-    import subprocess
-    import sys
-
+    """DeepSeek-V2's sizes (d_c=512, d_R=64), fp16, with each architecture's config, through the one compile
+    check of every kernel family: shared memory within the limit on sm_80/89/90; sm_75 is refused, not compiled."""
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JITFunctions, not the interpreter's
-    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_EACH_ARCHITECTURE], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [r["capability"] for r in rows] == [80, 89, 90]
-    for row in rows:
+    from attention_lab.kernels.compile_check import CAPABILITIES, check_in_subprocess
+
+    rows = check_in_subprocess(families=("latent",), capabilities=CAPABILITIES, timeout=600)
+    compiled = [r for r in rows if r["skipped"] is None]
+    assert sorted({r["capability"] for r in compiled}) == [80, 89, 90]
+    assert {r["kernel"] for r in compiled} == {"latent", "merge"}
+    for row in compiled:
         assert 0 < row["shared"] <= row["limit"], row
+    (t4,) = [r for r in rows if r["capability"] == 75]
+    assert "needs compute capability 8.0 or newer" in t4["skipped"]
 
 
 def test_latent_kernel_refuses_a_t4_in_one_sentence():
     from attention_lab.kernels.latent_decode import latent_decode_config
 
     with pytest.raises(ValueError, match="needs compute capability 8.0 or newer"):
-        latent_decode_config((7, 5))
+        latent_decode_config(75)

@@ -59,8 +59,17 @@ def test_unknown_interpreter_layout_is_left_alone(monkeypatch):
     assert triton_interpreter.patch_loop_bounds() is False
 
 
-def test_interpreting_reads_the_environment(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert triton_interpreter.interpreting()
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert not triton_interpreter.interpreting()
+def test_interpreting_says_what_the_kernels_are(monkeypatch):
+    """One meaning everywhere: are this process's kernels the interpreter's? Fixed when they are built."""
+    import os
+
+    import triton
+
+    from attention_lab.flash import triton_attention
+
+    compiled = isinstance(triton_attention._attn_fwd, triton.runtime.jit.JITFunction)
+    assert triton_interpreter.interpreting() == (not compiled)
+    assert triton_interpreter.interpreting() == (os.environ.get("TRITON_INTERPRET") == "1")  # as set before import
+    answer = triton_interpreter.interpreting()
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if answer else "1")  # too late: the kernels are built
+    assert triton_interpreter.interpreting() == answer

@@ -1,8 +1,9 @@
 """Chapter 10 — the inner-loop update of the Triton FlashAttention forward kernel.
 
-The student writes ``step(acc, m_i, l_i, qk, v) -> (acc, m_i, l_i)`` in Triton: one key block of
-the online softmax. The checker plugs it into the library's real forward kernel (in place of
-``_online_softmax_step``) and runs that kernel under Triton's interpreter on CPU tensors, comparing
+The student writes ``step(m_i, l_i, acc, qk, v) -> (m_i, l_i, acc)`` in Triton: one key block of
+the online softmax, the state in the paper's order (chapters 08–09). The checker plugs it into the
+library's real forward kernel (in place of :func:`attention_lab.kernels.common.online_softmax_update`,
+which the kernel's inner loop calls) and runs that kernel under Triton's interpreter on CPU tensors, comparing
 with the reference attention on odd shapes. In a process whose kernels are compiled for a GPU
 (``TRITON_INTERPRET`` unset), the check runs in a fresh Python with the interpreter switched on.
 """
@@ -27,7 +28,7 @@ _CASES = [(1, 2, 2, 21, 21, 16, False), (1, 2, 1, 9, 37, 16, True)]
 _TILE = {"BLOCK_M": 16, "BLOCK_N": 16}
 _HINT = ("m_new = max(m_i, rowmax(qk)); alpha = exp2(m_i - m_new) rescales BOTH l_i and acc; "
          "p = exp2(qk - m_new) (the scores are already in log2 units: exp2, not exp); "
-         "l_i = alpha·l_i + rowsum(p); acc = alpha·acc + p @ v; return (acc, m_new, l_i).")
+         "l_i = alpha·l_i + rowsum(p); acc = alpha·acc + p @ v; return (m_new, l_i, acc).")
 
 
 def run_forward_with_step(step: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -54,7 +55,7 @@ def check_step_interpreted(step: Callable) -> None:
             if isinstance(error, NotImplementedError) or "NotImplementedError" in repr(error):
                 raise NotImplementedError("the step") from None
             raise ExerciseError(f"online-softmax step: the kernel failed with your step: {error!r}. "
-                                f"Return a tuple (acc, m_i, l_i) with the shapes of the docstring.") from None
+                                f"Return a tuple (m_i, l_i, acc) with the shapes of the docstring.") from None
         expected = scaled_dot_product_attention(q, k, v, causal=causal)
         expect_close(out, expected, f"attention with your step (Nq={n_queries}, Nk={n_keys}, causal={causal})",
                      hint=_HINT, atol=1e-4, rtol=1e-4)
@@ -93,15 +94,15 @@ def _check_in_subprocess(step: Callable) -> None:
 
 @exercise_check("online-softmax step of the Triton forward kernel")
 def check_online_softmax_step(step: Callable) -> None:
-    """``step(acc, m_i, l_i, qk, v)``: fold one key block into the running state of BLOCK_M query rows.
+    """``step(m_i, l_i, acc, qk, v)``: fold one key block into the running state of BLOCK_M query rows.
 
-    ``qk`` ``(BLOCK_M, BLOCK_N)`` are scores already multiplied by ``scale · log2(e)`` (masked
-    entries -inf), ``v`` ``(BLOCK_N, D)``; ``acc`` ``(BLOCK_M, D)``, ``m_i`` and ``l_i`` ``(BLOCK_M,)``
-    fp32. Must return the new ``(acc, m_i, l_i)``; the kernel divides ``acc`` by ``l_i`` at the end.
+    ``m_i`` and ``l_i`` ``(BLOCK_M,)`` and ``acc`` ``(BLOCK_M, D)`` fp32; ``qk`` ``(BLOCK_M, BLOCK_N)``
+    are scores already multiplied by ``scale · log2(e)`` (masked entries -inf), ``v`` ``(BLOCK_N, D)``.
+    Must return the new ``(m_i, l_i, acc)``; the kernel divides ``acc`` by ``l_i`` at the end.
     """
-    from attention_lab.flash import triton_attention
+    from attention_lab.kernels.interpreter import interpreting
 
-    if triton_attention.interpreting():
+    if interpreting():
         check_step_interpreted(step)
     else:
         _check_in_subprocess(step)

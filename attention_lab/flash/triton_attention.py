@@ -1,7 +1,8 @@
 """FlashAttention in Triton: forward and backward kernels, an autograd Function, and ``flash_attention``.
 
-Read top to bottom: index helpers, the online-softmax step, the forward kernel, the three backward
-kernels (delta, dK/dV, dQ), then the Python wrapper. Names follow the FlashAttention papers
+Read top to bottom: index helpers, the forward kernel (its inner loop calls the online-softmax update
+shared with the decode kernels, :func:`attention_lab.kernels.common.online_softmax_update`), the three
+backward kernels (delta, dK/dV, dQ), then the Python wrapper. Names follow the FlashAttention papers
 (Dao et al. 2022; Dao 2023): for a block of queries the kernel keeps ``m_i`` (running row max),
 ``l_i`` (running row sum of exponentials) and ``acc`` (running un-normalised output).
 
@@ -33,17 +34,12 @@ import torch
 import triton
 import triton.language as tl
 
-from attention_lab.kernels import interpreter as triton_interpreter  # noqa: F401  (fixes Triton ≤3.6's interpreter loop bounds)
-from attention_lab.attention import _check_qkv
+from attention_lab.attention import check_qkv
 from attention_lab.flash import triton_configs
+from attention_lab.kernels.common import LOG2_E, device_capability, head_offset, online_softmax_update
+from attention_lab.kernels.interpreter import interpreting  # also fixes Triton ≤3.6's interpreter loop bounds
 
-LOG2_E = 1.4426950408889634  # log2(e) = 1 / ln 2: exp(x) = exp2(x · LOG2_E)
 MAX_HEAD_DIM = 128
-
-
-def interpreting() -> bool:
-    """True when this module's kernels run under Triton's CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
-    return not isinstance(_attn_fwd, triton.runtime.jit.JITFunction)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,8 +100,8 @@ def _query_blocks(n0, n_queries, n_keys, window,
 
 
 @triton.jit
-def _allowed(q_idx, k_idx, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
-             CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+def may_attend(q_idx, k_idx, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
+               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
     """Bool tile: may query ``q_idx`` attend to key ``k_idx``? (index tensors broadcast to the tile)."""
     offset = n_keys - n_queries
     ok = (q_idx < n_queries) & (k_idx < n_keys)
@@ -119,7 +115,7 @@ def _allowed(q_idx, k_idx, n_queries, n_keys, window, M_ptr, stride_mm, stride_m
 
 
 @triton.jit
-def _load_rows(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CHECK_ROWS: tl.constexpr):
+def load_rows(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CHECK_ROWS: tl.constexpr):
     """Load a (rows, BLOCK_D) tile; zero rows >= n_rows (if CHECK_ROWS) and padded columns >= HEAD_DIM."""
     if CHECK_ROWS:
         if BLOCK_D == HEAD_DIM:
@@ -140,39 +136,28 @@ def _load_rows(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.c
 
 
 @triton.jit
-def _online_softmax_step(acc, m_i, l_i, qk, v):
-    """One key block of the online softmax (chapter 08), for a block of query rows.
-
-    acc ``(BLOCK_M, BLOCK_D)`` fp32, m_i and l_i ``(BLOCK_M,)`` fp32; qk ``(BLOCK_M, BLOCK_N)``
-    fp32 scores already multiplied by scale·log2(e) (masked entries = -inf); v ``(BLOCK_N, BLOCK_D)``.
-    Returns the updated (acc, m_i, l_i).
-    """
-    m_new = tl.maximum(m_i, tl.max(qk, 1))                  # m_new = max(m_i, rowmax(S_j))
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)    # a row that has seen no key yet: avoid -inf - -inf
-    alpha = tl.exp2(m_i - m_ref)                            # alpha = 2^(m_i - m_new): rescales the old state
-    p = tl.exp2(qk - m_ref[:, None])                        # P_j = 2^(S_j - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)                        # l_new = alpha·l_i + rowsum(P_j)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])    # acc_new = alpha·acc + P_j V_j
-    return acc, m_new, l_i
-
-
-@triton.jit
-def _attn_fwd_inner(acc, m_i, l_i, q, K_ptrs, V_ptrs, stride_kn, stride_vn, start, stop, qk_scale,
+def _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                     offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
-                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Stream the key/value blocks [start, stop) through the online softmax of one query block."""
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+                    start, stop, MASKED: tl.constexpr):
+    """Stream the key/value blocks [start, stop) through the online softmax of one query block.
+
+    The forward calls it three times, differing only in the last three arguments (passed by keyword):
+    the block range, and ``MASKED`` — whether these blocks need bounds checks and the element-wise mask.
+    Returns the new ``(m_i, l_i, acc)``.
+    """
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n                                                            # key indices (BLOCK_N,)
-        k = _load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
-        v = _load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        k = load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        v = load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
         qk = tl.dot(q, tl.trans(k)) * qk_scale                                             # S_j·log2 e (BLOCK_M, BLOCK_N)
         if MASKED:
-            allowed = _allowed(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
-                               M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+            allowed = may_attend(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
+                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
             qk = tl.where(allowed, qk, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, qk, v)
-    return acc, m_i, l_i
+        m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, qk, v)  # fp32 dots stay tf32 here (Triton's default)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -199,15 +184,15 @@ def _attn_fwd(Q, K, V, O, LSE, M,
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh
-    m_base = M + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+    q_base = Q + head_offset(b, h, stride_qb, stride_qh)
+    k_base = K + head_offset(b, kv_h, stride_kb, stride_kh)
+    v_base = V + head_offset(b, kv_h, stride_vb, stride_vh)
+    m_base = M + head_offset(b, h, stride_mb, stride_mh)
     K_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]  # (BLOCK_N, BLOCK_D)
     V_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
 
-    q = _load_rows(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, n_queries, offs_d,
-                   HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D), stays in registers for the whole loop
+    q = load_rows(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, n_queries, offs_d,
+                  HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D), stays in registers for the whole loop
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")  # running max (log2 units)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                 # running sum of 2^(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)        # running un-normalised output
@@ -215,23 +200,26 @@ def _attn_fwd(Q, K, V, O, LSE, M,
     lo, mid_lo, mid_hi, hi = _key_blocks(start_m * BLOCK_M, n_queries, n_keys, window,
                                          BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK)
     if HAS_WINDOW:  # blocks cut by the window's left edge
-        acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K_ptrs, V_ptrs, stride_kn, stride_vn, lo, mid_lo, qk_scale,
+        m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                         offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_MASK)
+                                        HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                        start=lo, stop=mid_lo, MASKED=True)
     # blocks every row sees completely: no mask, no bounds checks
-    acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K_ptrs, V_ptrs, stride_kn, stride_vn, mid_lo, mid_hi, qk_scale,
+    m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_MASK)
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    start=mid_lo, stop=mid_hi, MASKED=False)
     # the causal diagonal, the last partial block, or everything under an explicit mask
-    acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K_ptrs, V_ptrs, stride_kn, stride_vn, mid_hi, hi, qk_scale,
+    m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_MASK)
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    start=mid_hi, stop=hi, MASKED=True)
 
     # Epilogue: O = acc / l (once, not per block); a row that saw no key (l = 0) gives 0 and lse = +inf.
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # log2 Σ_j 2^(s_ij) in scaled units
-    o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    o_ptrs = O + head_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_om + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < n_queries) & (offs_d[None, :] < HEAD_DIM))
     tl.store(LSE + batch_head.to(tl.int64) * n_queries + offs_m, lse, mask=offs_m < n_queries)
 
@@ -252,24 +240,27 @@ def _attn_bwd_delta(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_dob, s
     h = batch_head % n_heads
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_rows(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
+    o = load_rows(O + head_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_om
+                  + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = load_rows(DO + head_offset(b, h, stride_dob, stride_doh) + offs_m[:, None] * stride_dom
                    + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
-    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
-                    + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
     tl.store(DELTA + batch_head.to(tl.int64) * n_queries + offs_m, delta, mask=offs_m < n_queries)
 
 
 @triton.jit
-def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, start, stop,
+def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom,
                        qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
-                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-                       CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Accumulate dK, dV of one key block over the query blocks [start, stop) of one query head."""
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                       CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+                       start, stop, MASKED: tl.constexpr):
+    """Accumulate dK, dV of one key block over the query blocks [start, stop) of one query head.
+
+    Called three times, differing only in the block range and ``MASKED`` (passed by keyword)."""
     for start_m in range(start, stop, BLOCK_M):
         rows = start_m + offs_m                                                                   # (BLOCK_M,)
-        q = _load_rows(Q_ptrs + start_m * stride_qm, rows, n_queries, offs_d, HEAD_DIM, BLOCK_D, MASKED)     # (BLOCK_M, BLOCK_D)
-        do = _load_rows(DO_ptrs + start_m * stride_dom, rows, n_queries, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_M, BLOCK_D)
+        q = load_rows(Q_ptrs + start_m * stride_qm, rows, n_queries, offs_d, HEAD_DIM, BLOCK_D, MASKED)     # (BLOCK_M, BLOCK_D)
+        do = load_rows(DO_ptrs + start_m * stride_dom, rows, n_queries, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_M, BLOCK_D)
         if MASKED:
             lse = tl.load(lse_ptr + rows, mask=rows < n_queries, other=float("inf"))
             delta = tl.load(delta_ptr + rows, mask=rows < n_queries, other=0.0)
@@ -279,8 +270,8 @@ def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride
         qk_t = tl.dot(k, tl.trans(q))                                # Sᵀ (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(qk_t * qk_scale - lse[None, :])                # Pᵀ, recomputed from the saved lse
         if MASKED:
-            allowed = _allowed(rows[None, :], offs_n[:, None], n_queries, n_keys, window,
-                               M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+            allowed = may_attend(rows[None, :], offs_n[:, None], n_queries, n_keys, window,
+                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
             p_t = tl.where(allowed, p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv)                       # dV += Pᵀ dO   (BLOCK_N, BLOCK_D)
         dp_t = tl.dot(v, tl.trans(do))                               # dPᵀ = V dOᵀ   (BLOCK_N, BLOCK_M)
@@ -307,56 +298,60 @@ def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _load_rows(K + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn
-                   + offs_d[None, :], offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
-    v = _load_rows(V + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn
-                   + offs_d[None, :], offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
+    k = load_rows(K + head_offset(b, kv_h, stride_kb, stride_kh) + offs_n[:, None] * stride_kn
+                  + offs_d[None, :], offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
+    v = load_rows(V + head_offset(b, kv_h, stride_vb, stride_vh) + offs_n[:, None] * stride_vn
+                  + offs_d[None, :], offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     lo, mid_lo, mid_hi, hi = _query_blocks(n0, n_queries, n_keys, window, BLOCK_M, BLOCK_N,
                                            CAUSAL, HAS_WINDOW, HAS_MASK)
     for g in range(group):  # the query heads sharing this kv head
         h = kv_h * group + g
-        Q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-        DO_ptrs = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :]
+        Q_ptrs = Q + head_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qm + offs_d[None, :]
+        DO_ptrs = DO + head_offset(b, h, stride_dob, stride_doh) + offs_m[:, None] * stride_dom + offs_d[None, :]
         row_base = (b * n_heads + h).to(tl.int64) * n_queries
-        m_base = M + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+        lse_rows, delta_rows = LSE + row_base, DELTA + row_base  # this head's rows of lse and delta (B, H, Nq)
+        m_base = M + head_offset(b, h, stride_mb, stride_mh)
         # the causal diagonal (low query blocks), then unmasked blocks, then the window's edge / last partial block
-        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, LSE + row_base, DELTA + row_base, stride_qm, stride_dom,
-                                    lo, mid_lo, qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window,
-                                    m_base, stride_mm, stride_mn, HEAD_DIM, BLOCK_D, BLOCK_M, True,
-                                    CAUSAL, HAS_WINDOW, HAS_MASK)
-        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, LSE + row_base, DELTA + row_base, stride_qm, stride_dom,
-                                    mid_lo, mid_hi, qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window,
-                                    m_base, stride_mm, stride_mn, HEAD_DIM, BLOCK_D, BLOCK_M, False,
-                                    CAUSAL, HAS_WINDOW, HAS_MASK)
-        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, LSE + row_base, DELTA + row_base, stride_qm, stride_dom,
-                                    mid_hi, hi, qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window,
-                                    m_base, stride_mm, stride_mn, HEAD_DIM, BLOCK_D, BLOCK_M, True,
-                                    CAUSAL, HAS_WINDOW, HAS_MASK)
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
+                                    offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    start=lo, stop=mid_lo, MASKED=True)
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
+                                    offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    start=mid_lo, stop=mid_hi, MASKED=False)
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
+                                    offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    start=mid_hi, stop=hi, MASKED=True)
     dk = dk * scale  # dK = scale · dSᵀ Q
     out_mask = (offs_n[:, None] < n_keys) & (offs_d[None, :] < HEAD_DIM)
-    tl.store(DK + b.to(tl.int64) * stride_dkb + kv_h.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkn
+    tl.store(DK + head_offset(b, kv_h, stride_dkb, stride_dkh) + offs_n[:, None] * stride_dkn
              + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=out_mask)
-    tl.store(DV + b.to(tl.int64) * stride_dvb + kv_h.to(tl.int64) * stride_dvh + offs_n[:, None] * stride_dvn
+    tl.store(DV + head_offset(b, kv_h, stride_dvb, stride_dvh) + offs_n[:, None] * stride_dvn
              + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
-def _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, start, stop, qk_scale,
+def _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                       offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
-                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Accumulate dQ of one query block over the key blocks [start, stop)."""
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+                      start, stop, MASKED: tl.constexpr):
+    """Accumulate dQ of one query block over the key blocks [start, stop).
+
+    Called three times, differing only in the block range and ``MASKED`` (passed by keyword)."""
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
-        v = _load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        k = load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        v = load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
         qk = tl.dot(q, tl.trans(k))                                  # S (BLOCK_M, BLOCK_N)
         p = tl.exp2(qk * qk_scale - lse[:, None])                    # P recomputed from the saved lse
         if MASKED:
-            allowed = _allowed(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
-                               M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+            allowed = may_attend(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
+                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v))                                 # dP = dO Vᵀ (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])                               # dS = P ∘ (dP - delta)
@@ -383,31 +378,34 @@ def _attn_bwd_q(Q, K, V, DO, DQ, LSE, DELTA, M,
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
+    q = load_rows(Q + head_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qm
+                  + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
+    do = load_rows(DO + head_offset(b, h, stride_dob, stride_doh) + offs_m[:, None] * stride_dom
                    + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
-    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
-                    + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
     row_ok = offs_m < n_queries
     lse = tl.load(LSE + batch_head.to(tl.int64) * n_queries + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + batch_head.to(tl.int64) * n_queries + offs_m, mask=row_ok, other=0.0)
-    K_ptrs = K + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-    V_ptrs = V + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
-    m_base = M + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+    K_ptrs = K + head_offset(b, kv_h, stride_kb, stride_kh) + offs_n[:, None] * stride_kn + offs_d[None, :]
+    V_ptrs = V + head_offset(b, kv_h, stride_vb, stride_vh) + offs_n[:, None] * stride_vn + offs_d[None, :]
+    m_base = M + head_offset(b, h, stride_mb, stride_mh)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, mid_lo, mid_hi, hi = _key_blocks(start_m * BLOCK_M, n_queries, n_keys, window,
                                          BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK)
     if HAS_WINDOW:
-        dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, lo, mid_lo, qk_scale,
+        dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                               HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_MASK)
-    dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, mid_lo, mid_hi, qk_scale,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                               start=lo, stop=mid_lo, MASKED=True)
+    dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                            offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                           HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, HAS_WINDOW, HAS_MASK)
-    dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, mid_hi, hi, qk_scale,
+                           HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                           start=mid_lo, stop=mid_hi, MASKED=False)
+    dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                            offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                           HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, HAS_WINDOW, HAS_MASK)
+                           HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                           start=mid_hi, stop=hi, MASKED=True)
     dq = dq * scale  # dQ = scale · dS K
-    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
+    tl.store(DQ + head_offset(b, h, stride_dqb, stride_dqh) + offs_m[:, None] * stride_dqm
              + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
@@ -456,12 +454,16 @@ def _check_device(q: torch.Tensor) -> None:
     if not q.is_cuda:
         raise RuntimeError("flash_attention runs its Triton kernels on a CUDA GPU; on the CPU set TRITON_INTERPRET=1 "
                            "before importing attention_lab.flash.triton_attention to run them under Triton's interpreter")
-    check_dtype_supported(q.dtype, triton_configs.device_capability(q.device))
+    check_dtype_supported(q.dtype, device_capability(q.device))
 
 
-def _prepare(q, k, v, mask, causal, window, scale):
-    """Validate the arguments; return the shapes and the kernels' scalar arguments."""
-    batch, n_heads, n_kv_heads, n_queries, n_keys = _check_qkv(q, k, v)
+def prepare_inputs(q, k, v, mask, causal, window, scale):
+    """Validate the arguments of :func:`flash_attention` (``ValueError`` naming the argument) and the device.
+
+    Returns ``(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale)``: ``causal``
+    is True when a window is given, ``scale`` defaults to ``head_dim ** -0.5``.
+    """
+    batch, n_heads, n_kv_heads, n_queries, n_keys = check_qkv(q, k, v)
     head_dim = q.shape[-1]
     if v.shape[-1] != head_dim:
         raise ValueError(f"v must have head_dim={head_dim} like q (shape (B, Hkv, Nk, {head_dim})) for the Triton "
@@ -526,16 +528,20 @@ def precompile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
         _compile_only = True
         try:
             with context:
-                out, lse = _forward(q, k, v, mask, causal, window, None)
+                out, lse = flash_attention_forward(q, k, v, mask, causal, window, None)
                 if backward:
-                    _backward(out, q, k, v, out, lse, mask, causal, window, None)
+                    flash_attention_backward(out, q, k, v, out, lse, mask, causal, window, None)
         finally:
             _compile_only = False
 
 
-def _forward(q, k, v, mask, causal, window, scale, tile=None):
-    """Run the forward kernel: returns O ``(B, H, Nq, D)`` and the rows' log2-sum-exp ``(B, H, Nq)`` fp32."""
-    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = _prepare(
+def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None):
+    """Run the forward kernel (arguments as :func:`flash_attention`, no autograd).
+
+    Returns O ``(B, H, Nq, D)`` and the rows' log-sum-exp in the kernel's base-2 units
+    ``log2 Σ_j 2^(s_ij · scale · log2 e)`` ``(B, H, Nq)`` fp32 (+inf for a row that sees no key).
+    """
+    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = prepare_inputs(
         q, k, v, mask, causal, window, scale)
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -554,13 +560,15 @@ def _forward(q, k, v, mask, causal, window, scale, tile=None):
     return out, lse
 
 
-def _backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None, tile_q=None):
-    """Run the three backward kernels: returns dq, dk, dv shaped like q, k, v.
+def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None, tile_q=None):
+    """Run the three backward kernels on ``do`` (dL/dO, like ``out``) and the forward's ``out`` and ``lse``.
+
+    Returns dq, dk, dv shaped like q, k, v.
 
     ``tile`` fixes the dK/dV kernel's tile (BLOCK_N keys per program, BLOCK_M queries per step) and,
     unless ``tile_q`` is given, the dQ kernel's; ``None`` autotunes on a GPU.
     """
-    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = _prepare(
+    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = prepare_inputs(
         q, k, v, mask, causal, window, scale)
     do = _last_dim_contiguous(do)
     if q.numel() == 0 or k.numel() == 0:
@@ -594,23 +602,25 @@ def _backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None, til
 
 @contextlib.contextmanager
 def online_softmax_step_replaced(step):
-    """Inside this context the forward kernel calls ``step`` instead of :func:`_online_softmax_step`.
+    """Inside this context the forward kernel calls ``step`` instead of
+    :func:`attention_lab.kernels.common.online_softmax_update`.
 
-    ``step`` is a ``@triton.jit`` (or plain Python) function with the same signature; this is how the
-    chapter-10 exercise plugs a student's update into the real kernel. Only under the interpreter:
-    a compiled kernel has its helpers inlined at compile time.
+    ``step(m_i, l_i, acc, qk, v) -> (m_i, l_i, acc)`` is a ``@triton.jit`` (or plain Python) function;
+    the forward's inner loop calls it with those five arguments (the update's ``DOT_PRECISION`` keeps its
+    default). This is how the chapter-10 exercise plugs a student's update into the real kernel. Only
+    under the interpreter: a compiled kernel has its helpers inlined at compile time.
     """
     if not interpreting():
         raise RuntimeError("replacing the online-softmax step needs Triton's interpreter (TRITON_INTERPRET=1)")
     from triton.runtime.interpreter import InterpretedFunction
 
-    module = globals()
-    saved = module["_online_softmax_step"]
-    module["_online_softmax_step"] = InterpretedFunction(getattr(step, "fn", step))
+    module = globals()  # _attn_fwd_inner looks the name up here, at every call under the interpreter
+    saved = module["online_softmax_update"]
+    module["online_softmax_update"] = InterpretedFunction(getattr(step, "fn", step))
     try:
         yield
     finally:
-        module["_online_softmax_step"] = saved
+        module["online_softmax_update"] = saved
 
 
 class FlashAttentionFunction(torch.autograd.Function):
@@ -618,7 +628,7 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, causal, window, scale, tile):
-        out, lse = _forward(q, k, v, mask, causal, window, scale, tile)
+        out, lse = flash_attention_forward(q, k, v, mask, causal, window, scale, tile)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mask, ctx.causal, ctx.window, ctx.scale, ctx.tile = mask, causal, window, scale, tile
         return out
@@ -626,7 +636,8 @@ class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, ctx.mask, ctx.causal, ctx.window, ctx.scale, ctx.tile)
+        dq, dk, dv = flash_attention_backward(grad_out, q, k, v, out, lse, ctx.mask, ctx.causal, ctx.window,
+                                              ctx.scale, ctx.tile)
         return dq, dk, dv, None, None, None, None, None
 
 
@@ -661,5 +672,37 @@ def flash_attention(
     return FlashAttentionFunction.apply(q, k, v, mask, causal, window, scale, tile)
 
 
-__all__ = ["flash_attention", "FlashAttentionFunction", "LOG2_E", "interpreting", "online_softmax_step_replaced",
-           "check_dtype_supported", "precompile"]
+def compile_jobs(capability: int) -> list:
+    """What CI compiles for sm_``capability`` (:mod:`attention_lab.kernels.compile_check`), in fp16.
+
+    Every autotune config of the forward and the two backward kernels, at the largest head_dim the
+    pruning rule keeps it for on this GPU (its worst case: shared memory grows with head_dim), causal,
+    with the pruning rule's estimate to check; configs pruned at every head_dim are listed as skipped.
+    And the small delta kernel at head_dim 128.
+    """
+    from attention_lab.kernels.compile_check import CompileJob
+
+    kernels = {"forward": _attn_fwd, "backward_kv": _attn_bwd_kv, "backward_q": _attn_bwd_q}
+    types = {"Q": "*fp16", "K": "*fp16", "V": "*fp16", "O": "*fp16", "DO": "*fp16", "DQ": "*fp16", "DK": "*fp16",
+             "DV": "*fp16", "LSE": "*fp32", "DELTA": "*fp32", "M": "*u8", "qk_scale": "fp32", "scale": "fp32"}
+    jobs = []
+    for kernel, configs in triton_configs.CONFIGS.items():
+        for config in configs:
+            head_dim = triton_configs.largest_head_dim(kernel, config, capability)
+            common = dict(family="flash", kernel=kernel, fn=kernels[kernel], types=types, num_warps=config.num_warps,
+                          num_stages=config.num_stages, config=dict(config.kwargs), head_dim=head_dim)
+            if head_dim is None:
+                jobs.append(CompileJob(constexprs={}, skipped="pruned at every head_dim", **common))
+                continue
+            constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                              CAUSAL=True, HAS_WINDOW=False, HAS_MASK=False, **config.kwargs)
+            estimate = triton_configs.estimated_shared_memory(kernel, config, head_dim, 2, capability)
+            jobs.append(CompileJob(constexprs=constexprs, estimate=estimate, **common))
+    jobs.append(CompileJob(family="flash", kernel="delta", fn=_attn_bwd_delta, types=types, num_warps=4, num_stages=3,
+                           constexprs=dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64), config={"BLOCK_M": 64},
+                           head_dim=128))
+    return jobs
+
+
+__all__ = ["flash_attention", "flash_attention_forward", "flash_attention_backward", "FlashAttentionFunction",
+           "online_softmax_step_replaced", "check_dtype_supported", "precompile", "prepare_inputs", "compile_jobs"]

@@ -1,34 +1,25 @@
 """Block sizes for the Triton FlashAttention kernels, and which of them fit a given GPU.
 
 Each kernel has a short list of candidate tiles (``triton.Config``); ``@triton.autotune`` times the
-candidates that survive :func:`prune_configs` on the first call for each shape and keeps the fastest.
+candidates that survive the pruning hook of :func:`make_pruner` on the first call for each shape and
+keeps the fastest.
 
 Pruning is by shared memory, the resource that decides whether a tile runs at all: a program
 keeps its own tile (the queries, or the keys and values it owns) in shared memory plus
 ``num_stages`` copies of the tiles it streams through the loop (software pipelining). If that
-does not fit the GPU's per-block limit the launch fails, so such a config is dropped *before*
-autotuning — never silently at run time. The estimate is checked against what the compiler
-really allocates, for every kernel, config and architecture, by
-:mod:`attention_lab.kernels.compile_check` (run in CI on the CPU).
-
-The limits (bytes of shared memory one block may use, the opt-in maximum):
-
-=========  ===========  ===========
-capability  example      bytes
-=========  ===========  ===========
-7.5        T4 (Colab)   64 KiB
-8.0        A100         163 KiB
-8.6/8.9    A10, L4      99 KiB
-9.0        H100, H200   227 KiB
-=========  ===========  ===========
+does not fit the GPU's per-block limit (:func:`attention_lab.kernels.common.shared_memory_limit`:
+64 KiB on a T4, 163 on an A100, 99 on an L4, 227 on an H100) the launch fails, so such a config is
+dropped *before* autotuning — never silently at run time. The same rule without a GPU is
+:func:`configs_for`. The estimate is checked against what the compiler really allocates, for every
+kernel, config and architecture, by :mod:`attention_lab.kernels.compile_check` (run in CI on the CPU).
 """
 
 from __future__ import annotations
 
 import triton
 
-KIB = 1024
-SHARED_MEMORY_PER_BLOCK = {75: 64 * KIB, 80: 163 * KIB, 86: 99 * KIB, 87: 163 * KIB, 89: 99 * KIB, 90: 227 * KIB}
+from attention_lab.kernels.common import KIB, device_capability, shared_memory_limit
+
 BF16_MIN_CAPABILITY = 80  # bf16 tensor cores arrive with Ampere (sm_80); a T4 (sm_75) has fp16 only
 
 
@@ -70,13 +61,6 @@ BACKWARD_Q_CONFIGS = [
     _config(32, 32, 4, 2),    # T4 at head_dim 128
 ]
 CONFIGS = {"forward": FORWARD_CONFIGS, "backward_kv": BACKWARD_KV_CONFIGS, "backward_q": BACKWARD_Q_CONFIGS}
-
-
-def shared_memory_limit(capability: int) -> int:
-    """Bytes of shared memory one block may use on compute capability ``capability`` (75 = sm_75)."""
-    known = sorted(SHARED_MEMORY_PER_BLOCK)
-    below = [c for c in known if c <= capability]
-    return SHARED_MEMORY_PER_BLOCK[below[-1] if below else known[0]]
 
 
 def estimated_shared_memory(kernel: str, config: triton.Config, block_d: int, element_bytes: int,
@@ -129,12 +113,15 @@ def configs_for(kernel: str, block_d: int, element_bytes: int, capability: int) 
     return kept
 
 
-def device_capability(device) -> int:
-    """Compute capability of a CUDA device as one number (sm_90 -> 90)."""
-    import torch
+def largest_head_dim(kernel: str, config: triton.Config, capability: int) -> int | None:
+    """The largest padded head_dim (128, 64, 32, 16) at which the pruning rule keeps ``config`` in 16 bits, or None.
 
-    major, minor = torch.cuda.get_device_capability(device)
-    return 10 * major + minor
+    Shared memory grows with head_dim, so that is the config's worst case on this GPU (what CI compiles).
+    """
+    for block_d in (128, 64, 32, 16):
+        if fits(kernel, config, block_d, 2, capability):
+            return block_d
+    return None
 
 
 def make_pruner(kernel: str):

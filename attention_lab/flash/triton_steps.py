@@ -3,14 +3,15 @@
 1. ``two_pass``: a first forward that works — pass 1 finds each row's maximum score, pass 2
    sums the exponentials and accumulates P·V with that fixed maximum (safe softmax, no rescaling).
    K is read and Q·Kᵀ computed twice.
-2. ``online``: one pass, the online softmax in registers (:func:`triton_attention._online_softmax_step`);
+2. ``online``: one pass, the online softmax in registers (:func:`attention_lab.kernels.common.online_softmax_update`);
    causal attention still visits every key block and masks each one element by element.
 3. ``skip``: the library kernel with one fixed tile — causal blocks above the diagonal are never
    visited and only the diagonal blocks are masked.
 4. ``tuned``: the library kernel with its tile chosen by ``@triton.autotune`` for this GPU.
 
-Steps 1 and 2 reuse the library's helpers (:func:`_load_rows`, :func:`_allowed`, the online
-step); they exist to be measured, and support the forward only (no window, mask or backward).
+Steps 1 and 2 reuse the library's helpers (:func:`~attention_lab.flash.triton_attention.load_rows`,
+:func:`~attention_lab.flash.triton_attention.may_attend`, the online-softmax update); they exist to be
+measured, and support the forward only (no window, mask or backward).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from attention_lab.flash.triton_attention import LOG2_E, _allowed, _load_rows, _online_softmax_step, _prepare, flash_attention, interpreting
+from attention_lab.flash.triton_attention import flash_attention, load_rows, may_attend, prepare_inputs
+from attention_lab.kernels.common import LOG2_E, device_capability, head_offset, online_softmax_update
+from attention_lab.kernels.interpreter import interpreting
 
 STEPS = ("two_pass", "online", "skip", "tuned")
 STEP_TILE = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}  # steps 1-3 share one tile (sm_80+)
@@ -41,19 +44,19 @@ def _fwd_two_pass(Q, K, V, O, stride_qb, stride_qh, stride_qm, stride_kb, stride
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
-                   + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
-    K_ptrs = K + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-    V_ptrs = V + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    q = load_rows(Q + head_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qm
+                  + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
+    K_ptrs = K + head_offset(b, kv_h, stride_kb, stride_kh) + offs_n[:, None] * stride_kn + offs_d[None, :]
+    V_ptrs = V + head_offset(b, kv_h, stride_vb, stride_vh) + offs_n[:, None] * stride_vn + offs_d[None, :]
 
     # pass 1: m_i = max_j s_ij over every key
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     for start_n in range(0, n_keys, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
+        k = load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
         qk = tl.dot(q, tl.trans(k)) * qk_scale                                  # (BLOCK_M, BLOCK_N), log2 units
-        qk = tl.where(_allowed(offs_m[:, None], cols[None, :], n_queries, n_keys, 0, Q, 0, 0,
-                               CAUSAL, False, False), qk, float("-inf"))
+        qk = tl.where(may_attend(offs_m[:, None], cols[None, :], n_queries, n_keys, 0, Q, 0, 0,
+                                 CAUSAL, False, False), qk, float("-inf"))
         m_i = tl.maximum(m_i, tl.max(qk, 1))
     # pass 2: l_i = Σ_j 2^(s_ij - m_i) and acc = Σ_j 2^(s_ij - m_i) v_j — m_i is final, nothing to rescale
     m_i = tl.where(m_i == float("-inf"), 0.0, m_i)  # rows past the end see no key
@@ -61,16 +64,16 @@ def _fwd_two_pass(Q, K, V, O, stride_qb, stride_qh, stride_qm, stride_kb, stride
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(0, n_keys, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
-        v = _load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
+        k = load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
+        v = load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
         qk = tl.dot(q, tl.trans(k)) * qk_scale
-        qk = tl.where(_allowed(offs_m[:, None], cols[None, :], n_queries, n_keys, 0, Q, 0, 0,
-                               CAUSAL, False, False), qk, float("-inf"))
+        qk = tl.where(may_attend(offs_m[:, None], cols[None, :], n_queries, n_keys, 0, Q, 0, 0,
+                                 CAUSAL, False, False), qk, float("-inf"))
         p = tl.exp2(qk - m_i[:, None])
         l_i += tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
+    tl.store(O + head_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_om
              + offs_d[None, :], out.to(O.dtype.element_ty), mask=(offs_m[:, None] < n_queries) & (offs_d[None, :] < HEAD_DIM))
 
 
@@ -88,32 +91,37 @@ def _fwd_online_every_block(Q, K, V, O, stride_qb, stride_qh, stride_qm, stride_
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
-                   + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
-    K_ptrs = K + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-    V_ptrs = V + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    q = load_rows(Q + head_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qm
+                  + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
+    K_ptrs = K + head_offset(b, kv_h, stride_kb, stride_kh) + offs_n[:, None] * stride_kn + offs_d[None, :]
+    V_ptrs = V + head_offset(b, kv_h, stride_vb, stride_vh) + offs_n[:, None] * stride_vn + offs_d[None, :]
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(0, n_keys, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
-        v = _load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
+        k = load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
+        v = load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)
         qk = tl.dot(q, tl.trans(k)) * qk_scale
-        qk = tl.where(_allowed(offs_m[:, None], cols[None, :], n_queries, n_keys, 0, Q, 0, 0,
-                               CAUSAL, False, False), qk, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, qk, v)
+        qk = tl.where(may_attend(offs_m[:, None], cols[None, :], n_queries, n_keys, 0, Q, 0, 0,
+                                 CAUSAL, False, False), qk, float("-inf"))
+        m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, qk, v)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om
+    tl.store(O + head_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_om
              + offs_d[None, :], out.to(O.dtype.element_ty), mask=(offs_m[:, None] < n_queries) & (offs_d[None, :] < HEAD_DIM))
 
 
-def default_tile(device: torch.device) -> dict:
-    """The tile steps 1-3 use: :data:`STEP_TILE` on sm_80+, :data:`SMALL_TILE` on a T4, tiny under the interpreter."""
-    if interpreting():
+def step_tile(capability: int | None) -> dict:
+    """The tile steps 1-3 use on compute ``capability``: :data:`STEP_TILE` on sm_80+, :data:`SMALL_TILE` on a T4,
+    tiny under the interpreter (``None``)."""
+    if capability is None:
         return dict(INTERPRETER_TILE)
-    major, _ = torch.cuda.get_device_capability(device)
-    return dict(STEP_TILE if major >= 8 else SMALL_TILE)
+    return dict(STEP_TILE if capability >= 80 else SMALL_TILE)
+
+
+def default_tile(device: torch.device) -> dict:
+    """:func:`step_tile` for ``device`` (the interpreter's tile when the kernels are interpreted)."""
+    return step_tile(None if interpreting() else device_capability(device))
 
 
 def step_forward(step: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -126,7 +134,7 @@ def step_forward(step: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         return flash_attention(q, k, v, causal=causal)
     if step == "skip":
         return flash_attention(q, k, v, causal=causal, tile=tile)
-    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, _, scale = _prepare(q, k, v, None, causal, None, None)
+    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, _, scale = prepare_inputs(q, k, v, None, causal, None, None)
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -136,3 +144,18 @@ def step_forward(step: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
                  n_heads, n_queries, n_keys, n_heads // n_kv_heads, scale * LOG2_E,
                  HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), CAUSAL=causal, **tile)
     return out
+
+
+def compile_jobs(capability: int) -> list:
+    """What CI compiles for sm_``capability`` (:mod:`attention_lab.kernels.compile_check`), in fp16: the two step
+    kernels with :func:`step_tile`, causal, at head_dim 128 (their worst case)."""
+    from attention_lab.kernels.compile_check import CompileJob
+
+    tile = step_tile(capability)
+    types = {"Q": "*fp16", "K": "*fp16", "V": "*fp16", "O": "*fp16", "qk_scale": "fp32"}
+    return [CompileJob(family="flash_steps", kernel=name, fn=fn, types=types, num_warps=tile["num_warps"],
+                       num_stages=tile["num_stages"], head_dim=128,
+                       config={"BLOCK_M": tile["BLOCK_M"], "BLOCK_N": tile["BLOCK_N"]},
+                       constexprs=dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"],
+                                       CAUSAL=True))
+            for name, fn in (("two_pass", _fwd_two_pass), ("online", _fwd_online_every_block))]

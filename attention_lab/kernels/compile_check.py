@@ -1,10 +1,22 @@
-"""Compile the FlashAttention kernels for a GPU architecture on a CPU-only machine and read their shared memory.
+"""Compile every Triton kernel of the book for a GPU architecture on a CPU-only machine; read its shared memory.
 
 Triton compiles ahead of time for any target: ``triton.compile(ASTSource(fn, signature, constexprs),
 target=GPUTarget("cuda", 75, 32), options={"num_warps": .., "num_stages": ..})`` needs no GPU. The
-compiler records the shared memory a kernel allocates (``compiled.metadata.shared``); a launch
-that asks for more than the GPU has fails, so CI checks that every config kept by
-:func:`attention_lab.flash.triton_configs.configs_for` fits its architecture.
+compiler records the shared memory a kernel allocates (``compiled.metadata.shared``); a launch that
+asks for more than the GPU has fails — yet the compile itself succeeds — so CI compiles every kernel
+configuration the code can choose, for sm_75, sm_80, sm_89 and sm_90, and checks that it fits.
+
+One harness for every kernel family. Each kernel module says what it would compile on a capability
+in a public ``compile_jobs(capability) -> list[CompileJob]`` beside its kernels and configs:
+
+* ``flash`` (:mod:`attention_lab.flash.triton_attention`): every autotune config of the forward and the
+  two backward kernels kept by :func:`attention_lab.flash.triton_configs.configs_for`, at the largest
+  head_dim the pruning keeps it for, and the small delta kernel;
+* ``flash_steps`` (:mod:`attention_lab.flash.triton_steps`): chapter 10's two teaching kernels with their tile;
+* ``decode`` (:mod:`attention_lab.kernels.decode_attention`): the paged and the contiguous kernel with the
+  tile :func:`~attention_lab.kernels.decode_attention.decode_config` picks, and the split-K merge;
+* ``latent`` (:mod:`attention_lab.kernels.latent_decode`): MLA's latent kernel at DeepSeek-V2's sizes and
+  its merge (skipped on sm_75, which the kernel refuses).
 
 Two modes:
 
@@ -14,30 +26,58 @@ Two modes:
   shared-memory allocation pass, the pass that decides ``metadata.shared``; the LLVM/ptxas stages
   that follow do not change it. A second or two per config.
 
+:func:`registers_and_spills` compiles fully and asks ``ptxas -v`` (shipped in the triton wheel) how
+many registers a kernel uses and how many bytes it spills: the check a T4's tiles need.
+
 The kernels must be real ``JITFunction`` objects, not the interpreter's stand-ins, so when this
 process runs under ``TRITON_INTERPRET=1`` (the tests on a CPU), :func:`check_in_subprocess` runs
 the check in a fresh Python with the interpreter switched off.
 
-    python -m attention_lab.kernels.compile_check              # table for sm_75, sm_80, sm_89, sm_90
+    python -m attention_lab.kernels.compile_check                     # every family, sm_75, sm_80, sm_89, sm_90
+    python -m attention_lab.kernels.compile_check --families decode latent --json
     python -m attention_lab.kernels.compile_check --json --full
+    python -m attention_lab.kernels.compile_check --families decode --capabilities 75 --spills
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 CAPABILITIES = (75, 80, 89, 90)
+FAMILIES = {  # family -> the module whose compile_jobs(capability) lists its kernels' configurations
+    "flash": "attention_lab.flash.triton_attention",
+    "flash_steps": "attention_lab.flash.triton_steps",
+    "decode": "attention_lab.kernels.decode_attention",
+    "latent": "attention_lab.kernels.latent_decode",
+}
 
-# Pointer arguments of each kernel, by name; every other non-constexpr argument is an int32
-# (strides, sizes) except the two float scales.
-_POINTERS = {"Q": "io", "K": "io", "V": "io", "O": "io", "DO": "io", "DQ": "io", "DK": "io", "DV": "io",
-             "LSE": "*fp32", "DELTA": "*fp32", "M": "*u8"}
-_FLOATS = {"qk_scale", "scale"}
+
+@dataclass(frozen=True)
+class CompileJob:
+    """One kernel configuration to compile for one GPU architecture (what a launch would compile)."""
+
+    family: str  # a key of FAMILIES
+    kernel: str  # which kernel of the family: "forward", "paged", "merge", ...
+    fn: Any  # the @triton.jit function (a real JITFunction; None when skipped)
+    constexprs: dict  # a value for every tl.constexpr argument
+    types: dict  # Triton types of the arguments that are not int32: pointers ("*fp16", "*fp32", "*i32", "*u8"), "fp32"
+    num_warps: int
+    num_stages: int
+    config: dict = field(default_factory=dict)  # the tile, as reported (e.g. {"BLOCK_M": 64, "BLOCK_N": 32})
+    head_dim: int | None = None  # the width of the rows its tiles hold (head_dim; d_c for the latent kernel)
+    aligned: tuple[str, ...] = ()  # integer arguments besides the strides that launches pass as multiples of 16
+    estimate: int | None = None  # the code's own shared-memory estimate, checked to bound the real allocation
+    skipped: str | None = None  # why nothing is compiled for this configuration on this architecture
 
 
 class _SharedMemoryMeasured(Exception):
@@ -48,29 +88,22 @@ class _SharedMemoryMeasured(Exception):
         self.shared = shared
 
 
-def kernels() -> dict:
-    """The jitted kernels by name (as in :data:`triton_configs.CONFIGS`, plus the small delta kernel)."""
-    from attention_lab.flash import triton_attention as ta
+def compile_jobs(family: str, capability: int) -> list[CompileJob]:
+    """The configurations of ``family``'s kernels for sm_``capability`` (from the family's own module)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    return importlib.import_module(FAMILIES[family]).compile_jobs(capability)
 
-    return {"forward": ta._attn_fwd, "backward_kv": ta._attn_bwd_kv, "backward_q": ta._attn_bwd_q,
-            "delta": ta._attn_bwd_delta}
 
+def signature(job: CompileJob) -> tuple[dict, dict]:
+    """Triton signature (arg name -> type) and divisibility hints, as the JIT would see aligned tensors.
 
-def signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
-    """Triton signature (arg name -> type) and divisibility hints, as the JIT would see aligned tensors."""
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in _POINTERS:
-            sig[name] = f"*{dtype}" if _POINTERS[name] == "io" else _POINTERS[name]
-        elif name in _FLOATS:
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    # torch allocations are 16-byte aligned and our strides are multiples of 16 at the sizes that matter
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if sig[name].startswith("*") or name.startswith("stride")}
+    Torch allocations are 16-byte aligned and the strides are multiples of 16 at the sizes that matter,
+    so pointers, ``stride*`` arguments and ``job.aligned`` get the 16-divisibility a launch would find.
+    """
+    sig = {name: "constexpr" if name in job.constexprs else job.types.get(name, "i32") for name in job.fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(job.fn.arg_names)
+             if sig[name].startswith("*") or name.startswith("stride") or name in job.aligned}
     return sig, attrs
 
 
@@ -100,25 +133,33 @@ def _stop_after_shared_memory_allocation():
     return lambda: setattr(backend_class, "make_llir", original)
 
 
-def shared_memory(kernel: str, config, capability: int, head_dim: int = 128, dtype: str = "fp16",
-                  causal: bool = True, window: bool = False, full: bool = False) -> int:
-    """Bytes of shared memory ``kernel`` with ``config`` (a ``triton.Config``) allocates on sm_``capability``."""
+def _source_and_options(job: CompileJob, capability: int):
     import triton
     from triton.backends.compiler import GPUTarget
 
-    fn = kernels()[kernel]
-    if not isinstance(fn, triton.runtime.jit.JITFunction):
+    if not isinstance(job.fn, triton.runtime.jit.JITFunction):
         raise RuntimeError("compile checks need real JITFunctions: unset TRITON_INTERPRET (see check_in_subprocess)")
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, **config.kwargs)
-    if kernel != "delta":
-        constexprs.update(CAUSAL=causal, HAS_WINDOW=window, HAS_MASK=False)
-    sig, attrs = signature(fn, dtype, constexprs)
-    source = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    target = GPUTarget("cuda", capability, 32)
+    sig, attrs = signature(job)
+    source = triton.compiler.ASTSource(fn=job.fn, signature=sig, constexprs=job.constexprs, attrs=attrs)
+    options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
+    return source, GPUTarget("cuda", capability, 32), options
+
+
+def compile_kernel(job: CompileJob, capability: int):
+    """The whole compile for sm_``capability`` down to a cubin: a ``CompiledKernel`` (``.asm``, ``.metadata``)."""
+    import triton
+
+    source, target, options = _source_and_options(job, capability)
+    return triton.compile(source, target=target, options=options)
+
+
+def shared_memory(job: CompileJob, capability: int, full: bool = False) -> int:
+    """Bytes of shared memory ``job``'s kernel allocates on sm_``capability`` (fast mode unless ``full``)."""
+    import triton
+
     if full:
-        return triton.compile(source, target=target, options=options).metadata.shared
+        return compile_kernel(job, capability).metadata.shared
+    source, target, options = _source_and_options(job, capability)
     restore = _stop_after_shared_memory_allocation()
     try:
         compiled = triton.compile(source, target=target, options=options)
@@ -129,55 +170,78 @@ def shared_memory(kernel: str, config, capability: int, head_dim: int = 128, dty
         restore()
 
 
-def worst_head_dim(kernel: str, config, capability: int) -> int | None:
-    """The largest padded head_dim (128, 64, 32, 16) at which the pruning rule keeps ``config``, or None."""
-    from attention_lab.flash import triton_configs
+def registers_and_spills(job: CompileJob, capability: int, compiled=None) -> dict:
+    """Registers per thread and bytes spilled to local memory, as ``ptxas -v`` reports them for sm_``capability``.
 
-    for block_d in (128, 64, 32, 16):
-        if triton_configs.fits(kernel, config, block_d, 2, capability):
-            return block_d
-    return None
-
-
-def check(capabilities=CAPABILITIES, full: bool = False) -> list[dict]:
-    """Compile every kernel × config for each architecture, at the largest head_dim the pruning keeps it for.
-
-    Shared memory grows with head_dim, so that compile is the config's worst case on that GPU.
-    Configs pruned at every head_dim are listed with ``head_dim=None`` and not compiled.
+    A full compile (slow on a small CPU; pass ``compiled``, a :func:`compile_kernel` result, to reuse one),
+    then the triton wheel's own ptxas on the PTX. Returns ``{"registers": .., "spill_stores": ..,
+    "spill_loads": ..}``.
     """
-    import triton
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
-    from attention_lab.flash import triton_configs
+    ptx = (compiled if compiled is not None else compile_kernel(job, capability)).asm["ptx"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.ptx")
+        with open(path, "w") as file:
+            file.write(ptx)
+        done = subprocess.run([get_ptxas(capability).path, "-v", f"--gpu-name={sm_arch_from_capability(capability)}",
+                               path, "-o", os.path.join(folder, "kernel.cubin")], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ptxas failed for {job.family}/{job.kernel} on sm_{capability}:\n{done.stderr[-2000:]}")
+    log = done.stdout + done.stderr
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return {"registers": int(registers.group(1)) if registers else None,
+            "spill_stores": int(spills.group(1)) if spills else 0,
+            "spill_loads": int(spills.group(2)) if spills else 0}
+
+
+def check(families=tuple(FAMILIES), capabilities=CAPABILITIES, full: bool = False,
+          spills: bool = False) -> list[dict]:
+    """Compile every configuration of each family for each architecture; one row per configuration.
+
+    A row: family, kernel, capability, config (the tile), head_dim, num_warps, num_stages, shared (bytes
+    allocated), limit (bytes the architecture allows a block), fits, estimate (the code's own, or None),
+    seconds, skipped (why not compiled, else None; then shared and fits are None). With ``spills`` every
+    configuration is compiled fully and its row also has registers, spill_stores and spill_loads
+    (:func:`registers_and_spills`).
+    """
+    from attention_lab.kernels.common import shared_memory_limit
 
     results = []
     for capability in capabilities:
-        limit = triton_configs.shared_memory_limit(capability)
-        jobs = [(name, c) for name, configs in triton_configs.CONFIGS.items() for c in configs]
-        jobs.append(("delta", triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=3)))
-        for kernel, config in jobs:
-            head_dim = 128 if kernel == "delta" else worst_head_dim(kernel, config, capability)
-            row = dict(capability=capability, head_dim=head_dim, kernel=kernel, config=dict(config.kwargs),
-                       num_warps=config.num_warps, num_stages=config.num_stages, limit=limit,
-                       shared=None, estimate=None, fits=None, seconds=0.0)
-            if head_dim is not None:
-                started = time.perf_counter()
-                row["shared"] = shared_memory(kernel, config, capability, head_dim, full=full)
-                row["fits"] = row["shared"] <= limit
-                row["seconds"] = round(time.perf_counter() - started, 2)
-                if kernel != "delta":
-                    row["estimate"] = triton_configs.estimated_shared_memory(kernel, config, head_dim, 2, capability)
-            results.append(row)
+        limit = shared_memory_limit(capability)
+        for family in families:
+            for job in compile_jobs(family, capability):
+                row = dict(family=job.family, kernel=job.kernel, capability=capability, config=dict(job.config),
+                           head_dim=job.head_dim, num_warps=job.num_warps, num_stages=job.num_stages,
+                           shared=None, limit=limit, fits=None, estimate=job.estimate, seconds=0.0,
+                           skipped=job.skipped)
+                if job.skipped is None:
+                    started = time.perf_counter()
+                    if spills:
+                        compiled = compile_kernel(job, capability)
+                        row["shared"] = compiled.metadata.shared
+                        row.update(registers_and_spills(job, capability, compiled))
+                    else:
+                        row["shared"] = shared_memory(job, capability, full=full)
+                    row["fits"] = row["shared"] <= limit
+                    row["seconds"] = round(time.perf_counter() - started, 2)
+                results.append(row)
     return results
 
 
-def check_in_subprocess(capabilities=CAPABILITIES, full: bool = False, timeout: int = 900) -> list[dict]:
+def check_in_subprocess(families=tuple(FAMILIES), capabilities=CAPABILITIES, full: bool = False,
+                        spills: bool = False, timeout: int = 900) -> list[dict]:
     """:func:`check` in a fresh Python without ``TRITON_INTERPRET`` (so the kernels are real JITFunctions)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     command = [sys.executable, "-m", "attention_lab.kernels.compile_check", "--json",
-               "--capabilities", *map(str, capabilities)]
+               "--families", *families, "--capabilities", *map(str, capabilities)]
     if full:
         command.append("--full")
+    if spills:
+        command.append("--spills")
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"compile check failed:\n{done.stderr[-4000:]}")
@@ -187,27 +251,30 @@ def check_in_subprocess(capabilities=CAPABILITIES, full: bool = False, timeout: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m attention_lab.kernels.compile_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     parser.add_argument("--capabilities", type=int, nargs="+", default=list(CAPABILITIES))
     parser.add_argument("--full", action="store_true", help="compile down to cubin (slow on a small CPU)")
+    parser.add_argument("--spills", action="store_true", help="also registers and spills from ptxas -v (full compiles)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     args = parser.parse_args(argv)
-    results = check(args.capabilities, args.full)
+    results = check(args.families, args.capabilities, args.full, args.spills)
     if args.json:
         print(json.dumps(results))
         return
-    print(f"{'sm':>4} {'D':>4} {'kernel':<12} {'BLOCK_M×N':<10} {'w':>2} {'s':>2} {'shared KiB':>10} "
+    print(f"{'sm':>4} {'family':<7} {'kernel':<12} {'D':>4} {'tile':<14} {'w':>2} {'s':>2} {'shared KiB':>10} "
           f"{'estimate':>9} {'limit':>6} fits")
     for r in results:
-        if r["head_dim"] is None:
-            tile = "×".join(str(v) for v in r["config"].values())
-            print(f"{r['capability']:>4} {'-':>4} {r['kernel']:<12} {tile:<10} {r['num_warps']:>2} {r['num_stages']:>2}"
-                  f" {'pruned at every head_dim':>27}")
-            continue
         tile = "×".join(str(v) for v in r["config"].values())
+        head = "-" if r["head_dim"] is None else r["head_dim"]
+        start = (f"{r['capability']:>4} {r['family']:<7} {r['kernel']:<12} {head:>4} {tile:<14} {r['num_warps']:>2} "
+                 f"{r['num_stages']:>2}")
+        if r["skipped"] is not None:
+            print(f"{start} skipped: {r['skipped']}")
+            continue
         estimate = "" if r["estimate"] is None else f"{r['estimate'] / 1024:.0f}"
-        print(f"{r['capability']:>4} {r['head_dim']:>4} {r['kernel']:<12} {tile:<10} {r['num_warps']:>2} "
-              f"{r['num_stages']:>2} {r['shared'] / 1024:>10.1f} {estimate:>9} {r['limit'] // 1024:>6} "
-              f"{'yes' if r['fits'] else 'NO'}")
+        spilled = "" if "registers" not in r else f"  {r['registers']} registers, {r['spill_stores']} B spilled"
+        print(f"{start} {r['shared'] / 1024:>10.1f} {estimate:>9} {r['limit'] // 1024:>6} "
+              f"{'yes' if r['fits'] else 'NO'}{spilled}")
 
 
 if __name__ == "__main__":

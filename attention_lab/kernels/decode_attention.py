@@ -8,14 +8,15 @@ byte. The kernel therefore aims at one thing, reading the cache once at full ban
   times. The group's queries form the rows of a small matrix, padded to 16 for ``tl.dot``.
 * **Split-K.** Batch × KV heads alone may not fill the GPU (MQA at B=32 gives 32 programs for
   132 SMs), so the context is cut into partitions, each program computes an online-softmax partial
-  result over one partition, and a second kernel merges the partials (see :func:`_reduce_kernel`).
+  result over one partition, and a second kernel merges the partials (:mod:`attention_lab.kernels.split_k`).
   :func:`choose_partition_size` picks the split, :func:`decode_config` the tile, both from a sweep
   on an H100.
 * **Paged or contiguous.** With ``PAGED`` each token's row is found through the block table
   (``block = table[n // PAGE_SIZE]``, ``row = n % PAGE_SIZE``); without it the cache is an ordinary
   ``(B, Hkv, N, D)`` tensor. Everything else is shared.
 
-Online softmax per program (the FlashAttention recurrence; scores in log2 units so ``exp2`` is used):
+Online softmax per program (the FlashAttention recurrence, :func:`attention_lab.kernels.common.online_softmax_update`;
+scores in log2 units so ``exp2`` is used):
     m_new = max(m_i, rowmax(S))         S = q Kᵀ · scale · log2(e)
     alpha = 2^(m_i - m_new)             rescales what was accumulated so far
     P     = 2^(S - m_new)
@@ -39,41 +40,9 @@ import triton.language as tl
 
 from attention_lab.validation import check_rank
 from attention_lab.caches.paged import check_paged_inputs
-from attention_lab.kernels.interpreter import interpreting as _interpreting
-
-LOG2_E = 1.4426950408889634  # 1 / ln 2: exp(x) = 2^(x · log2 e)
-
-
-@triton.jit
-def _online_softmax_update(acc, m_i, l_i, scores, values, DOT_PRECISION: tl.constexpr):
-    """Fold one tile into the running softmax of a block of query rows (shared with the MLA kernel).
-
-    ``scores`` ``(ROWS, TILE_N)`` fp32, already times scale·log2 e, -inf where masked (every partition
-    holds at least one key, so no row stays at -inf); ``values`` ``(TILE_N, WIDTH)``; ``acc``
-    ``(ROWS, WIDTH)``, ``m_i`` and ``l_i`` ``(ROWS,)`` fp32. Returns the new ``(acc, m_i, l_i)``.
-    """
-    m_new = tl.maximum(m_i, tl.max(scores, 1))  # m_new = max(m_i, rowmax(S))
-    alpha = tl.exp2(m_i - m_new)  # alpha = 2^(m_i - m_new)
-    p = tl.exp2(scores - m_new[:, None])  # P = 2^(S - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)  # l_i = alpha · l_i + rowsum(P)
-    acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values, input_precision=DOT_PRECISION)  # + P V
-    return acc, m_new, l_i
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot``'s input precision: exact fp32 products for fp32 inputs ("tf32" is ignored for 16-bit ones)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _partial_buffers(batch: int, n_heads: int, n_parts: int, width: int, out: torch.Tensor):
-    """Split-K scratch: per-partition outputs ``(B, H, P, width)`` in ``out``'s dtype, maxima and sums ``(B, H, P)``
-    fp32, and their strides; with one partition, placeholders (the kernel writes ``out`` directly)."""
-    if n_parts == 1:
-        return out, out, out, (0, 0, 0), (0, 0)  # unused
-    o_part = torch.empty(batch, n_heads, n_parts, width, device=out.device, dtype=out.dtype)
-    m_part = torch.empty(batch, n_heads, n_parts, device=out.device, dtype=torch.float32)
-    l_part = torch.empty(batch, n_heads, n_parts, device=out.device, dtype=torch.float32)
-    return o_part, m_part, l_part, o_part.stride()[:3], m_part.stride()[:2]
+from attention_lab.kernels.common import LOG2_E, device_facts, dot_precision, head_offset, online_softmax_update
+from attention_lab.kernels.interpreter import interpreting
+from attention_lab.kernels.split_k import merge_compile_job, merge_partitions, partial_buffers
 
 
 @triton.jit
@@ -108,13 +77,14 @@ def _decode_partition_kernel(
         return
     end = tl.minimum(start + partition_size, length)
 
-    rows = tl.arange(0, GROUP_PAD)  # query heads of this group, padded
+    first_head = kv_head * GROUP
+    rows = tl.arange(0, GROUP_PAD)  # query heads of this group, padded, counted from its first
     row_ok = rows < GROUP
-    heads = kv_head * GROUP + rows
     d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = d < HEAD_DIM
-    q = tl.load(Q + seq * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (GROUP_PAD, HEAD_DIM_PAD)
+    # 64-bit offset of the first head, 32-bit row offsets from it (2-D int64 offsets cost registers)
+    q_rows = Q + head_offset(seq, first_head, stride_qb, stride_qh) + rows[:, None] * stride_qh  # (GROUP_PAD, 1)
+    q = tl.load(q_rows + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (GROUP_PAD, HEAD_DIM_PAD)
 
     m_i = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.zeros((GROUP_PAD,), dtype=tl.float32)  # running softmax denominator
@@ -140,61 +110,19 @@ def _decode_partition_kernel(
         # S = q Kᵀ · scale · log2 e: (GROUP_PAD, TILE_N)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         scores = tl.where(n_ok[None, :], scores, float("-inf"))
-        acc, m_i, l_i = _online_softmax_update(acc, m_i, l_i, scores, v, DOT_PRECISION)
+        m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, v, DOT_PRECISION)  # acc += P V
 
     out_mask = row_ok[:, None] & d_ok[None, :]
     out = acc / l_i[:, None]  # o = acc / l_i: the partition saw at least one key, so l_i > 0
     if SINGLE_PARTITION:
-        tl.store(OUT + seq * stride_ob + heads[:, None] * stride_oh + d[None, :],
-                 out.to(OUT.dtype.element_ty), mask=out_mask)
+        out_rows = OUT + head_offset(seq, first_head, stride_ob, stride_oh) + rows[:, None] * stride_oh  # (GROUP_PAD,1)
+        tl.store(out_rows + d[None, :], out.to(OUT.dtype.element_ty), mask=out_mask)
     else:  # normalised, so it is safe in 16 bits: half the bytes of an fp32 acc to write and read back
-        base = seq * stride_pb + heads * stride_ph + part * stride_pp  # (GROUP_PAD,)
+        base = head_offset(seq, first_head, stride_pb, stride_ph) + rows * stride_ph + part * stride_pp  # (GROUP_PAD,)
         tl.store(O_PART + base[:, None] + d[None, :], out.to(O_PART.dtype.element_ty), mask=out_mask)
-        stat = seq * stride_mb + heads * stride_mh + part  # (GROUP_PAD,)
+        stat = head_offset(seq, first_head, stride_mb, stride_mh) + rows * stride_mh + part  # (GROUP_PAD,)
         tl.store(M_PART + stat, m_i, mask=row_ok)
         tl.store(L_PART + stat, l_i, mask=row_ok)
-
-
-@triton.jit
-def _reduce_kernel(
-    M_PART, L_PART, O_PART, CONTEXT_LENS, OUT,
-    stride_pb, stride_ph, stride_pp,  # O_PART (B, H, P, D)
-    stride_mb, stride_mh,  # M_PART, L_PART (B, H, P)
-    stride_ob, stride_oh,
-    partition_size,
-    HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PAD: tl.constexpr,
-    PARTS_PAD: tl.constexpr,  # number of partitions rounded up to a power of two
-    CHUNK: tl.constexpr,  # partitions merged per iteration
-):
-    """Merge one head's partition results: m = max_p m_p, w_p = 2^(m_p - m) · l_p, out = Σ w_p o_p / Σ w_p."""
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    length = tl.load(CONTEXT_LENS + seq)
-    n_parts = tl.cdiv(length, partition_size)  # partitions this sequence really used
-    stat = seq * stride_mb + head * stride_mh
-    all_parts = tl.arange(0, PARTS_PAD)
-    m_all = tl.load(M_PART + stat + all_parts, mask=all_parts < n_parts, other=float("-inf"))
-    m = tl.max(m_all, 0)  # m = max_p m_p
-    m = tl.where(m == float("-inf"), 0.0, m)  # empty sequence: keep the weights at 0, not NaN
-
-    d = tl.arange(0, HEAD_DIM_PAD)
-    d_ok = d < HEAD_DIM
-    acc = tl.zeros((HEAD_DIM_PAD,), dtype=tl.float32)
-    l_sum = tl.zeros((CHUNK,), dtype=tl.float32)
-    for first in range(0, n_parts, CHUNK):
-        parts = first + tl.arange(0, CHUNK)
-        p_ok = parts < n_parts
-        m_p = tl.load(M_PART + stat + parts, mask=p_ok, other=float("-inf"))
-        l_p = tl.load(L_PART + stat + parts, mask=p_ok, other=0.0)
-        o_p = tl.load(O_PART + seq * stride_pb + head * stride_ph + parts[:, None] * stride_pp + d[None, :],
-                      mask=p_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # (CHUNK, HEAD_DIM_PAD)
-        w = tl.exp2(m_p - m) * l_p  # w_p = 2^(m_p - m) · l_p: partition p's share of the softmax mass
-        l_sum += w
-        acc += tl.sum(w[:, None] * o_p, 0)
-    l_total = tl.sum(l_sum, 0)
-    out = acc / tl.where(l_total > 0, l_total, 1.0)  # an empty sequence gives zeros
-    tl.store(OUT + seq * stride_ob + head * stride_oh + d, out.to(OUT.dtype.element_ty), mask=d_ok)
 
 
 # ---------------------------------------------------------------------- configuration
@@ -207,17 +135,19 @@ class DecodeConfig:
     num_stages: int
 
 
-def decode_config(head_dim: int, element_size: int, capability: tuple[int, int] | None) -> DecodeConfig:
-    """The tile for a device. K and V tiles of ``tile_n × head_dim`` are kept ``num_stages`` deep in
-    shared memory, so a T4 (sm_75, 64 KiB) gets 32-key tiles and 2 stages, Ampere/Ada 64 keys and
-    3 stages, and Hopper (227 KiB) 128 keys, which an H100 sweep found best or within 2% of the
-    best for bf16 at D=128 (attention_lab/results/decode_sweep.json). Every choice is compiled and
-    its shared memory checked per architecture by ``tests/test_decode_compile.py``."""
-    if capability is None or capability < (8, 0):
+def decode_config(head_dim: int, element_size: int, capability: int | None) -> DecodeConfig:
+    """The tile for a device of compute ``capability`` (sm_90 -> 90; None: the interpreter).
+
+    K and V tiles of ``tile_n × head_dim`` are kept ``num_stages`` deep in shared memory, so a T4
+    (sm_75, 64 KiB) gets 32-key tiles and 2 stages, Ampere/Ada 64 keys and 3 stages, and Hopper
+    (227 KiB) 128 keys, which an H100 sweep found best or within 2% of the best for bf16 at D=128
+    (attention_lab/results/decode_sweep.json). Every choice is compiled and its shared memory checked
+    per architecture by :mod:`attention_lab.kernels.compile_check` (``tests/test_decode_compile.py``)."""
+    if capability is None or capability < 80:
         return DecodeConfig(tile_n=32, num_warps=4, num_stages=2)
     if head_dim * element_size > 256:  # D > 128 in 16-bit (or fp32 at D=128): a smaller tile
         return DecodeConfig(tile_n=32, num_warps=4, num_stages=3)
-    if capability >= (9, 0):
+    if capability >= 90:
         return DecodeConfig(tile_n=128, num_warps=4, num_stages=3)
     return DecodeConfig(tile_n=64, num_warps=4, num_stages=3)
 
@@ -245,24 +175,12 @@ def choose_partition_size(max_len: int, programs: int, group: int, tile_n: int, 
     return math.ceil(size / tile_n) * tile_n  # a whole number of tiles
 
 
-
-def _device_facts(device: torch.device) -> tuple[tuple[int, int] | None, int]:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return (props.major, props.minor), props.multi_processor_count
-    return None, 4  # the interpreter: a few partitions are enough to exercise the reduction
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
 def launch_plan(batch: int, n_kv_heads: int, n_heads: int, head_dim: int, max_len: int, dtype: torch.dtype,
                 device: torch.device | str) -> tuple[DecodeConfig, int, int]:
     """The tile config, partition size and number of partitions the kernels use for this problem on ``device``."""
-    capability, n_sms = _device_facts(torch.device(device))
-    config = decode_config(head_dim, torch.finfo(dtype).bits // 8, capability)
-    partition = choose_partition_size(max_len, batch * n_kv_heads, n_heads // n_kv_heads, config.tile_n, n_sms)
+    facts = device_facts(device)
+    config = decode_config(head_dim, torch.finfo(dtype).bits // 8, facts.capability)
+    partition = choose_partition_size(max_len, batch * n_kv_heads, n_heads // n_kv_heads, config.tile_n, facts.n_sms)
     return config, partition, max(1, math.ceil(max_len / partition))
 
 
@@ -271,7 +189,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
             v_strides: tuple[int, int, int], block_tables: torch.Tensor | None, context_lens: torch.Tensor,
             n_kv_heads: int, page_size: int, max_len: int, scale: float | None,
             partition_size: int | None, config: DecodeConfig | None) -> torch.Tensor:
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise ValueError("the Triton decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before importing "
                          "attention_lab.kernels.decode_attention, to run it on the CPU); paged_attention_reference works anywhere")
     batch, n_heads, _, head_dim = q.shape
@@ -281,8 +199,8 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
         config = planned_config
         partition_size = planned_partition if partition_size is None else partition_size
     elif partition_size is None:
-        capability, n_sms = _device_facts(q.device)
-        partition_size = choose_partition_size(max_len, batch * n_kv_heads, group, config.tile_n, n_sms)
+        partition_size = choose_partition_size(max_len, batch * n_kv_heads, group, config.tile_n,
+                                               device_facts(q.device).n_sms)
     if partition_size < 1 or partition_size % config.tile_n != 0:
         raise ValueError(f"partition_size must be a positive multiple of tile_n={config.tile_n}, got {partition_size}")
     n_parts = max(1, math.ceil(max_len / partition_size))
@@ -295,30 +213,24 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
     single = n_parts == 1
     if single:  # a sequence of length 0 launches no work: start from zeros
         out.zero_()
-    o_part, m_part, l_part, p_strides, m_strides = _partial_buffers(batch, n_heads, n_parts, head_dim, out)
+    partials = partial_buffers(batch, n_heads, n_parts, head_dim, out)
     tables = block_tables if block_tables is not None else context_lens  # unused when not paged
-    head_dim_pad = max(16, _next_pow2(head_dim))
     _decode_partition_kernel[(batch, n_kv_heads, n_parts)](
         q3, k, v, tables, context_lens,
-        out, m_part, l_part, o_part,
+        out, partials.m_part, partials.l_part, partials.o_part,
         q3.stride(0), q3.stride(1),
         *k_strides, *v_strides,
         tables.stride(0),
         out.stride(0), out.stride(1),
-        *p_strides, *m_strides,
+        *partials.o_strides, *partials.m_strides,
         scale * LOG2_E, partition_size,
-        GROUP=group, GROUP_PAD=max(16, _next_pow2(group)), HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-        PAGE_SIZE=page_size, TILE_N=config.tile_n, PAGED=block_tables is not None, SINGLE_PARTITION=single,
-        DOT_PRECISION=_dot_precision(q.dtype),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), PAGE_SIZE=page_size, TILE_N=config.tile_n,
+        PAGED=block_tables is not None, SINGLE_PARTITION=single, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not single:
-        _reduce_kernel[(batch, n_heads)](
-            m_part, l_part, o_part, context_lens, out,
-            *p_strides, *m_strides, out.stride(0), out.stride(1), partition_size,
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, PARTS_PAD=_next_pow2(n_parts), CHUNK=16,
-            num_warps=4,
-        )
+        merge_partitions(partials, context_lens, out, partition_size, n_parts)
     return out.view(batch, n_heads, 1, head_dim)  # (B, H, 1, D)
 
 
@@ -388,3 +300,28 @@ def contiguous_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context
     v_strides = (v.stride(0), v.stride(2), v.stride(1))
     return _launch(q, k, v, k_strides, v_strides, None, context_lens, k.shape[1], 1, max_len, scale,
                    partition_size, config)
+
+
+# ---------------------------------------------------------------------- compile check
+def compile_jobs(capability: int) -> list:
+    """What CI compiles for sm_``capability`` (:mod:`attention_lab.kernels.compile_check`), in fp16.
+
+    The paged and the contiguous kernel with the tile :func:`decode_config` picks there, at head_dim 128
+    and a query group of 32 (MQA with 32 heads): the largest tiles they meet; and the split-K merge.
+    """
+    from attention_lab.kernels.compile_check import CompileJob
+
+    head_dim, group = 128, 32
+    config = decode_config(head_dim, 2, capability)
+    types = {"Q": "*fp16", "K": "*fp16", "V": "*fp16", "OUT": "*fp16", "O_PART": "*fp16", "BLOCK_TABLES": "*i32",
+             "CONTEXT_LENS": "*i32", "M_PART": "*fp32", "L_PART": "*fp32", "qk_scale": "fp32"}
+    jobs = []
+    for paged in (True, False):
+        constexprs = dict(GROUP=group, GROUP_PAD=group, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim, PAGE_SIZE=16,
+                          TILE_N=config.tile_n, PAGED=paged, SINGLE_PARTITION=False, DOT_PRECISION="tf32")
+        jobs.append(CompileJob(family="decode", kernel="paged" if paged else "contiguous", fn=_decode_partition_kernel,
+                               constexprs=constexprs, types=types, num_warps=config.num_warps,
+                               num_stages=config.num_stages, config={"TILE_N": config.tile_n},
+                               head_dim=head_dim, aligned=("partition_size",)))
+    jobs.append(merge_compile_job("decode", head_dim))
+    return jobs

@@ -1,7 +1,12 @@
-"""Triton's CPU interpreter (``TRITON_INTERPRET=1``): whether it is on, and one fix for older Triton.
+"""Triton's CPU interpreter (``TRITON_INTERPRET=1``): whether the kernels run under it, and one fix for older Triton.
 
-The kernel modules (``flash.triton_attention``, ``decode_kernel``, ``mla_kernel``) import this module
-first. Triton up to 3.6 — the version on Colab and on the lent GPU — turns a scalar inside an
+Every kernel module (``flash.triton_attention``, ``kernels.decode_attention``, ``kernels.latent_decode``)
+imports this module first, and asks :func:`interpreting` — the one meaning used everywhere: *are this
+process's Triton kernels the interpreter's?* Triton decides that once per kernel, when ``@triton.jit``
+builds it (it reads ``TRITON_INTERPRET`` then), so the variable must be set before the kernel modules are
+imported; setting or clearing it later changes neither the kernels nor the answer.
+
+Triton up to 3.6 — the version on Colab and on the lent GPU — turns a scalar inside an
 interpreted kernel into ``int()`` of a one-element array when it is used as a loop bound
 (``for start in range(lo, hi, BLOCK)``); NumPy 2.4 and later refuse that ("only 0-dimensional arrays
 can be converted to Python scalars"). Triton 3.9 squeezes the array first. :func:`patch_loop_bounds`
@@ -10,14 +15,23 @@ installs the same squeeze in an older interpreter; it changes nothing for compil
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+import triton
+
+
+@triton.jit
+def _probe():
+    """A kernel built when this module is imported, like every kernel module's (they import this one first)."""
+    pass
 
 
 def interpreting() -> bool:
-    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1`` in the environment)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when this process's Triton kernels run under the CPU interpreter.
+
+    That is, ``TRITON_INTERPRET=1`` was in the environment when the kernel modules were imported; then
+    the kernels take CPU tensors. False: they are compiled for a CUDA GPU.
+    """
+    return not isinstance(_probe, triton.runtime.jit.JITFunction)
 
 
 def patch_loop_bounds() -> bool:

@@ -9,10 +9,11 @@ folded into the query axis a whole batch gets only a handful of programs. This k
 * **reads each cached row once for a block of heads** — a program holds ``BLOCK_H`` heads' queries as the
   rows of a ``tl.dot``, and the loaded latent tile serves as the keys' content part AND as the values;
 * **splits the context** (split-K) so that batch × head blocks × partitions fill the GPU; each program
-  keeps the online-softmax state of its partition and the partitions are merged by the chapter-11
-  reduction kernel (:func:`attention_lab.kernels.decode_attention._reduce_kernel`).
+  keeps the online-softmax state of its partition and the partitions are merged by the same kernel as
+  chapter 11's (:func:`attention_lab.kernels.split_k.merge_partitions`).
 
-Online softmax per program (scores in log2 units, so ``exp2``):
+Online softmax per program (:func:`attention_lab.kernels.common.online_softmax_update`; scores in log2 units,
+so ``exp2``):
     S     = (q̃ Cᵀ + q^R K^Rᵀ) · scale · log2(e)      C: latent tile, K^R: rotary-key tile
     m_new = max(m_i, rowmax(S));  alpha = 2^(m_i - m_new);  P = 2^(S - m_new)
     l_i   = alpha · l_i + rowsum(P);  acc = alpha · acc + P C
@@ -30,9 +31,9 @@ import triton
 import triton.language as tl
 
 from attention_lab.validation import check_rank
-from attention_lab.kernels.decode_attention import (LOG2_E, _device_facts, _dot_precision, _next_pow2, _online_softmax_update,
-                                                    _partial_buffers, _reduce_kernel)
-from attention_lab.kernels.interpreter import interpreting as _interpreting
+from attention_lab.kernels.common import LOG2_E, device_facts, dot_precision, head_offset, online_softmax_update
+from attention_lab.kernels.interpreter import interpreting
+from attention_lab.kernels.split_k import merge_compile_job, merge_partitions, partial_buffers
 
 
 @triton.jit
@@ -61,13 +62,16 @@ def _latent_decode_kernel(
     start = part * partition_size
     end = tl.minimum(start + partition_size, n_keys)
 
-    heads = head_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    first_head = head_block * BLOCK_H
+    rows = tl.arange(0, BLOCK_H)  # this program's heads, counted from its first
+    heads = first_head + rows
     head_ok = heads < n_heads
     c = tl.arange(0, LATENT_PAD)
     c_ok = c < LATENT
     r = tl.arange(0, ROPE_PAD)
     r_ok = r < ROPE
-    q_rows = Q + seq * stride_qb + heads[:, None] * stride_qh
+    # 64-bit offset of the first head, 32-bit row offsets from it: 2-D int64 offsets cost ~60 registers here
+    q_rows = Q + head_offset(seq, first_head, stride_qb, stride_qh) + rows[:, None] * stride_qh  # (BLOCK_H, 1)
     q_latent = tl.load(q_rows + c[None, :], mask=head_ok[:, None] & c_ok[None, :], other=0.0)  # (BLOCK_H, LATENT_PAD)
     q_rope = tl.load(q_rows + LATENT + r[None, :], mask=head_ok[:, None] & r_ok[None, :], other=0.0)  # (BLOCK_H, ROPE_PAD)
 
@@ -90,17 +94,17 @@ def _latent_decode_kernel(
         scores += tl.dot(q_rope, tl.trans(rope_key), input_precision=DOT_PRECISION)
         scores = scores * qk_scale  # S = (q̃ Cᵀ + q^R K^Rᵀ)·scale·log2 e: (BLOCK_H, TILE_N)
         scores = tl.where(n_ok[None, :], scores, float("-inf"))
-        acc, m_i, l_i = _online_softmax_update(acc, m_i, l_i, scores, latent, DOT_PRECISION)  # acc += P C
+        m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, latent, DOT_PRECISION)  # acc += P C
 
     out_mask = head_ok[:, None] & c_ok[None, :]
     out = acc / l_i[:, None]  # every partition holds at least one key, so l_i > 0
     if SINGLE_PARTITION:
-        tl.store(OUT + seq * stride_ob + heads[:, None] * stride_oh + c[None, :], out.to(OUT.dtype.element_ty),
-                 mask=out_mask)
+        out_rows = OUT + head_offset(seq, first_head, stride_ob, stride_oh) + rows[:, None] * stride_oh  # (BLOCK_H, 1)
+        tl.store(out_rows + c[None, :], out.to(OUT.dtype.element_ty), mask=out_mask)
     else:
-        base = seq * stride_pb + heads * stride_ph + part * stride_pp  # (BLOCK_H,)
+        base = head_offset(seq, first_head, stride_pb, stride_ph) + rows * stride_ph + part * stride_pp  # (BLOCK_H,)
         tl.store(O_PART + base[:, None] + c[None, :], out.to(O_PART.dtype.element_ty), mask=out_mask)
-        stat = seq * stride_mb + heads * stride_mh + part
+        stat = head_offset(seq, first_head, stride_mb, stride_mh) + rows * stride_mh + part  # (BLOCK_H,)
         tl.store(M_PART + stat, m_i, mask=head_ok)
         tl.store(L_PART + stat, l_i, mask=head_ok)
 
@@ -115,18 +119,18 @@ class LatentDecodeConfig:
     num_stages: int
 
 
-def latent_decode_config(capability: tuple[int, int] | None) -> LatentDecodeConfig | None:
-    """The tile for a device (``None``: the interpreter, which takes any tile).
+def latent_decode_config(capability: int | None) -> LatentDecodeConfig:
+    """The tile for a device of compute ``capability`` (sm_90 -> 90; ``None``: the interpreter, which takes any tile).
 
     A latent tile is ``tile_n × d_c`` (32 × 512 bf16 = 32 KiB at DeepSeek-V2's size); the kernel also
     keeps the queries and a second layout of the tile (it is used as keys and as values) in shared
     memory: 55 KiB on sm_90 with 32 keys and 2 stages. A T4 (sm_75, 64 KiB) does not fit even 16 keys
     at d_c = 512 (68 KiB), so the kernel needs sm_80 or newer. 16 heads per program keep the
-    ``16 × d_c`` fp32 accumulator in registers. ``tests/test_mla.py`` compiles the choice for sm_80,
-    sm_89 and sm_90 and checks its shared memory."""
-    if capability is not None and capability < (8, 0):
+    ``16 × d_c`` fp32 accumulator in registers. :mod:`attention_lab.kernels.compile_check` compiles the choice for
+    sm_80, sm_89 and sm_90 and checks its shared memory (``tests/test_mla.py``)."""
+    if capability is not None and capability < 80:
         raise ValueError(f"the Triton latent decode kernel needs compute capability 8.0 or newer (its tile does not fit "
-                         f"the shared memory of sm_{capability[0]}{capability[1]}); use triton_decode=False there")
+                         f"the shared memory of sm_{capability}); use triton_decode=False there")
     return LatentDecodeConfig(block_h=16, tile_n=32, num_warps=4, num_stages=2)
 
 
@@ -146,7 +150,7 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
     """
     check_rank("q", q, 3, "(batch, n_heads, latent_dim + rope_dim)")
     check_rank("rows", rows, 3, "(batch, n_keys, latent_dim + rope_dim)")
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise ValueError("the Triton latent decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before "
                          "importing attention_lab.kernels.latent_decode); the 'absorbed' path without it works anywhere")
     batch, n_heads, width = q.shape
@@ -160,11 +164,11 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n_keys = rows.shape[1]
-    capability, n_sms = _device_facts(q.device)
-    config = latent_decode_config(capability)
+    facts = device_facts(q.device)
+    config = latent_decode_config(facts.capability)
     head_blocks = math.ceil(n_heads / config.block_h)
     if partition_size is None:  # one wave: batch × head blocks × partitions ≈ SMs, partitions of >= 4 tiles
-        parts = max(1, min(math.ceil(n_sms / (batch * head_blocks)), math.ceil(n_keys / (4 * config.tile_n))))
+        parts = max(1, min(math.ceil(facts.n_sms / (batch * head_blocks)), math.ceil(n_keys / (4 * config.tile_n))))
         partition_size = math.ceil(math.ceil(n_keys / parts) / config.tile_n) * config.tile_n
     if partition_size < 1 or partition_size % config.tile_n:
         raise ValueError(f"partition_size must be a positive multiple of tile_n={config.tile_n}, got {partition_size}")
@@ -172,22 +176,43 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
     rope_dim = width - latent_dim
     out = torch.empty(batch, n_heads, latent_dim, device=q.device, dtype=q.dtype)  # (B, H, d_c)
     single = n_parts == 1
-    o_part, m_part, l_part, p_strides, m_strides = _partial_buffers(batch, n_heads, n_parts, latent_dim, out)
-    latent_pad = max(16, _next_pow2(latent_dim))
+    partials = partial_buffers(batch, n_heads, n_parts, latent_dim, out)
     _latent_decode_kernel[(head_blocks, n_parts, batch)](
-        q, rows, out, m_part, l_part, o_part,
+        q, rows, out, partials.m_part, partials.l_part, partials.o_part,
         q.stride(0), q.stride(1), rows.stride(0), rows.stride(1), out.stride(0), out.stride(1),
-        *p_strides, *m_strides, n_heads, n_keys, scale * LOG2_E, partition_size,
-        LATENT=latent_dim, LATENT_PAD=latent_pad, ROPE=rope_dim, ROPE_PAD=max(16, _next_pow2(rope_dim)),
+        *partials.o_strides, *partials.m_strides, n_heads, n_keys, scale * LOG2_E, partition_size,
+        LATENT=latent_dim, LATENT_PAD=max(16, triton.next_power_of_2(latent_dim)),
+        ROPE=rope_dim, ROPE_PAD=max(16, triton.next_power_of_2(rope_dim)),
         BLOCK_H=config.block_h, TILE_N=config.tile_n, SINGLE_PARTITION=single,
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not single:
         context_lens = torch.full((batch,), n_keys, device=q.device, dtype=torch.int32)
-        _reduce_kernel[(batch, n_heads)](
-            m_part, l_part, o_part, context_lens, out,
-            *p_strides, *m_strides, out.stride(0), out.stride(1), partition_size,
-            HEAD_DIM=latent_dim, HEAD_DIM_PAD=latent_pad, PARTS_PAD=_next_pow2(n_parts), CHUNK=16, num_warps=4,
-        )
+        merge_partitions(partials, context_lens, out, partition_size, n_parts)
     return out
+
+
+def compile_jobs(capability: int) -> list:
+    """What CI compiles for sm_``capability`` (:mod:`attention_lab.kernels.compile_check`), in fp16.
+
+    The latent kernel with the tile :func:`latent_decode_config` picks, at DeepSeek-V2's sizes (d_c = 512,
+    d_R = 64), and the split-K merge of its 512-wide outputs; on a GPU the kernel refuses (sm_75), a skipped row.
+    """
+    from attention_lab.kernels.compile_check import CompileJob
+
+    latent, rope = 512, 64
+    try:
+        config = latent_decode_config(capability)
+    except ValueError as refused:
+        return [CompileJob(family="latent", kernel="latent", fn=None, constexprs={}, types={}, num_warps=4,
+                           num_stages=2, head_dim=latent, skipped=str(refused))]
+    constexprs = dict(LATENT=latent, LATENT_PAD=latent, ROPE=rope, ROPE_PAD=rope, BLOCK_H=config.block_h,
+                      TILE_N=config.tile_n, SINGLE_PARTITION=False, DOT_PRECISION="tf32")
+    types = {"Q": "*fp16", "ROWS": "*fp16", "OUT": "*fp16", "O_PART": "*fp16", "M_PART": "*fp32", "L_PART": "*fp32",
+             "qk_scale": "fp32"}
+    return [CompileJob(family="latent", kernel="latent", fn=_latent_decode_kernel, constexprs=constexprs, types=types,
+                       num_warps=config.num_warps, num_stages=config.num_stages,
+                       config={"BLOCK_H": config.block_h, "TILE_N": config.tile_n}, head_dim=latent,
+                       aligned=("partition_size",)),
+            merge_compile_job("latent", latent)]

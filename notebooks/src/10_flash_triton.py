@@ -145,23 +145,24 @@ for causal in (False, True):
 # The output is divided by $\ell_i$ once, after the loop, and the kernel stores the row's log-sum-exp
 # $m_i + \log_2 \ell_i$ for the backward pass.
 #
-# **Exercise.** Write this update as a Triton function. `qk` is the `(BLOCK_M, BLOCK_N)` tile of scaled
-# scores (masked entries are $-\infty$), `v` the `(BLOCK_N, D)` value tile; `acc` is `(BLOCK_M, D)`,
-# `m_i` and `l_i` are `(BLOCK_M,)`, all fp32. Use `tl.maximum`, `tl.max(x, 1)`, `tl.exp2`, `tl.sum(x, 1)`,
-# `tl.dot(a, b)` and broadcasting with `x[:, None]`; cast `p` to `v.dtype` before the `tl.dot`. The
-# checker plugs your function into the library's real kernel in place of its own step and runs it under
-# the interpreter on odd shapes, causal and not.
+# **Exercise.** Write this update as a Triton function `online_softmax_step(m_i, l_i, acc, qk, v)` that
+# returns the new `(m_i, l_i, acc)` — the state in the order of chapters 08 and 09. `m_i` and `l_i` are
+# `(BLOCK_M,)`, `acc` is `(BLOCK_M, D)`, all fp32; `qk` is the `(BLOCK_M, BLOCK_N)` tile of scaled scores
+# (masked entries are $-\infty$), `v` the `(BLOCK_N, D)` value tile. Use `tl.maximum`, `tl.max(x, 1)`,
+# `tl.exp2`, `tl.sum(x, 1)`, `tl.dot(a, b)` and broadcasting with `x[:, None]`; cast `p` to `v.dtype` before
+# the `tl.dot`. The checker plugs your function into the library's real kernel in place of its own update
+# and runs it under the interpreter on odd shapes, causal and not.
 
 # %%
 @triton.jit
-def online_softmax_step(acc, m_i, l_i, qk, v):
+def online_softmax_step(m_i, l_i, acc, qk, v):
     ### BEGIN SOLUTION
     m_new = tl.maximum(m_i, tl.max(qk, 1))                  # m_new = max(m_i, rowmax(S_j))
     alpha = tl.exp2(m_i - m_new)                            # rescales the old state
     p = tl.exp2(qk - m_new[:, None])                        # P_j = 2^(S_j - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)                        # l = alpha·l + rowsum(P_j)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)   # acc = alpha·acc + P_j V_j
-    return acc, m_new, l_i
+    return m_new, l_i, acc
     ### END SOLUTION
 
 
@@ -169,7 +170,8 @@ def online_softmax_step(acc, m_i, l_i, qk, v):
 check_online_softmax_step(online_softmax_step);
 
 # %% [markdown]
-# The library's version (`_online_softmax_step`) adds one guard: a row that has not seen any key yet
+# The library's version (`online_softmax_update` in `attention_lab/kernels/common.py`, which the decode
+# kernels of chapters 11 and 12 call too) adds one guard: a row that has not seen any key yet
 # (all masked so far: $m = -\infty$) subtracts 0 instead of $-\infty$, so $-\infty - (-\infty)$ never
 # makes a NaN — that is how rows whose every key is masked come out as zeros.
 #

@@ -1,0 +1,120 @@
+"""Split-K for decode kernels: per-partition scratch buffers and the kernel that merges the partitions.
+
+One decode step has too few query rows to fill a GPU (MQA at batch 32 makes 32 programs for 132 SMs),
+so the decode kernels (:mod:`.decode_attention`, :mod:`.latent_decode`) cut the context into
+partitions. Program ``p`` runs the online softmax over its partition only and stores its normalised
+output ``o_p = acc_p / l_p`` with the partition's max ``m_p`` and sum ``l_p`` (the buffers of
+:func:`partial_buffers`); :func:`merge_partitions` then combines them per (sequence, head):
+
+    m = max_p m_p,   w_p = 2^(m_p - m) · l_p,   out = Σ_p w_p o_p / Σ_p w_p.
+
+A partition past the end of a shorter sequence writes nothing; the merge counts only the partitions
+``cdiv(length, partition_size)`` a sequence really used, and an empty sequence gets zeros.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from attention_lab.kernels.common import head_offset
+
+MERGE_CHUNK = 16  # partitions merged per loop iteration of the merge kernel
+
+
+class PartialBuffers(NamedTuple):
+    """Split-K scratch: what each partition leaves for the merge."""
+
+    o_part: torch.Tensor  # (B, H, P, width) normalised partition outputs, in the output's dtype
+    m_part: torch.Tensor  # (B, H, P) fp32 partition maxima (log2 units)
+    l_part: torch.Tensor  # (B, H, P) fp32 partition sums of 2^(s - m_p)
+    o_strides: tuple[int, int, int]  # o_part's strides over (B, H, P)
+    m_strides: tuple[int, int]  # m_part's and l_part's strides over (B, H); P is contiguous
+
+
+def partial_buffers(batch: int, n_heads: int, n_parts: int, width: int, out: torch.Tensor) -> PartialBuffers:
+    """Scratch for ``n_parts`` partitions of a ``(B, H, width)`` output ``out``.
+
+    With one partition nothing is allocated: the kernel writes ``out`` directly, and the buffers are
+    placeholders (``out`` itself, zero strides) that it never touches.
+    """
+    if n_parts == 1:
+        return PartialBuffers(out, out, out, (0, 0, 0), (0, 0))  # unused
+    o_part = torch.empty(batch, n_heads, n_parts, width, device=out.device, dtype=out.dtype)
+    m_part = torch.empty(batch, n_heads, n_parts, device=out.device, dtype=torch.float32)
+    l_part = torch.empty(batch, n_heads, n_parts, device=out.device, dtype=torch.float32)
+    return PartialBuffers(o_part, m_part, l_part, o_part.stride()[:3], m_part.stride()[:2])
+
+
+@triton.jit
+def merge_kernel(
+    M_PART, L_PART, O_PART, CONTEXT_LENS, OUT,
+    stride_pb, stride_ph, stride_pp,  # O_PART (B, H, P, D)
+    stride_mb, stride_mh,  # M_PART, L_PART (B, H, P)
+    stride_ob, stride_oh,  # OUT (B, H, D)
+    partition_size,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    PARTS_PAD: tl.constexpr,  # number of partitions rounded up to a power of two
+    CHUNK: tl.constexpr,  # partitions merged per iteration
+):
+    """Merge one head's partition results: m = max_p m_p, w_p = 2^(m_p - m) · l_p, out = Σ w_p o_p / Σ w_p."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    length = tl.load(CONTEXT_LENS + seq)
+    n_parts = tl.cdiv(length, partition_size)  # partitions this sequence really used
+    stat = head_offset(seq, head, stride_mb, stride_mh)
+    all_parts = tl.arange(0, PARTS_PAD)
+    m_all = tl.load(M_PART + stat + all_parts, mask=all_parts < n_parts, other=float("-inf"))
+    m = tl.max(m_all, 0)  # m = max_p m_p
+    m = tl.where(m == float("-inf"), 0.0, m)  # empty sequence: keep the weights at 0, not NaN
+
+    d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = d < HEAD_DIM
+    o_base = O_PART + head_offset(seq, head, stride_pb, stride_ph)
+    acc = tl.zeros((HEAD_DIM_PAD,), dtype=tl.float32)
+    l_sum = tl.zeros((CHUNK,), dtype=tl.float32)
+    for first in range(0, n_parts, CHUNK):
+        parts = first + tl.arange(0, CHUNK)
+        p_ok = parts < n_parts
+        m_p = tl.load(M_PART + stat + parts, mask=p_ok, other=float("-inf"))
+        l_p = tl.load(L_PART + stat + parts, mask=p_ok, other=0.0)
+        o_p = tl.load(o_base + parts[:, None] * stride_pp + d[None, :],
+                      mask=p_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # (CHUNK, HEAD_DIM_PAD)
+        w = tl.exp2(m_p - m) * l_p  # w_p = 2^(m_p - m) · l_p: partition p's share of the softmax mass
+        l_sum += w
+        acc += tl.sum(w[:, None] * o_p, 0)
+    l_total = tl.sum(l_sum, 0)
+    out = acc / tl.where(l_total > 0, l_total, 1.0)  # an empty sequence gives zeros
+    tl.store(OUT + head_offset(seq, head, stride_ob, stride_oh) + d, out.to(OUT.dtype.element_ty), mask=d_ok)
+
+
+def merge_partitions(partials: PartialBuffers, context_lens: torch.Tensor, out: torch.Tensor,
+                     partition_size: int, n_parts: int) -> None:
+    """Launch :func:`merge_kernel`: write into ``out`` ``(B, H, width)`` the merge of ``partials``.
+
+    ``context_lens`` ``(B,)`` int32 tells each sequence's length, hence how many partitions it used.
+    """
+    batch, n_heads, width = out.shape
+    merge_kernel[(batch, n_heads)](
+        partials.m_part, partials.l_part, partials.o_part, context_lens, out,
+        *partials.o_strides, *partials.m_strides, out.stride(0), out.stride(1), partition_size,
+        HEAD_DIM=width, HEAD_DIM_PAD=max(16, triton.next_power_of_2(width)),
+        PARTS_PAD=triton.next_power_of_2(n_parts), CHUNK=MERGE_CHUNK, num_warps=4,
+    )
+
+
+def merge_compile_job(family: str, width: int, n_parts: int = 128):
+    """The merge kernel at ``width`` values per row and ``n_parts`` partitions, for :mod:`.compile_check`."""
+    from attention_lab.kernels.compile_check import CompileJob
+
+    constexprs = dict(HEAD_DIM=width, HEAD_DIM_PAD=max(16, triton.next_power_of_2(width)),
+                      PARTS_PAD=triton.next_power_of_2(n_parts), CHUNK=MERGE_CHUNK)
+    return CompileJob(family=family, kernel="merge", fn=merge_kernel, constexprs=constexprs,
+                      types={"M_PART": "*fp32", "L_PART": "*fp32", "O_PART": "*fp16", "CONTEXT_LENS": "*i32",
+                             "OUT": "*fp16"},
+                      num_warps=4, num_stages=3, config={"PARTS_PAD": constexprs["PARTS_PAD"], "CHUNK": MERGE_CHUNK},
+                      head_dim=width, aligned=("partition_size",))
