@@ -204,7 +204,7 @@ def main() -> None:
         from attention_lab.costs.gpu_facts import DeviceInfo
 
         info = DeviceInfo(True, "CPU smoke test", (0, 0), 0, 0.0)
-    results = {"device": {"name": info.name, "compute_capability": list(info.compute_capability), "sms": info.sms,
+    results = {"device": {"name": info.name, "compute_capability": info.compute_capability, "sms": info.sms,
                           "memory_gib": info.memory_gib, "l2_mib": info.l2_mib, "warp_size": info.warp_size,
                           "shared_memory_per_block_kib": info.shared_memory_per_block_kib,
                           "table_row": info.spec.name if info.spec else None},

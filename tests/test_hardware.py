@@ -26,7 +26,7 @@ def test_table_rows_are_consistent():
         assert spec.shared_memory_per_sm_kib <= spec.l1_shared_per_sm_kib
         assert spec.source
         assert 1 < spec.ridge_point < 1000  # FLOP/byte
-    assert GPU_TABLE["T4"].bf16_tflops is None and GPU_TABLE["T4"].compute_capability == (7, 5)
+    assert GPU_TABLE["T4"].bf16_tflops is None and GPU_TABLE["T4"].compute_capability == 75
     # The DESIGN's H100 note: 144 SMs is the full die, no product has it; SXM has 132, PCIe 114 at 2.0 TB/s.
     assert GPU_TABLE["H100 SXM"].sms == 132 and GPU_TABLE["H100 PCIe"].sms == 114
     assert GPU_TABLE["H100 PCIe"].bandwidth_tb_s == 2.0 and FULL_GH100_SMS == 144

@@ -27,7 +27,7 @@ class GPUSpec:
 
     name: str  # product name as students see it in `nvidia-smi`
     architecture: str  # Turing, Ampere, Hopper
-    compute_capability: tuple[int, int]  # sm_75 -> (7, 5)
+    compute_capability: int  # one number, as everywhere in the book: sm_75 -> 75
     sms: int  # streaming multiprocessors enabled on this product
     shared_memory_per_sm_kib: int  # the most shared memory one SM can give its blocks (the tile budget, "SRAM")
     l1_shared_per_sm_kib: int  # the combined L1 + shared-memory array per SM it is carved from
@@ -56,15 +56,15 @@ class GPUSpec:
 
 
 GPU_TABLE: dict[str, GPUSpec] = {
-    "T4": GPUSpec("T4", "Turing", (7, 5), 40, 64, 96, 4, 16, "GDDR6", 0.320, 65.0, None,
+    "T4": GPUSpec("T4", "Turing", 75, 40, 64, 96, 4, 16, "GDDR6", 0.320, 65.0, None,
                   "NVIDIA T4 datasheet (2019); Turing tuning guide (64 KiB shared of 96 KiB L1/shared per SM)"),
-    "A100 SXM 80GB": GPUSpec("A100 SXM 80GB", "Ampere", (8, 0), 108, 164, 192, 40, 80, "HBM2e", 2.039, 312.0, 312.0,
+    "A100 SXM 80GB": GPUSpec("A100 SXM 80GB", "Ampere", 80, 108, 164, 192, 40, 80, "HBM2e", 2.039, 312.0, 312.0,
                              "NVIDIA A100 datasheet (2021) and A100 architecture whitepaper (2020)"),
-    "H100 PCIe": GPUSpec("H100 PCIe", "Hopper", (9, 0), 114, 228, 256, 50, 80, "HBM2e", 2.0, 756.0, 756.0,
+    "H100 PCIe": GPUSpec("H100 PCIe", "Hopper", 90, 114, 228, 256, 50, 80, "HBM2e", 2.0, 756.0, 756.0,
                          "NVIDIA H100 datasheet (2022) and H100 architecture whitepaper (2022), PCIe column"),
-    "H100 SXM": GPUSpec("H100 SXM", "Hopper", (9, 0), 132, 228, 256, 50, 80, "HBM3", 3.35, 989.4, 989.4,
+    "H100 SXM": GPUSpec("H100 SXM", "Hopper", 90, 132, 228, 256, 50, 80, "HBM3", 3.35, 989.4, 989.4,
                         "NVIDIA H100 datasheet (2022) and H100 architecture whitepaper (2022), SXM5 column"),
-    "H200 SXM": GPUSpec("H200 SXM", "Hopper", (9, 0), 132, 228, 256, 60, 141, "HBM3e", 4.8, 989.4, 989.4,
+    "H200 SXM": GPUSpec("H200 SXM", "Hopper", 90, 132, 228, 256, 60, 141, "HBM3e", 4.8, 989.4, 989.4,
                         "NVIDIA H200 datasheet (2024): same GH100 compute as the H100 SXM, 141 GB HBM3e at 4.8 TB/s; "
                         "the datasheet gives no L2 size, 60 MiB is what the CUDA driver reports on an H200"),
 }
@@ -93,7 +93,7 @@ class DeviceInfo:
 
     available: bool
     name: str
-    compute_capability: tuple[int, int] | None = None
+    compute_capability: int | None = None  # sm_90 -> 90
     sms: int | None = None
     memory_gib: float | None = None
     l2_mib: float | None = None
@@ -109,9 +109,9 @@ class DeviceInfo:
         """One sentence for a notebook: the card and its key numbers, or why there is none."""
         if not self.available:
             return "no GPU: this machine runs the CPU path (numbers below come from the table and committed results)"
-        major, minor = self.compute_capability
+        major, minor = divmod(self.compute_capability, 10)
         extra = f", {self.l2_mib:.0f} MiB L2" if self.l2_mib else ""
-        return (f"{self.name}: compute capability {major}.{minor} (sm_{major}{minor}), {self.sms} SMs, "
+        return (f"{self.name}: compute capability {major}.{minor} (sm_{self.compute_capability}), {self.sms} SMs, "
                 f"{self.memory_gib:.1f} GiB{extra}")
 
 
@@ -125,7 +125,7 @@ def detect_device(index: int = 0) -> DeviceInfo:
     return DeviceInfo(
         available=True,
         name=props.name,
-        compute_capability=(props.major, props.minor),
+        compute_capability=10 * props.major + props.minor,
         sms=props.multi_processor_count,
         memory_gib=props.total_memory / 2**30,
         l2_mib=l2 / 2**20 if l2 else None,

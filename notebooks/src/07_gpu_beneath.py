@@ -39,9 +39,8 @@ torch.set_num_threads(1)  # this chapter's tensors are small: one CPU thread bea
 print(f"{'card':14} {'sm':>6} {'SMs':>4} {'smem/SM':>8} {'L1+smem':>8} {'L2':>6} {'memory':>13} "
       f"{'TB/s':>5} {'fp16 TF/s':>9} {'bf16 TF/s':>9}")
 for spec in GPU_TABLE.values():
-    major, minor = spec.compute_capability
     bf16 = f"{spec.bf16_tflops:9.0f}" if spec.bf16_tflops else f"{'none':>9}"
-    print(f"{spec.name:14} {'sm_' + str(major) + str(minor):>6} {spec.sms:4d} {spec.shared_memory_per_sm_kib:5d} KiB "
+    print(f"{spec.name:14} {'sm_' + str(spec.compute_capability):>6} {spec.sms:4d} {spec.shared_memory_per_sm_kib:5d} KiB "
           f"{spec.l1_shared_per_sm_kib:5d} KiB {spec.l2_mib:3.0f} MiB {spec.memory_gib:5.0f} GB {spec.memory_kind:6} "
           f"{spec.bandwidth_tb_s:5.2f} {spec.fp16_tflops:9.0f} {bf16}")
 print(f"\nthreads per warp: {WARP_SIZE}")

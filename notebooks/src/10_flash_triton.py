@@ -34,6 +34,7 @@ from attention_lab.attention import MultiHeadAttention, scaled_dot_product_atten
 from attention_lab.exercises.ch10 import check_online_softmax_step
 from attention_lab.flash import triton_configs
 from attention_lab.book.results import load as load_results
+from attention_lab.costs.gpu_facts import detect_device
 from attention_lab.flash import benchmark_report
 from attention_lab.flash import triton_attention as ta
 from attention_lab.flash.tiled import FULL, PARTIAL, SKIP, block_schedule
@@ -364,7 +365,7 @@ for m in results["memory"]:
 # %%
 if ON_GPU:
     qg, kg, vg = (torch.randn(8, 16, 4096, 128, device="cuda",
-                              dtype=torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16)
+                              dtype=torch.bfloat16 if detect_device().compute_capability >= 80 else torch.float16)
                   for _ in range(3))
     flops = benchmark_report.attention_flops(8, 16, 4096, 128, causal=True)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):

@@ -29,6 +29,7 @@ if not torch.cuda.is_available():
 
 from attention_lab import TinyGPT, TinyGPTConfig, scaled_dot_product_attention
 from attention_lab.book.results import load as load_results
+from attention_lab.costs.gpu_facts import detect_device
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
 from attention_lab.kernels.decode_attention import paged_decode
 from attention_lab.exercises.ch11 import check_blocks_needed, check_physical_slot
@@ -427,7 +428,7 @@ ax.grid(axis="y", alpha=0.3)
 plt.show()
 
 if torch.cuda.is_available():  # a quick live check on this GPU
-    dtype = torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16
+    dtype = torch.bfloat16 if detect_device().compute_capability >= 80 else torch.float16
     gpu_pool = PagedKVCache(1, 64 * 32, 16, 8, 128, device="cuda", dtype=dtype)
     gpu_seqs = [gpu_pool.add_sequence() for _ in range(32)]
     for s in gpu_seqs:

@@ -27,6 +27,7 @@ import torch
 
 from attention_lab import MHASettings, MultiHeadAttention, TinyGPT, TinyGPTConfig
 from attention_lab.book.results import load as load_results, result_path
+from attention_lab.costs.gpu_facts import detect_device
 from attention_lab.caches.sizes import ModelShape, format_bytes
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
 from attention_lab.generate import generate
@@ -451,7 +452,7 @@ if torch.cuda.is_available():
             return gpu_layer(step_input, cache=gpu_cache)
 
     paths = [("naive", False), ("absorbed", False)]
-    if torch.cuda.get_device_capability() >= (8, 0):  # the Triton kernel's tile does not fit a T4's shared memory
+    if detect_device().compute_capability >= 80:  # the Triton kernel's tile does not fit a T4's shared memory
         paths.append(("absorbed", True))
     for mode, triton_decode in paths:
         gpu_layer.mode, gpu_layer.triton_decode = mode, triton_decode
