@@ -31,8 +31,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import triton
-import triton.language as tl
+from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
 from attention_lab.attention import check_qkv
 from attention_lab.flash import triton_configs
@@ -449,11 +448,13 @@ def check_dtype_supported(dtype: torch.dtype, capability: int) -> None:
 
 def _check_device(q: torch.Tensor) -> None:
     """The kernels need a CUDA tensor, or CPU tensors under the interpreter; bf16 needs sm_80+."""
+    require_triton("flash_attention")
     if interpreting():
         return
     if not q.is_cuda:
-        raise RuntimeError("flash_attention runs its Triton kernels on a CUDA GPU; on the CPU set TRITON_INTERPRET=1 "
-                           "before importing attention_lab.flash.triton_attention to run them under Triton's interpreter")
+        raise ValueError("flash_attention runs its Triton kernels on a CUDA GPU, and q is on the CPU: set "
+                         "TRITON_INTERPRET=1 before importing attention_lab.flash.triton_attention to run them under "
+                         "Triton's interpreter, or use attention_lab.attention.scaled_dot_product_attention")
     check_dtype_supported(q.dtype, device_capability(q.device))
 
 

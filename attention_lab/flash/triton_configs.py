@@ -16,7 +16,7 @@ kernel, config and architecture, by :mod:`attention_lab.kernels.compile_check` (
 
 from __future__ import annotations
 
-import triton
+from attention_lab.kernels.optional_triton import triton
 
 from attention_lab.kernels.common import KIB, device_capability, shared_memory_limit
 

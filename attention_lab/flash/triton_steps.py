@@ -17,8 +17,7 @@ measured, and support the forward only (no window, mask or backward).
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from attention_lab.kernels.optional_triton import tl, triton
 
 from attention_lab.flash.triton_attention import flash_attention, load_rows, may_attend, prepare_inputs
 from attention_lab.kernels.common import LOG2_E, device_capability, head_offset, online_softmax_update

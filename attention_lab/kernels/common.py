@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
+from attention_lab.kernels.optional_triton import tl, triton
 
 LOG2_E = 1.4426950408889634  # log2(e) = 1 / ln 2: exp(x) = exp2(x · LOG2_E)
 

@@ -35,8 +35,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
+from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
 from attention_lab.validation import check_rank
 from attention_lab.caches.paged import check_paged_inputs
@@ -189,6 +188,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
             v_strides: tuple[int, int, int], block_tables: torch.Tensor | None, context_lens: torch.Tensor,
             n_kv_heads: int, page_size: int, max_len: int, scale: float | None,
             partition_size: int | None, config: DecodeConfig | None) -> torch.Tensor:
+    require_triton("the Triton decode kernel")
     if q.device.type != "cuda" and not interpreting():
         raise ValueError("the Triton decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before importing "
                          "attention_lab.kernels.decode_attention, to run it on the CPU); paged_attention_reference works anywhere")

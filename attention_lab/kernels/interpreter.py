@@ -16,7 +16,8 @@ installs the same squeeze in an older interpreter; it changes nothing for compil
 from __future__ import annotations
 
 import numpy as np
-import triton
+
+from attention_lab.kernels.optional_triton import TRITON_AVAILABLE, triton
 
 
 @triton.jit
@@ -31,7 +32,7 @@ def interpreting() -> bool:
     That is, ``TRITON_INTERPRET=1`` was in the environment when the kernel modules were imported; then
     the kernels take CPU tensors. False: they are compiled for a CUDA GPU.
     """
-    return not isinstance(_probe, triton.runtime.jit.JITFunction)
+    return TRITON_AVAILABLE and not isinstance(_probe, triton.runtime.jit.JITFunction)
 
 
 def patch_loop_bounds() -> bool:

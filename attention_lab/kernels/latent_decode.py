@@ -27,8 +27,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
+from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
 from attention_lab.validation import check_rank
 from attention_lab.kernels.common import LOG2_E, device_facts, dot_precision, head_offset, online_softmax_update
@@ -150,6 +149,7 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
     """
     check_rank("q", q, 3, "(batch, n_heads, latent_dim + rope_dim)")
     check_rank("rows", rows, 3, "(batch, n_keys, latent_dim + rope_dim)")
+    require_triton("the Triton latent decode kernel")
     if q.device.type != "cuda" and not interpreting():
         raise ValueError("the Triton latent decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before "
                          "importing attention_lab.kernels.latent_decode); the 'absorbed' path without it works anywhere")

@@ -17,8 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import triton
-import triton.language as tl
+from attention_lab.kernels.optional_triton import tl, triton
 
 from attention_lab.kernels.common import head_offset
 
