@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from attention_lab.validation import check_float_dtype, check_positive_int, check_rank
+from attention_lab.validation import check_dtype_matches, check_positive_int, check_rank
 from attention_lab.attention import get_backend
 from attention_lab.masks import causal_mask
-from attention_lab.rope import RotaryEmbedding, check_rope_dim
+from attention_lab.rope import RotaryEmbedding, check_rope_base, check_rope_dim
 
 if TYPE_CHECKING:  # for the type hint only: attention_lab.model imports this module
     from attention_lab.model import TinyGPTConfig
@@ -231,9 +231,11 @@ class MultiHeadLatentAttention(nn.Module):
         queries attend to every cached token, aligned to the end.
         """
         check_rank("x", x, 3, "(batch, seq, d_model)")
-        check_float_dtype("x", x)
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (batch, seq, d_model={self.d_model}), got {tuple(x.shape)}")
+        check_dtype_matches("x", x, self.kv_down.weight.dtype, "this MultiHeadLatentAttention")
+        if cache is not None and not isinstance(cache, LatentCache):
+            raise ValueError(f"cache must be a LatentCache from make_cache(), got {type(cache).__name__}")
         batch, seq, _ = x.shape
         if positions is None:
             start = 0 if cache is None else cache.length
@@ -245,8 +247,6 @@ class MultiHeadLatentAttention(nn.Module):
         if cache is None:
             rows = torch.cat([latent, rope_key], dim=-1)  # (B, T, d_c + d_h^R)
         else:
-            if not isinstance(cache, LatentCache):
-                raise ValueError(f"cache must be a LatentCache from make_cache(), got {type(cache).__name__}")
             rows = cache.update(latent, rope_key)  # (B, N, d_c + d_h^R): every token the queries may see
         attend = self._attend_absorbed if _check_mode(self.mode) == "absorbed" else self._attend_naive
         context = attend(q_content, q_rot, rows)  # (B, H, T, d_h)
@@ -333,8 +333,7 @@ class MLASettings:
                 check_positive_int(name, getattr(self, name))
         if self.rope_dim is not None:
             check_rope_dim("rope_dim", self.rope_dim)
-        if not self.rope_base > 0:
-            raise ValueError(f"rope_base must be > 0, got {self.rope_base!r}")
+        check_rope_base("rope_base", self.rope_base)
         _check_mode(self.mode)
 
 

@@ -22,7 +22,9 @@ from torch import nn
 
 from attention_lab.attention import MultiHeadAttention
 from attention_lab.mla import MLASettings, build_mla
-from attention_lab.validation import check_divides, check_positive_int, check_rank
+from attention_lab.rope import check_rope_base
+from attention_lab.validation import (check_divides, check_int_dtype, check_positive_int, check_rank,
+                                     check_values_in_range)
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,7 @@ class MHASettings:
     def __post_init__(self) -> None:
         if not isinstance(self.rope, bool):
             raise ValueError(f"rope must be True or False, got {self.rope!r}")
-        if not self.rope_base > 0:
-            raise ValueError(f"rope_base must be > 0, got {self.rope_base!r}")
+        check_rope_base("rope_base", self.rope_base)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,16 @@ class ModelCache:
         return sum(layer.nbytes for layer in self.layers)
 
 
+def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
+    """Raise ``ValueError`` unless ``ids`` is an integer ``(batch, seq)`` tensor, ``seq >= 1``, of ids in
+    ``[0, vocab_size)`` (reads the extremes back from the device: one sync)."""
+    check_rank(name, ids, 2, "(batch, seq)")
+    check_int_dtype(name, ids)
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one token per sequence, got shape {tuple(ids.shape)}")
+    check_values_in_range(f"{name} (token ids)", ids, 0, vocab_size)
+
+
 class TinyGPT(nn.Module):
     """Token + learned position embeddings, ``n_layers`` blocks, final LayerNorm, tied output head."""
 
@@ -203,10 +214,21 @@ class TinyGPT(nn.Module):
                 cache: ModelCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx ``(B, T)`` token ids -> logits ``(B, T, vocab)`` and the mean cross-entropy if ``targets`` ``(B, T)``.
 
+        ``idx`` and ``targets`` are integer tensors of ids in ``[0, vocab_size)``, ``T >= 1``; anything else is
+        a ``ValueError`` naming the argument.
+
         With a ``cache`` the T tokens continue the ones already cached (positions start at
         ``cache.length``), and their keys/values are appended to it.
         """
-        check_rank("idx", idx, 2, "(batch, seq)")
+        check_token_ids("idx", idx, self.config.vocab_size)
+        if cache is not None and (not isinstance(cache, ModelCache) or len(cache.layers) != len(self.blocks)):
+            raise ValueError(f"cache must be a ModelCache of {len(self.blocks)} layers from new_cache(), "
+                             f"got {type(cache).__name__}")
+        if targets is not None:
+            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+                raise ValueError(f"targets must have shape (batch, seq) = {tuple(idx.shape)}, "
+                                 f"got {tuple(getattr(targets, 'shape', ())) or type(targets).__name__}")
+            check_token_ids("targets", targets, self.config.vocab_size)
         batch, seq = idx.shape
         start = 0 if cache is None else cache.length
         if start + seq > self.config.context_length:
@@ -218,7 +240,5 @@ class TinyGPT(nn.Module):
         logits = self.lm_head(self.ln_final(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets must have shape (batch, seq) = {tuple(idx.shape)}, got {tuple(targets.shape)}")
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attention_lab.validation import check_positive_int
+from attention_lab.validation import check_float_dtype, check_positive_int, check_real
 
 
 def check_rope_dim(name: str, dim: int) -> int:
@@ -28,14 +28,26 @@ def check_rope_dim(name: str, dim: int) -> int:
     return dim
 
 
+def check_rope_base(name: str, base: float) -> float:
+    """Return ``base`` as a float if it is a finite real number > 1; else ``ValueError``.
+
+    ``θ_i = base^(-2i / dim)`` must fall from 1 towards 0 as the pair index ``i`` grows; a base ≤ 0 gives
+    NaN angles, a base in ``(0, 1]`` angles that grow (or stay) instead.
+    """
+    return check_real(name, base, minimum=1.0, strict=True)
+
+
 def rope_angles(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
     """Rotation angles ``p · θ_i`` for ``positions`` ``(T,)``: a float64 tensor ``(T, dim // 2)``.
 
     Computed in float64 so that the angle of position 32k is exact to ~1e-12 rad before it is cast.
     """
     check_rope_dim("dim", dim)
+    check_rope_base("base", base)
     if not isinstance(positions, torch.Tensor) or positions.dim() != 1:
         raise ValueError(f"positions must be a 1-D tensor of shape (T,), got {getattr(positions, 'shape', positions)!r}")
+    if positions.dtype == torch.bool or positions.is_complex():
+        raise ValueError(f"positions must hold integer (or real) positions, got dtype {positions.dtype}")
     pair = torch.arange(dim // 2, device=positions.device, dtype=torch.float64)  # (dim/2,)
     theta = base ** (-2.0 * pair / dim)  # (dim/2,): θ_i = base^(-2i/dim), from 1 down to ~1/base
     return positions.to(torch.float64)[:, None] * theta[None, :]  # (T, dim/2)
@@ -49,6 +61,7 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be a tensor of shape (..., T, D), got {getattr(x, 'shape', type(x).__name__)}")
+    check_float_dtype("x", x)
     seq, dim = x.shape[-2], x.shape[-1]
     check_rope_dim("x.shape[-1] (head_dim)", dim)
     if not isinstance(positions, torch.Tensor) or tuple(positions.shape) != (seq,):
@@ -80,13 +93,11 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int, base: float = 10000.0) -> None:
         super().__init__()
         self.dim = check_rope_dim("dim", dim)
-        if not base > 1:
-            raise ValueError(f"base must be > 1, got {base}")
-        self.base = float(base)
+        self.base = check_rope_base("base", base)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape (..., T, dim={self.dim}), got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape (..., T, dim={self.dim}), got {tuple(getattr(x, 'shape', ()))}")
         return apply_rope(x, positions, self.base)
 
     def extra_repr(self) -> str:

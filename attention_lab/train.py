@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from attention_lab.validation import check_positive_int
+from attention_lab.validation import check_positive_int, check_real
 from attention_lab.data import TokenDataset
 
 
@@ -27,7 +27,13 @@ class TrainResult:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: TokenDataset, split: str = "val", batches: int = 8,
              batch_size: int = 32, seed: int = 1234) -> float:
-    """Mean cross-entropy over ``batches`` fixed random batches of ``split`` (same batches every call)."""
+    """Mean cross-entropy over ``batches`` fixed random batches of ``split`` (same batches every call).
+
+    ``batches`` and ``batch_size`` are integers >= 1.
+    """
+    check_positive_int("batches", batches)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("seed", seed, minimum=0)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -42,15 +48,27 @@ def evaluate(model: torch.nn.Module, data: TokenDataset, split: str = "val", bat
 
 def train(model: torch.nn.Module, data: TokenDataset, steps: int, batch_size: int = 32, lr: float = 3e-3,
           eval_every: int = 50, seed: int = 0, progress: bool = True, warmup: int = 20) -> TrainResult:
-    """Train ``model`` for ``steps`` AdamW steps (linear warm-up, cosine decay); return the loss history."""
+    """Train ``model`` for ``steps`` AdamW steps (linear warm-up, cosine decay); return the loss history.
+
+    ``steps``, ``batch_size`` and ``eval_every`` are integers >= 1, ``warmup`` an integer >= 0 (0: start at
+    the full rate), ``lr`` a finite real number > 0.
+    """
     import time
 
     check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
     check_positive_int("eval_every", eval_every)
+    check_positive_int("warmup", warmup, minimum=0)
+    check_positive_int("seed", seed, minimum=0)
+    lr = check_real("lr", lr, minimum=0.0, strict=True)
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+    def rate(s: int) -> float:  # linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`
+        ramp = 1.0 if warmup == 0 else min(1.0, (s + 1) / warmup)
+        return ramp * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     generator = torch.Generator().manual_seed(seed)
     result = TrainResult()
     running, count = 0.0, 0

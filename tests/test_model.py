@@ -1,5 +1,7 @@
 """TinyGPT, training and generation: shapes, learning, cached == uncached, sampling rules, errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -106,7 +108,7 @@ def test_cache_errors_are_clear():
     (dict(settings=MLASettings()), r"settings for attention='mha' must be MHASettings\(...\), got MLASettings"),
     (dict(attention="mla", settings=MHASettings(rope=True)), r"settings for attention='mla' must be MLASettings"),
     (dict(settings={"rope": "yes"}), "rope must be True or False"),
-    (dict(settings={"rope_base": 0.0}), "rope_base must be > 0"),
+    (dict(settings={"rope_base": 0.0}), "rope_base must be a finite real number > 1"),
 ])
 def test_bad_config_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -121,3 +123,44 @@ def test_settings_reach_every_attention_layer():
         for block in model.blocks:
             assert isinstance(block.attn.rotary, RotaryEmbedding) and block.attn.rotary.base == 500.0
     assert all(block.attn.rotary is None for block in tiny(settings=MHASettings(rope=False)).blocks)
+
+
+# ---------------------------------------------------------------------- issue #18, item 15
+@pytest.mark.parametrize("call,message", [
+    (lambda m: generate(m, torch.zeros(1, 0, dtype=torch.long), 2), "idx must hold at least one token"),
+    (lambda m: generate(m, torch.tensor([[3, 29]]), 2), r"idx \(token ids\) must hold values in \[0, 29\), got \[29\]"),
+    (lambda m: generate(m, torch.tensor([[-1, 3]]), 2), r"idx \(token ids\) must hold values in \[0, 29\), got \[-1\]"),
+    (lambda m: generate(m, torch.tensor([[1.0]]), 2), "idx must be an integer tensor"),
+    (lambda m: generate(m, torch.tensor([[1]]), 2, temperature=float("nan")), "temperature must be a finite real"),
+    (lambda m: generate(m, torch.tensor([[1]]), 2, temperature="hot"), "temperature must be a finite real"),
+    (lambda m: generate(m, torch.tensor([[1]]), 2, top_k=-3), "top_k must be an integer >= 1"),
+    (lambda m: m(torch.tensor([[1, 2]]), torch.tensor([[1, 29]])), r"targets \(token ids\) must hold values"),
+    (lambda m: m(torch.tensor([[1, 2]]), torch.tensor([[1.0, 2.0]])), "targets must be an integer tensor"),
+])
+def test_bad_generation_arguments_are_value_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(tiny())
+
+
+def test_sampling_edge_cases():
+    with pytest.raises(ValueError, match="at least one finite entry per row"):
+        sample_next(torch.full((1, 4), float("-inf")), temperature=1.0)
+    logits = torch.tensor([[0.5, 3.0, 3.0, -1.0, float("-inf")]])
+    g = torch.Generator().manual_seed(0)
+    picks = {sample_next(logits, temperature=1e-45, generator=g).item() for _ in range(50)}
+    assert picks == {1, 2}  # a vanishing temperature samples among the largest logits, never NaN
+    negative = torch.tensor([[-5.0, -2.0, -9.0]])  # every logit / 1e-45 overflows to -inf
+    assert sample_next(negative, temperature=1e-45, generator=g).item() == 1
+
+
+def test_training_arguments_are_checked_and_warmup_zero_works():
+    text = synthetic_corpus(40, seed=2)
+    tokenizer = CharTokenizer(text)
+    data = TokenDataset.from_text(text, tokenizer, context_length=16)
+    model = tiny(vocab_size=tokenizer.vocab_size, context_length=16)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        train(model, data, steps=2, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="batches must be an integer >= 1"):
+        evaluate(model, data, batches=0)
+    result = train(model, data, steps=2, batch_size=4, warmup=0, eval_every=2, progress=False)
+    assert result.steps == [2] and all(math.isfinite(x) for x in result.train_loss + result.val_loss)

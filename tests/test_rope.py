@@ -85,9 +85,20 @@ def test_tinygpt_with_rope_caches_exactly():
     (lambda: apply_rope(torch.randn(4, 7), torch.arange(4)), "head_dim.* must be even"),
     (lambda: apply_rope(torch.randn(4, 6), torch.arange(4).view(2, 2)), "positions must have shape"),
     (lambda: RotaryEmbedding(5), "dim must be even"),
-    (lambda: RotaryEmbedding(8, base=1.0), "base must be > 1"),
+    (lambda: RotaryEmbedding(8, base=1.0), "base must be a finite real number > 1"),
     (lambda: RotaryEmbedding(8)(torch.randn(3, 6), torch.arange(3)), r"dim=8"),
 ])
 def test_bad_input_raises_clear_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("call,message", [  # issue #18, item 15: these returned NaN or integer garbage
+    (lambda: apply_rope(torch.ones(3, 4, dtype=torch.long), torch.arange(3)), "x must be a floating-point tensor"),
+    (lambda: apply_rope(torch.ones(3, 4), torch.arange(3), base=0), "base must be a finite real number > 1"),
+    (lambda: apply_rope(torch.ones(3, 4), torch.arange(3), base=-10.0), "base must be a finite real number > 1"),
+    (lambda: apply_rope(torch.ones(3, 4), torch.arange(3), base=float("inf")), "base must be a finite real number > 1"),
+])
+def test_bad_rope_arguments_are_value_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
