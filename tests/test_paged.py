@@ -267,7 +267,7 @@ def test_triton_decode_in_the_engine(model):
 
 def test_engine_errors(model):
     with pytest.raises(ValueError, match="exceeds context_length=64"):
-        ServingEngine(model, 64, 4).run([Request(list(range(60)), 10)])
+        ServingEngine(model, 64, 4).run([Request([i % 40 for i in range(60)], 10)])
     with pytest.raises(ValueError, match="may need 8 blocks but the pool has only 4"):
         ServingEngine(model, 4, 4).run([Request(list(range(20)), 12)])
     with pytest.raises(ValueError, match="decode must be"):
@@ -275,9 +275,9 @@ def test_engine_errors(model):
     windowed = TinyGPT(TinyGPTConfig(vocab_size=40, context_length=32, d_model=32, n_heads=4, window=4))
     with pytest.raises(ValueError, match="full causal MultiHeadAttention"):
         ServingEngine(windowed, 8, 4)
-    roped = TinyGPT(TinyGPTConfig(vocab_size=40, context_length=32, d_model=32, n_heads=4, settings=MHASettings(rope=True)))
-    with pytest.raises(ValueError, match="without RoPE"):
-        ServingEngine(roped, 8, 4)
+    mla = TinyGPT(TinyGPTConfig(vocab_size=40, context_length=32, d_model=32, n_heads=4, attention="mla"))
+    with pytest.raises(ValueError, match="cannot serve attention='mla'"):
+        ServingEngine(mla, 8, 4)
 
 
 @pytest.mark.gpu
@@ -343,3 +343,88 @@ def test_blocks_needed_checker():
         check_blocks_needed(lambda n, b: n // b)
     with pytest.raises(ExerciseError, match="round UP"):
         check_blocks_needed(lambda n, b: n // b + 1)
+
+
+# ---------------------------------------------------------------------- issue #18: items 3, 4, 9
+def _engine_vs_simulator(model, trace, num_blocks, block_size, max_batch=None):
+    """The engine's per-step (running, allocated slots, stored tokens), preemptions and tokens generated,
+    and the simulator's, for one trace (one sample per request, greedy)."""
+    requests = [Request([1] * r.prompt_len, r.output_len, arrival_step=r.arrival_step) for r in trace]
+    engine = ServingEngine(model, num_blocks, block_size, max_batch=max_batch)
+    result = engine.run(requests)
+    assert engine.cache.allocator.num_used == 0
+    generated = sum(len(out[0]) - len(r.prompt) for out, r in zip(result.outputs, requests))
+    engine_side = ([(s.running, s.blocks_used * block_size, s.tokens_stored) for s in result.stats],
+                   result.stats[-1].preemptions, generated)
+    sim = simulate(trace, num_blocks * block_size, block_size, max_batch=max_batch)
+    sim_side = (list(zip(sim.running.tolist(), sim.allocated.tolist(), sim.stored.tolist())), sim.preemptions,
+                sim.generated_tokens)
+    return engine_side, sim_side
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return TinyGPT(TinyGPTConfig(vocab_size=16, context_length=32, d_model=8, n_layers=1, n_heads=2)).eval()
+
+
+@pytest.mark.parametrize("trace,num_blocks,block_size", [
+    ([TraceRequest(3, 1, 2), TraceRequest(1, 2, 1)], 4, 1),  # hung: finished at admission, then preempted
+    ([TraceRequest(2, 3, 3), TraceRequest(8, 4, 2), TraceRequest(1, 1, 3)], 11, 1),  # generated 10 tokens of 8
+    ([TraceRequest(1, 5, 1), TraceRequest(7, 7, 3), TraceRequest(7, 1, 3), TraceRequest(6, 3, 2),
+      TraceRequest(6, 1, 3)], 14, 1),  # generated 18 tokens of 17
+])
+def test_simulator_follows_the_engine_on_the_traces_it_got_wrong(small_model, trace, num_blocks, block_size):
+    engine_side, sim_side = _engine_vs_simulator(small_model, trace, num_blocks, block_size)
+    assert sim_side == engine_side
+    assert sim_side[2] == sum(r.output_len for r in trace)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_simulator_equals_the_engine_on_random_traces(small_model, seed):
+    """Property: random traces (arrivals, lengths, tight pools, block sizes, max_batch) give the same per-step
+    running / allocated / stored counts, preemptions and token total in the simulator and the engine."""
+    rng = random.Random(seed)
+    for _ in range(25):
+        block_size = rng.choice([1, 2, 3, 4])
+        trace = [TraceRequest(rng.randint(1, 8), rng.randint(1, 8), rng.randint(0, 3)) for _ in range(rng.randint(2, 7))]
+        need = max(blocks_needed(r.prompt_len + r.output_len - 1, block_size) for r in trace)
+        num_blocks = rng.randint(need, need + 2)
+        max_batch = rng.choice([None, None, 2, 3])
+        engine_side, sim_side = _engine_vs_simulator(small_model, trace, num_blocks, block_size, max_batch)
+        assert sim_side == engine_side, (trace, num_blocks, block_size, max_batch)
+
+
+def test_simulator_refuses_lengths_that_never_end():
+    for bad in (TraceRequest(3, 0), TraceRequest(3, -2), TraceRequest(0, 3)):
+        with pytest.raises(ValueError, match="request 0: (output|prompt)_len must be an integer >= 1"):
+            simulate([bad], capacity_tokens=16, block_size=4)
+    with pytest.raises(ValueError, match="max_batch must be an integer >= 1"):
+        simulate([TraceRequest(3, 2)], capacity_tokens=16, block_size=4, max_batch=0)
+
+
+def test_generate_paged_refuses_a_budget_list_of_another_length(model):
+    with pytest.raises(ValueError, match=r"one per prompt \(2\), got a list of 1"):
+        generate_paged(model, [[1, 2], [3]], [2], num_blocks=8, block_size=4)
+    assert len(generate_paged(model, [[1, 2], [3]], [2, 1], num_blocks=8, block_size=4)) == 2
+
+
+@pytest.mark.parametrize("entry", [-1, 4, 10**6])
+def test_block_table_entries_are_range_checked(entry):
+    """Issue #18 item 3: -1 silently read the last block, 4 (in a 4-block pool) a wrong block, 10**6 crashed."""
+    cache = PagedKVCache(1, 4, 2, 1, 8)
+    seq = cache.add_sequence()
+    cache.write(0, cache.append(seq, 3), *_kv(3, 1, 8))
+    tables, lens = cache.batch_tables([seq])
+    q = torch.randn(1, 2, 1, 8)
+    bad = tables.clone()
+    bad[0, 1] = entry
+    with pytest.raises(ValueError, match=r"block_tables entries must be block ids in \[0, num_blocks=4\).*\[0, 1\] = "):
+        paged_attention_reference(q, cache.keys[0], cache.values[0], bad, lens)
+    padded = torch.cat([tables, torch.full((1, 2), entry, dtype=tables.dtype)], dim=1)  # padding is never read
+    torch.testing.assert_close(paged_attention_reference(q, cache.keys[0], cache.values[0], padded, lens),
+                               paged_attention_reference(q, cache.keys[0], cache.values[0], tables, lens))
+    with pytest.raises(ValueError, match="block_tables must be an integer tensor"):
+        paged_attention_reference(q, cache.keys[0], cache.values[0], tables.bool(), lens)
+    with pytest.raises(ValueError, match="context_lens must be an integer tensor"):
+        paged_attention_reference(q, cache.keys[0], cache.values[0], tables, lens.float())

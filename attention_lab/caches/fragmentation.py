@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attention_lab.validation import check_positive_int
+from attention_lab.validation import check_positive_int, check_real
 from attention_lab.caches.paged import blocks_needed
 
 
@@ -45,6 +45,11 @@ def make_trace(n_requests: int, max_len: int = 2048, mean_prompt: float = 160.0,
     """
     check_positive_int("n_requests", n_requests)
     check_positive_int("max_len", max_len, minimum=2)
+    check_real("mean_prompt", mean_prompt, minimum=0.0, strict=True)
+    check_real("mean_output", mean_output, minimum=0.0, strict=True)
+    if arrival_rate is not None:
+        check_real("arrival_rate", arrival_rate, minimum=0.0, strict=True)
+    check_positive_int("seed", seed, minimum=0)
     rng = np.random.default_rng(seed)
     prompts = np.clip(np.ceil(rng.exponential(mean_prompt, n_requests)), 1, max_len - 1).astype(int)
     outputs = np.ceil(rng.exponential(mean_output, n_requests)).astype(int)
@@ -109,28 +114,54 @@ class SimulationResult:
 
 @dataclass(eq=False)  # identity, not field equality: two identical requests are still two
 class _Live:
-    prompt_len: int  # tokens fed at admission (grows after a preemption)
+    prompt_len: int  # tokens fed at admission: the prompt, plus what it had produced before a preemption
     remaining: int  # tokens still to sample
     final_len: int  # cached tokens when it finishes: original prompt + output - 1
     arrival: int
     length: int = 0  # tokens cached
-    blocks: int = 0
+    blocks: int = 0  # blocks held
+    resident: bool = False  # in the pool (admitted and not preempted or retired since)
 
 
 def simulate(trace: list[TraceRequest], capacity_tokens: int, block_size: int,
              max_batch: int | None = None) -> SimulationResult:
     """Serve ``trace`` with a KV budget of ``capacity_tokens`` slots cut into ``block_size``-slot blocks.
 
-    ``block_size = max_len`` is contiguous max-length reservation. The rules mirror
-    :class:`attention_lab.caches.serving.ServingEngine`: admit in arrival order while the prompt's blocks
-    are free; each step, grow every older request by one token, preempting the newest request
-    when no block is free; record; retire finished requests.
+    ``block_size = max_len`` is contiguous max-length reservation. Each step follows
+    :class:`attention_lab.caches.serving.ServingEngine` (one sample per request) rule for rule:
+
+    1. admit waiting requests that have arrived, in arrival order, while the next one's prompt blocks
+       are free and ``max_batch`` allows; its prefill samples its first token (a request of
+       ``output_len = 1`` is then finished);
+    2. grow every request admitted in an earlier step by one token, oldest first; when no block is free,
+       preempt the newest request (possibly one admitted in this step, or the growing request itself):
+       its blocks are freed and it waits at the head of the queue to be recomputed from its prompt plus
+       what it produced, unless it had already produced everything, in which case it simply finishes;
+    3. record; retire the finished requests.
+
+    The per-step ``running``, ``allocated`` and ``stored`` counts, the preemptions and the tokens
+    generated equal the engine's (tested on random traces). Every request is checked first: lengths
+    ``>= 1``, arrival ``>= 0``, and fitting the pool alone. The loop always ends: each step either
+    generates a token or waits for an arrival.
     """
     check_positive_int("block_size", block_size)
+    check_positive_int("capacity_tokens", capacity_tokens)
+    if max_batch is not None:
+        check_positive_int("max_batch", max_batch)
+    if not isinstance(trace, (list, tuple)):
+        raise ValueError(f"trace must be a list of TraceRequest, got {type(trace).__name__}")
     num_blocks = capacity_tokens // block_size
     if num_blocks < 1:
         raise ValueError(f"capacity_tokens={capacity_tokens} holds no block of {block_size} slots")
     for i, r in enumerate(trace):
+        if not isinstance(r, TraceRequest):
+            raise ValueError(f"trace[{i}] must be a TraceRequest, got {type(r).__name__}")
+        try:
+            check_positive_int("prompt_len", r.prompt_len)
+            check_positive_int("output_len", r.output_len)
+            check_positive_int("arrival_step", r.arrival_step, minimum=0)
+        except ValueError as error:
+            raise ValueError(f"request {i}: {error}") from None
         if blocks_needed(r.prompt_len + r.output_len - 1, block_size) > num_blocks:
             raise ValueError(f"request {i} ({r.prompt_len} + {r.output_len} tokens) cannot fit "
                              f"{num_blocks} blocks of {block_size}")
@@ -138,12 +169,16 @@ def simulate(trace: list[TraceRequest], capacity_tokens: int, block_size: int,
     live = [_Live(r.prompt_len, r.output_len, r.prompt_len + r.output_len - 1, r.arrival_step)
             for r in sorted(trace, key=lambda r: r.arrival_step)]
     waiting: deque[_Live] = deque(live)
-    running: list[_Live] = []
+    running: list[_Live] = []  # resident requests in admission order: the newest is last
     free = num_blocks
     rows: list[tuple[int, ...]] = []
+    last_step = max((r.arrival_step for r in trace), default=0) + sum(r.output_len for r in trace)
     step = 0
     while waiting or running:
-        n_old = len(running)  # requests admitted before this step; they grow by one token now
+        if step > last_step:  # a step without an arrival to wait for generates a token: cannot happen
+            raise RuntimeError(f"simulate made no progress by step {step}; this is a bug in the simulator")
+        # 1. Admit: the prompt's blocks, then the prefill samples the first token.
+        n_admitted = 0
         while waiting and waiting[0].arrival <= step:
             request = waiting[0]
             need = blocks_needed(request.prompt_len, block_size)
@@ -151,44 +186,39 @@ def simulate(trace: list[TraceRequest], capacity_tokens: int, block_size: int,
                 break
             waiting.popleft()
             free -= need
-            request.blocks, request.length = need, request.prompt_len
-            request.remaining -= 1  # the prompt's logits give the first token
-            result.generated_tokens += 1
-            running.append(request)
-        index = 0
-        while index < min(n_old, len(running)):  # preemption shortens `running` from the end
-            request = running[index]
-            index += 1
-            if request.remaining == 0:
-                continue
-            extra = blocks_needed(request.length + 1, block_size) - request.blocks
-            while extra > free and running[-1] is not request:
-                victim = running.pop()  # newest first
-                free += victim.blocks
-                victim.prompt_len, victim.blocks, victim.length = victim.length + 1, 0, 0  # recompute all its tokens
-                waiting.appendleft(victim)
-                result.preemptions += 1
-            if extra > free:  # the request itself is the newest: it gives way
-                running.pop()
-                free += request.blocks
-                request.prompt_len, request.blocks, request.length = request.length + 1, 0, 0
-                waiting.appendleft(request)
-                result.preemptions += 1
-                continue
-            free -= extra
-            request.blocks += extra
-            request.length += 1
+            request.blocks, request.length, request.resident = need, request.prompt_len, True
             request.remaining -= 1
             result.generated_tokens += 1
+            running.append(request)
+            n_admitted += 1
+        # 2. Decode: every request admitted before this step takes one slot, oldest first.
+        for request in running[:len(running) - n_admitted]:  # a snapshot: preemption pops from `running`
+            while request.resident:
+                extra = blocks_needed(request.length + 1, block_size) - request.blocks
+                if extra <= free:
+                    free -= extra
+                    request.blocks += extra
+                    request.length += 1
+                    request.remaining -= 1
+                    result.generated_tokens += 1
+                    break
+                victim = running.pop()  # the newest request gives its blocks back (maybe `request` itself)
+                free += victim.blocks
+                if victim.remaining > 0:  # recompute later: everything it holds plus its last sampled token
+                    victim.prompt_len = victim.length + 1
+                    waiting.appendleft(victim)
+                victim.blocks, victim.length, victim.resident = 0, 0, False  # (remaining 0: it just finishes)
+                result.preemptions += 1
+        # 3. Record, then retire the finished requests.
         allocated = sum(r.blocks for r in running) * block_size
         stored = sum(r.length for r in running)
         usable = sum(min(r.blocks * block_size, r.final_len) for r in running)
         queued = sum(1 for r in waiting if r.arrival <= step)
         rows.append((len(running), allocated, stored, usable - stored, allocated - usable, queued))
-        finished = [r for r in running if r.remaining == 0]
-        if finished:
-            running = [r for r in running if r.remaining > 0]
-            free += sum(r.blocks for r in finished)
+        for request in [r for r in running if r.remaining == 0]:
+            free += request.blocks
+            request.blocks, request.length, request.resident = 0, 0, False
+            running.remove(request)
         step += 1
     columns = np.array(rows, dtype=int).reshape(-1, 6).T
     (result.running, result.allocated, result.stored, result.reserved, result.never_used,
@@ -199,6 +229,11 @@ def simulate(trace: list[TraceRequest], capacity_tokens: int, block_size: int,
 def compare_allocators(trace: list[TraceRequest], capacity_tokens: int, max_len: int,
                        block_sizes: tuple[int, ...] = (1, 8, 16, 32, 128)) -> dict[str, SimulationResult]:
     """``{'contiguous': ..., 'paged 1': ..., 'paged 8': ...}``: the same trace and budget under each allocator."""
+    check_positive_int("max_len", max_len)
+    if not isinstance(block_sizes, (list, tuple)):
+        raise ValueError(f"block_sizes must be a tuple of block sizes, got {block_sizes!r}")
+    for size in block_sizes:
+        check_positive_int("block_sizes entry", size)
     results = {"contiguous": simulate(trace, capacity_tokens, max_len)}
     for size in block_sizes:
         results[f"paged {size}"] = simulate(trace, capacity_tokens, size)

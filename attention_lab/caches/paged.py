@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from attention_lab.validation import check_positive_int, check_rank
+from attention_lab.validation import (check_float_dtype, check_int_dtype, check_int_range, check_positive_int,
+                                     check_rank, check_values_in_range)
 from attention_lab.attention import scaled_dot_product_attention
 
 
@@ -191,14 +192,26 @@ class PagedKVCache:
         self.lengths[seq] = length + n_tokens
         return physical * self.block_size + positions % self.block_size  # (n_tokens,) pool rows
 
+    def _check_layer(self, layer: int) -> int:
+        return check_int_range("layer", layer, 0, self.keys.shape[0])
+
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store keys and values ``(n_tokens, Hkv, D)`` of ``layer`` at pool rows ``slots`` ``(n_tokens,)``."""
+        """Store keys and values ``(n_tokens, Hkv, D)`` of ``layer`` at pool rows ``slots`` ``(n_tokens,)``.
+
+        ``layer`` lies in ``[0, n_layers)``; ``slots`` is an integer tensor of rows in
+        ``[0, num_blocks · block_size)`` (as :meth:`append` returns them); k and v are floating point.
+        """
+        self._check_layer(layer)
+        check_rank("slots", slots, 1, "(n_tokens,)")
+        check_int_dtype("slots", slots)
         n_kv_heads, head_dim = self.keys.shape[-2:]
         expected = (slots.shape[0], n_kv_heads, head_dim)
         for name, t in (("k", k), ("v", v)):
-            if tuple(t.shape) != expected:
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
                 raise ValueError(f"{name} must have shape (n_tokens, n_kv_heads, head_dim) = {expected}, "
-                                 f"got {tuple(t.shape)}")
+                                 f"got {tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+            check_float_dtype(name, t)
+        check_values_in_range("slots (pool rows)", slots, 0, self.allocator.num_blocks * self.block_size)
         slots = slots.to(self.keys.device)
         self.keys[layer].view(-1, n_kv_heads, head_dim)[slots] = k.to(self.keys.dtype)
         self.values[layer].view(-1, n_kv_heads, head_dim)[slots] = v.to(self.values.dtype)
@@ -206,6 +219,7 @@ class PagedKVCache:
     # ------------------------------------------------------------------ reading
     def gather(self, layer: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``seq``'s keys and values of ``layer`` in order, each ``(Hkv, length, D)`` (a copy)."""
+        self._check_layer(layer)
         table = torch.tensor(self._table(seq), dtype=torch.long, device=self.keys.device)
         length = self.lengths[seq]
         k = self.keys[layer][table].flatten(0, 1)[:length]  # (length, Hkv, D)
@@ -222,6 +236,26 @@ class PagedKVCache:
         lengths = torch.tensor([self.lengths[s] for s in seqs], dtype=torch.int32)
         device = self.keys.device
         return padded.to(device), lengths.to(device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> tuple:
+        """A copy of the bookkeeping (allocator, block tables, lengths, counters) for :meth:`rollback`.
+
+        Block contents are not copied: every block written after the checkpoint was free at the
+        checkpoint (writes go to slots :meth:`append` reserved, a shared block is copied before it is
+        written), so restoring the bookkeeping restores everything a sequence can read. Checkpoints
+        compare equal when the bookkeeping is the same.
+        """
+        return (list(self.allocator.ref_counts), list(self.allocator._free),
+                {seq: list(table) for seq, table in self.block_tables.items()}, dict(self.lengths),
+                self.copies, frozenset(self._freed), self._next_id)
+
+    def rollback(self, checkpoint: tuple) -> None:
+        """Return to a :meth:`checkpoint`: sequences made since are gone, their blocks free again."""
+        ref_counts, free, tables, lengths, copies, freed, next_id = checkpoint
+        self.allocator.ref_counts, self.allocator._free = list(ref_counts), list(free)
+        self.block_tables = {seq: list(table) for seq, table in tables.items()}
+        self.lengths, self.copies, self._freed, self._next_id = dict(lengths), copies, set(freed), next_id
 
     # ------------------------------------------------------------------ accounting
     @property
@@ -274,36 +308,65 @@ def check_paged_inputs(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: 
                        block_tables: torch.Tensor, context_lens: torch.Tensor, check_values: bool = True) -> None:
     """Validate the decode inputs of the reference and the Triton kernel (shapes: :func:`paged_attention_reference`).
 
-    ``check_values=False`` skips the range check of ``context_lens``, which reads it back from the
-    GPU (a sync that a CUDA graph cannot capture).
+    Shapes, dtypes (q and the pools one float dtype; block tables and lengths integer, never bool or float),
+    at least one sequence, head and feature. With ``check_values`` also the values: every ``context_lens``
+    entry in ``[0, max_blocks · block_size]``, and every block-table entry that a sequence uses (the first
+    ``ceil(context_lens[b] / block_size)`` of row ``b``) in ``[0, num_blocks)``; the padding after them is
+    never read and may hold anything. ``check_values=False`` skips these two value checks, which read the
+    tensors back from the GPU (a sync that a CUDA graph cannot capture): the caller then vouches for them.
     """
     check_rank("q", q, 4, "(batch, n_heads, 1, head_dim)")
     check_rank("key_blocks", key_blocks, 4, "(num_blocks, block_size, n_kv_heads, head_dim)")
+    check_rank("value_blocks", value_blocks, 4, "(num_blocks, block_size, n_kv_heads, head_dim)")
     check_rank("block_tables", block_tables, 2, "(batch, max_blocks)")
     check_rank("context_lens", context_lens, 1, "(batch,)")
+    check_float_dtype("q", q)
+    check_int_dtype("block_tables", block_tables)
+    check_int_dtype("context_lens", context_lens)
     batch, n_heads, n_queries, head_dim = q.shape
     if n_queries != 1:
         raise ValueError(f"q must hold one query token per sequence, shape (B, H, 1, D), got {tuple(q.shape)}")
+    if batch < 1 or n_heads < 1 or head_dim < 1:
+        raise ValueError(f"q must have shape (B, H, 1, D) with B, H, D >= 1, got {tuple(q.shape)}")
     if tuple(value_blocks.shape) != tuple(key_blocks.shape):
         raise ValueError(f"value_blocks must have the shape of key_blocks {tuple(key_blocks.shape)}, "
                          f"got {tuple(value_blocks.shape)}")
     if key_blocks.shape[-1] != head_dim:
         raise ValueError(f"key_blocks must have head_dim={head_dim} like q: (num_blocks, block_size, "
                          f"n_kv_heads, {head_dim}), got {tuple(key_blocks.shape)}")
-    if n_heads % key_blocks.shape[2] != 0:
-        raise ValueError(f"n_kv_heads={key_blocks.shape[2]} (key_blocks.shape[2]) must divide n_heads={n_heads}")
+    num_blocks, block_size, n_kv_heads = key_blocks.shape[:3]
+    if num_blocks < 1 or block_size < 1 or n_kv_heads < 1:
+        raise ValueError(f"key_blocks must have shape (num_blocks, block_size, n_kv_heads, head_dim) with every "
+                         f"size >= 1, got {tuple(key_blocks.shape)}")
+    if n_heads % n_kv_heads != 0:
+        raise ValueError(f"n_kv_heads={n_kv_heads} (key_blocks.shape[2]) must divide n_heads={n_heads}")
     if key_blocks.dtype != q.dtype or value_blocks.dtype != q.dtype:
         raise ValueError(f"q, key_blocks and value_blocks must share one dtype, got {q.dtype}, "
                          f"{key_blocks.dtype}, {value_blocks.dtype}")
     if block_tables.shape[0] != batch or context_lens.shape[0] != batch:
         raise ValueError(f"block_tables (B, max_blocks) and context_lens (B,) need B={batch}, got "
                          f"{tuple(block_tables.shape)} and {tuple(context_lens.shape)}")
-    if block_tables.dtype.is_floating_point or context_lens.dtype.is_floating_point:
-        raise ValueError("block_tables and context_lens must be integer tensors")
-    capacity = block_tables.shape[1] * key_blocks.shape[1]
-    if check_values and batch and (int(context_lens.max()) > capacity or int(context_lens.min()) < 0):
+    devices = {t.device for t in (q, key_blocks, value_blocks, block_tables, context_lens)}
+    if len(devices) > 1:
+        raise ValueError(f"q, key_blocks, value_blocks, block_tables and context_lens must be on one device, "
+                         f"got {sorted(str(d) for d in devices)}")
+    if not check_values:
+        return
+    capacity = block_tables.shape[1] * block_size
+    lengths = context_lens.long()
+    if int(lengths.max()) > capacity or int(lengths.min()) < 0:
         raise ValueError(f"context_lens must lie in [0, max_blocks · block_size = {capacity}], "
                          f"got {context_lens.tolist()}")
+    used = torch.arange(block_tables.shape[1], device=block_tables.device)[None, :] < \
+        blocks_needed(lengths, block_size)[:, None]  # (B, max_blocks): the entries the sequences read
+    entries = block_tables.long()
+    bad = used & ((entries < 0) | (entries >= num_blocks))  # (B, max_blocks)
+    if bool(bad.any()):
+        rows, cols = bad.nonzero(as_tuple=True)
+        where = ", ".join(f"[{r}, {c}] = {int(entries[r, c])}" for r, c in zip(rows[:4].tolist(), cols[:4].tolist()))
+        raise ValueError(f"block_tables entries must be block ids in [0, num_blocks={num_blocks}) in each "
+                         f"sequence's first ceil(context_lens / block_size) entries, got {where}"
+                         f"{' …' if rows.numel() > 4 else ''}")
 
 
 def gather_kv(key_blocks: torch.Tensor, value_blocks: torch.Tensor, block_tables: torch.Tensor,
@@ -316,7 +379,10 @@ def gather_kv(key_blocks: torch.Tensor, value_blocks: torch.Tensor, block_tables
     """
     block_size = key_blocks.shape[1]
     n_max = int(context_lens.max()) if context_lens.numel() else 0
-    tables = block_tables[:, :blocks_needed(n_max, block_size)].long()  # (B, n_blocks)
+    n_blocks = blocks_needed(n_max, block_size)
+    tables = block_tables[:, :n_blocks].long()  # (B, n_blocks)
+    used = torch.arange(n_blocks, device=tables.device)[None, :] < blocks_needed(context_lens.long(), block_size)[:, None]
+    tables = tables.masked_fill(~used, 0)  # padding past a sequence's blocks may hold anything: read block 0 there
     k = key_blocks[tables].flatten(1, 2)[:, :n_max]  # (B, n_blocks·block_size, Hkv, D) -> (B, N_max, Hkv, D)
     v = value_blocks[tables].flatten(1, 2)[:, :n_max]  # (B, N_max, Hkv, D)
     positions = torch.arange(n_max, device=key_blocks.device)  # (N_max,)

@@ -16,7 +16,13 @@ Every step of :class:`ServingEngine`:
 
 Requests finish and join at any step, so the batch never waits for its slowest member. The
 outputs equal generating each request alone with the contiguous cache
-(:func:`attention_lab.generate.generate` with the same seed), which the tests check token by token.
+(:func:`attention_lab.generate.generate` with the same seed), which the tests check token by token, for
+MHA, GQA and MQA models with or without RoPE (the decode step rotates each sequence's query and key by
+that sequence's own position).
+
+Every request is checked before anything is allocated, and an error raised while serving (a kernel that
+cannot run, an interrupt) gives back every block taken since the run began: after an error the engine,
+its pool and its allocator are exactly as they were.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attention_lab.validation import check_positive_int
-from attention_lab.generate import sample_next
+from attention_lab.validation import check_int_range, check_positive_int, is_integer
+from attention_lab.generate import check_sampling, sample_next
 from attention_lab.model import ModelCache, TinyGPT
 from attention_lab.caches.paged import OutOfBlocksError, PagedKVCache, blocks_needed, paged_attention_reference
 
@@ -118,20 +124,18 @@ class ServingEngine:
 
     def __init__(self, model: TinyGPT, num_blocks: int, block_size: int = 16, max_batch: int | None = None,
                  decode: str = "auto", share_prompt: bool = True) -> None:
-        from attention_lab.attention import MultiHeadAttention
-
-        for block in model.blocks:  # the batched decode step below has no window and rotates nothing
-            attn = block.attn
-            if not isinstance(attn, MultiHeadAttention) or attn.window is not None or attn.rotary is not None:
-                raise ValueError("ServingEngine needs TinyGPT with full causal MultiHeadAttention without RoPE "
-                                 "(attention='mha', window=None, settings.rope=False)")
+        check_servable(model)
         if decode not in ("auto", "reference", "triton"):
             raise ValueError(f"decode must be 'auto', 'reference' or 'triton', got {decode!r}")
         if max_batch is not None:
             check_positive_int("max_batch", max_batch)
+        if not isinstance(share_prompt, bool):
+            raise ValueError(f"share_prompt must be True or False, got {share_prompt!r}")
         param = model.token_embedding.weight
         if decode == "auto":
             decode = "triton" if param.device.type == "cuda" else "reference"
+        if decode == "triton":
+            _check_triton_decode(param.device)
         self.model, self.decode, self.max_batch, self.share_prompt = model, decode, max_batch, share_prompt
         attn = model.blocks[0].attn
         self.cache = PagedKVCache(len(model.blocks), num_blocks, block_size, attn.n_kv_heads, attn.head_dim,
@@ -140,10 +144,28 @@ class ServingEngine:
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
     def run(self, requests: list[Request]) -> ServingResult:
-        """Serve every request to completion; returns the outputs and one :class:`StepStats` per step."""
-        self.model.eval()
+        """Serve every request to completion; returns the outputs and one :class:`StepStats` per step.
+
+        Every request is validated first (``ValueError`` naming the request and the field, nothing
+        allocated). If serving then fails anyway, every block and sequence taken since the call began is
+        given back before the error propagates: the engine is left exactly as it was.
+        """
+        if not isinstance(requests, (list, tuple)):
+            raise ValueError(f"requests must be a list of Request, got {type(requests).__name__}")
         groups = [self._make_group(i, r) for i, r in enumerate(requests)]
+        checkpoint, was_training = self.cache.checkpoint(), self.model.training
         self._requests = requests
+        try:
+            return self._serve(requests, groups)
+        except BaseException:
+            self.cache.rollback(checkpoint)
+            self.model.train(was_training)
+            raise
+        finally:
+            del self._requests
+
+    def _serve(self, requests: list[Request], groups: list[_Group]) -> ServingResult:
+        self.model.eval()
         waiting: deque[_Group] = deque(sorted(groups, key=lambda g: g.arrival))  # stable: ties keep order
         running: list[_Group] = []
         result = ServingResult(outputs=[[list(r.prompt) for _ in range(r.n_samples)] for r in requests])
@@ -199,10 +221,24 @@ class ServingEngine:
 
     # ------------------------------------------------------------------ pieces
     def _make_group(self, index: int, request: Request) -> _Group:
-        check_positive_int("max_new_tokens", request.max_new_tokens)
-        check_positive_int("n_samples", request.n_samples)
-        if not request.prompt:
-            raise ValueError(f"request {index}: prompt must hold at least one token")
+        """Check one request completely (before anything is allocated); return its sequences, nothing sampled."""
+        if not isinstance(request, Request):
+            raise ValueError(f"request {index} must be a Request, got {type(request).__name__}")
+        try:
+            check_positive_int("max_new_tokens", request.max_new_tokens)
+            check_positive_int("n_samples", request.n_samples)
+            check_sampling(request.temperature, request.top_k)
+            check_int_range("seed", request.seed, 0, 2 ** 63 - request.n_samples)  # seed + sample seeds a Generator
+            check_positive_int("arrival_step", request.arrival_step, minimum=0)
+        except ValueError as error:
+            raise ValueError(f"request {index}: {error}") from None
+        vocab = self.model.config.vocab_size
+        if not isinstance(request.prompt, (list, tuple)) or not request.prompt:
+            raise ValueError(f"request {index}: prompt must be a non-empty list of token ids, got {request.prompt!r}")
+        bad = [t for t in request.prompt if not is_integer(t) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"request {index}: prompt must hold integer token ids in [0, vocab_size={vocab}), "
+                             f"got {bad[:8]}")
         total = len(request.prompt) + request.max_new_tokens
         if total > self.model.config.context_length:
             raise ValueError(f"request {index}: prompt ({len(request.prompt)}) + max_new_tokens "
@@ -219,7 +255,8 @@ class ServingEngine:
             generator = None
             if request.temperature > 0:
                 generator = torch.Generator(device=device).manual_seed(request.seed + sample)
-            sequences.append(_Sequence(index, sample, list(request.prompt), request.max_new_tokens, generator))
+            sequences.append(_Sequence(index, sample, [int(t) for t in request.prompt], request.max_new_tokens,
+                                       generator))
         return _Group(sequences, request.arrival_step)
 
     def _blocks_to_admit(self, group: _Group) -> int:
@@ -268,6 +305,8 @@ class ServingEngine:
         for layer, block in enumerate(model.blocks):
             attn = block.attn
             q, k, v = attn.project_qkv(block.ln1(x))  # q (B, H, 1, D); k, v (B, Hkv, 1, D)
+            if attn.rotary is not None:  # RoPE: each sequence's token turns by its own position (keys cached turned)
+                q, k = _rotate_each(attn.rotary, q, positions), _rotate_each(attn.rotary, k, positions)
             self.cache.write(layer, slot_rows, k[:, :, 0], v[:, :, 0])  # (B, Hkv, D)
             context = self._attend(q, layer, tables, lengths)  # (B, H, 1, D)
             context = context.transpose(1, 2).reshape(len(batch), 1, attn.n_heads * attn.head_dim)  # (B, 1, H·D)
@@ -309,10 +348,70 @@ class ServingEngine:
         group.fresh = False
 
 
+def _rotate_each(rotary, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """RoPE for one token per sequence: x ``(B, heads, 1, D)``, sequence b's token at ``positions[b]`` ``(B,)``.
+
+    The rotary layer turns the rows of a ``(..., T, D)`` tensor by ``positions`` ``(T,)``; moving the batch
+    axis into the token axis, ``(1, heads, B, D)``, gives every sequence its own position.
+    """
+    return rotary(x.transpose(0, 2), positions).transpose(0, 2)  # (B, heads, 1, D)
+
+
+def check_servable(model: TinyGPT) -> None:
+    """Raise ``ValueError`` unless :class:`ServingEngine` can serve ``model`` exactly.
+
+    It serves TinyGPT with full causal :class:`~attention_lab.attention.MultiHeadAttention` in every layer:
+    MHA, GQA or MQA, with or without RoPE. Refused: a sliding ``window`` (the pool keeps every token and
+    the decode step masks nothing), and ``attention='mla'``, whose cache is one latent row per token that
+    this pool of per-head keys and values does not hold (serve MLA with ``generate`` and its LatentCache).
+    """
+    from attention_lab.attention import MultiHeadAttention
+    from attention_lab.mla import MultiHeadLatentAttention
+
+    if not isinstance(model, TinyGPT):
+        raise ValueError(f"model must be a TinyGPT, got {type(model).__name__}")
+    for index, block in enumerate(model.blocks):
+        attn = block.attn
+        if isinstance(attn, MultiHeadLatentAttention):
+            raise ValueError("ServingEngine cannot serve attention='mla': its paged pool holds per-head keys and "
+                             "values, not MLA's latent rows; use generate() (with its LatentCache) for MLA models")
+        if not isinstance(attn, MultiHeadAttention):
+            raise ValueError(f"ServingEngine serves TinyGPT with MultiHeadAttention layers (attention='mha'); "
+                             f"layer {index} is {type(attn).__name__}")
+        if attn.window is not None or not attn.causal:
+            raise ValueError("ServingEngine needs full causal MultiHeadAttention (window=None): the decode step "
+                             f"attends to every cached token, but layer {index} has window={attn.window}, "
+                             f"causal={attn.causal}")
+
+
+def _check_triton_decode(device: torch.device) -> None:
+    """Raise ``ValueError`` unless the paged Triton kernel can run on ``device`` (checked when the engine is made)."""
+    try:
+        from attention_lab.kernels.interpreter import interpreting
+    except ImportError:
+        raise ValueError("decode='triton' needs the triton package (Linux; pip install triton); "
+                         "decode='reference' works anywhere") from None
+    if device.type != "cuda" and not interpreting():
+        raise ValueError(f"decode='triton' needs the model on a CUDA GPU (it is on {device}), or TRITON_INTERPRET=1 "
+                         "set before attention_lab.kernels is imported to run the kernel on the CPU; "
+                         "decode='reference' works anywhere")
+
+
 def generate_paged(model: TinyGPT, prompts: list[list[int]], max_new_tokens: int | list[int], num_blocks: int,
                    block_size: int = 16, **engine_options) -> list[list[int]]:
-    """Greedy continuation of several prompts at once on the paged cache; returns prompt + new tokens for each."""
-    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    """Greedy continuation of several prompts at once on the paged cache; returns prompt + new tokens for each.
+
+    ``max_new_tokens`` is one budget for every prompt, or a list of one budget per prompt (of the same length).
+    """
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in prompts):
+        raise ValueError(f"prompts must be a list of token-id lists, got {prompts!r}"[:200])
+    if isinstance(max_new_tokens, (list, tuple)):
+        if len(max_new_tokens) != len(prompts):
+            raise ValueError(f"max_new_tokens must be one integer or a list of one per prompt ({len(prompts)}), "
+                             f"got a list of {len(max_new_tokens)}")
+        budgets = list(max_new_tokens)
+    else:
+        budgets = [max_new_tokens] * len(prompts)
     engine = ServingEngine(model, num_blocks, block_size, **engine_options)
     result = engine.run([Request(list(p), n) for p, n in zip(prompts, budgets)])
     return [outputs[0] for outputs in result.outputs]
