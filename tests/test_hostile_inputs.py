@@ -445,3 +445,12 @@ def test_random_traces_with_bad_requests_never_leak_or_change_state(seed):
             assert result.outputs[i] == [_alone(model, request, s) for s in range(request.n_samples)]
         assert engine.cache.allocator.num_used == 0
         engine.cache.check_invariants()
+
+
+def test_rope_served_with_the_triton_decode_kernel_equals_generated():
+    """The Triton paged kernel (the interpreter on a CPU) reads the keys the RoPE decode step rotated."""
+    pytest.importorskip("triton")
+    model = _gpt(seed=5, n_kv_heads=2, settings=MHASettings(rope=True))
+    requests = [Request([5, 6, 7], 6), Request(list(range(9)), 5, arrival_step=1), Request([3, 1, 4], 7, temperature=0.9, seed=4)]
+    result = ServingEngine(model, num_blocks=16, block_size=4, decode="triton").run(requests)
+    assert [out[0] for out in result.outputs] == [_alone(model, r, 0) for r in requests]
