@@ -15,7 +15,7 @@ from attention_lab.attention import (MultiHeadAttention, attention_weights, chec
                                      scaled_dot_product_attention, torch_attention)
 from attention_lab.caches.contiguous import KVCache
 from attention_lab.caches.fragmentation import TraceRequest, compare_allocators, make_trace, simulate
-from attention_lab.caches.paged import PagedKVCache, blocks_needed, gather_kv, paged_attention_reference
+from attention_lab.caches.paged import PagedKVCache, blocks_needed, paged_attention_reference
 from attention_lab.caches.serving import Request, ServingEngine, generate_paged
 from attention_lab.flash.tiled import tiled_attention
 from attention_lab.generate import generate, sample_next

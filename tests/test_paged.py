@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from attention_lab import MHASettings, TinyGPT, TinyGPTConfig
+from attention_lab import TinyGPT, TinyGPTConfig
 from attention_lab.exercises.ch11 import check_blocks_needed, check_physical_slot
 from attention_lab.exercises.core import ExerciseError
 from attention_lab.caches.fragmentation import TraceRequest, compare_allocators, make_trace, simulate
