@@ -417,6 +417,11 @@ def test_triton_decode_is_refused_when_the_kernel_cannot_run(monkeypatch):
     monkeypatch.setattr(interpreter, "interpreting", lambda: False)
     with pytest.raises(ValueError, match="decode='triton' needs the model on a CUDA GPU"):
         ServingEngine(MODEL, 6, 4, decode="triton")
+    from attention_lab.kernels import optional_triton
+
+    monkeypatch.setattr(optional_triton, "TRITON_AVAILABLE", False)  # no triton wheel (macOS, Windows)
+    with pytest.raises(ValueError, match="decode='triton' needs the triton package"):
+        ServingEngine(MODEL, 6, 4, decode="triton")
 
 
 @pytest.mark.parametrize("seed", range(5))

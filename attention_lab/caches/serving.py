@@ -386,11 +386,12 @@ def check_servable(model: TinyGPT) -> None:
 
 def _check_triton_decode(device: torch.device) -> None:
     """Raise ``ValueError`` unless the paged Triton kernel can run on ``device`` (checked when the engine is made)."""
-    try:
-        from attention_lab.kernels.interpreter import interpreting
-    except ImportError:
+    from attention_lab.kernels.interpreter import interpreting
+    from attention_lab.kernels.optional_triton import TRITON_AVAILABLE
+
+    if not TRITON_AVAILABLE:
         raise ValueError("decode='triton' needs the triton package (Linux; pip install triton); "
-                         "decode='reference' works anywhere") from None
+                         "decode='reference' works anywhere")
     if device.type != "cuda" and not interpreting():
         raise ValueError(f"decode='triton' needs the model on a CUDA GPU (it is on {device}), or TRITON_INTERPRET=1 "
                          "set before attention_lab.kernels is imported to run the kernel on the CPU; "
