@@ -1,4 +1,5 @@
-"""The float64 ground truth every attention implementation is compared with, and tolerances per dtype."""
+"""Shared test helpers: random q/k/v, the float64 ground truth every attention implementation is compared with,
+and the ONE table of tolerances (per dtype, and for the few named comparisons that need their own)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,44 @@ TOLERANCES = {
     torch.float16: (2e-3, 2e-3),
     torch.bfloat16: (1.6e-2, 1.6e-2),
 }
+
+
+# Named tolerances (atol, rtol) for comparisons that are not "this dtype against float64".
+NAMED_TOLERANCES = {
+    "interpreter_fp32": (1e-4, 1e-4),  # Triton's CPU interpreter: fp32 dots in another summation order
+    "kernel_fp16": (3e-3, 3e-3),  # a compiled 16-bit kernel against the float64 reference
+    "kernel_bf16": (2e-2, 2e-2),
+    "exact": (0.0, 0.0),  # same arithmetic in the same order: bit-identical
+    "fp32_paths": (1e-5, 1e-5),  # two fp32 implementations of the same maths (e.g. cached vs uncached logits)
+    "fp32_same_layer": (1e-6, 1e-5),  # one fp32 layer computed two ways (a cache vs the whole sequence)
+    "fp64_paths": (1e-10, 1e-10),  # two float64 implementations of the same maths
+    "fp64_same_order": (1e-12, 1e-12),  # float64, the same sums in nearly the same order
+    "fp64_rotations": (1e-9, 1e-9),  # float64 through sin/cos of large angles (RoPE)
+    "fp16_rotations": (2e-2, 2e-2),  # RoPE applied in fp16 against fp32
+}
+
+
+def tolerance(key) -> dict:
+    """``{"atol": .., "rtol": ..}`` for a dtype (torch.float32, ...) or a name of :data:`NAMED_TOLERANCES`,
+    ready for ``torch.testing.assert_close(actual, expected, **tolerance(key))``."""
+    atol, rtol = TOLERANCES[key] if isinstance(key, torch.dtype) else NAMED_TOLERANCES[key]
+    return {"atol": atol, "rtol": rtol}
+
+
+def random_qkv(batch: int, n_heads: int, n_kv_heads: int, n_queries: int, n_keys: int, head_dim: int,
+               dtype: torch.dtype = torch.float32, seed: int = 0, value_dim: int | None = None,
+               requires_grad: bool = False, device: torch.device | str = "cpu", scale: float = 1.0):
+    """Seeded standard-normal queries, keys and values (times ``scale``), in the book's layout.
+
+    Returns q ``(batch, n_heads, n_queries, head_dim)``, k ``(batch, n_kv_heads, n_keys, head_dim)`` and
+    v ``(batch, n_kv_heads, n_keys, value_dim or head_dim)``, drawn in that order from one generator (so a
+    seed fixes all three) in float32, then cast to ``dtype`` and moved to ``device``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shapes = ((batch, n_heads, n_queries, head_dim), (batch, n_kv_heads, n_keys, head_dim),
+              (batch, n_kv_heads, n_keys, value_dim or head_dim))
+    tensors = [(torch.randn(*shape, generator=generator) * scale).to(device=device, dtype=dtype) for shape in shapes]
+    return tuple(t.requires_grad_(requires_grad) for t in tensors)
 
 
 def allowed_positions(n_queries: int, n_keys: int, causal: bool = False, window: int | None = None) -> torch.Tensor:

@@ -12,15 +12,9 @@ from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch09 import check_block_update
 from attention_lab.flash.tiled import (FULL, PARTIAL, SKIP, block_schedule, tiled_attention,
                                        tiled_attention_forward)
-from reference import TOLERANCES, allowed_positions, attention_fp64
+from reference import TOLERANCES, allowed_positions, attention_fp64, random_qkv, tolerance
 
 
-def _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype=torch.float32, seed=0, grad=False):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, n_heads, n_queries, head_dim, generator=g).to(dtype)
-    k = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=g).to(dtype)
-    v = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=g).to(dtype)
-    return tuple(t.requires_grad_(grad) for t in (q, k, v))
 
 
 CASES = [  # (B, H, Hkv, Nq, Nk, D, causal, window)
@@ -37,7 +31,7 @@ CASES = [  # (B, H, Hkv, Nq, Nk, D, causal, window)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}q{c[3]}k{c[4]}c{int(c[6])}w{c[7]}")
 def test_forward_matches_float64(case, block_q, block_k):
     batch, heads, kv_heads, nq, nk, d, causal, window = case
-    q, k, v = _qkv(batch, heads, kv_heads, nq, nk, d, seed=nq + block_k)
+    q, k, v = random_qkv(batch, heads, kv_heads, nq, nk, d, seed=nq + block_k)
     out, lse = tiled_attention_forward(q, k, v, causal=causal, window=window, block_q=block_q, block_k=block_k)
     atol, rtol = TOLERANCES[torch.float32]
     assert out.dtype == torch.float32 and lse.shape == (batch, heads, nq)
@@ -47,31 +41,31 @@ def test_forward_matches_float64(case, block_q, block_k):
     scores = (q.double() @ k.double().repeat_interleave(group, 1).transpose(-1, -2)) * d**-0.5
     allowed = allowed_positions(nq, nk, causal, window)
     expected_lse = torch.logsumexp(scores.masked_fill(~allowed, -math.inf), dim=-1)
-    torch.testing.assert_close(lse.double(), expected_lse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), expected_lse, **tolerance("fp32_paths"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}q{c[3]}k{c[4]}c{int(c[6])}w{c[7]}")
 def test_gradients_match_reference_autograd(case):
     batch, heads, kv_heads, nq, nk, d, causal, window = case
-    q, k, v = _qkv(batch, heads, kv_heads, nq, nk, d, dtype=torch.float64, seed=3, grad=True)
+    q, k, v = random_qkv(batch, heads, kv_heads, nq, nk, d, dtype=torch.float64, seed=3, requires_grad=True)
     out = tiled_attention(q, k, v, causal=causal, window=window, block_q=8, block_k=6)
     grad = torch.randn_like(out)
     tiled_grads = torch.autograd.grad(out, (q, k, v), grad)
     reference_grads = torch.autograd.grad(attention_fp64(q, k, v, causal=causal, window=window), (q, k, v), grad)
     for name, got, want in zip("qkv", tiled_grads, reference_grads):
         assert got.shape == want.shape, name
-        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10, msg=f"d{name}")
+        torch.testing.assert_close(got, want, **tolerance("fp64_paths"), msg=f"d{name}")
 
 
 @pytest.mark.parametrize("causal,window", [(False, None), (True, None), (False, 3)])
 def test_gradcheck_float64_small_shapes(causal, window):
-    q, k, v = _qkv(1, 2, 1, 6, 9 if causal or window else 7, 3, dtype=torch.float64, seed=5, grad=True)
+    q, k, v = random_qkv(1, 2, 1, 6, 9 if causal or window else 7, 3, dtype=torch.float64, seed=5, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda q, k, v: tiled_attention(q, k, v, causal=causal, window=window, block_q=3, block_k=4), (q, k, v))
 
 
 def test_explicit_mask_with_fully_masked_row_gives_zeros_and_finite_grads():
-    q, k, v = _qkv(2, 1, 1, 7, 7, 3, dtype=torch.float64, seed=6, grad=True)
+    q, k, v = random_qkv(2, 1, 1, 7, 7, 3, dtype=torch.float64, seed=6, requires_grad=True)
     mask = torch.rand(2, 1, 7, 7, generator=torch.Generator().manual_seed(1)) > 0.4
     mask[:, :, 4] = False  # query 4 sees nothing
     out = tiled_attention(q, k, v, mask=mask, block_q=4, block_k=3)
@@ -83,7 +77,7 @@ def test_explicit_mask_with_fully_masked_row_gives_zeros_and_finite_grads():
 
 
 def test_half_precision_within_pytorch_own_error():
-    q, k, v = _qkv(1, 2, 2, 70, 70, 32, dtype=torch.bfloat16, seed=7)
+    q, k, v = random_qkv(1, 2, 2, 70, 70, 32, dtype=torch.bfloat16, seed=7)
     expected = attention_fp64(q, k, v, causal=True)
     ours = (tiled_attention(q, k, v, causal=True, block_q=16, block_k=16).double() - expected).abs().max()
     theirs = (scaled_dot_product_attention(q, k, v, causal=True).double() - expected).abs().max()
@@ -91,7 +85,7 @@ def test_half_precision_within_pytorch_own_error():
 
 
 def test_window_at_least_n_equals_causal_and_one_block_equals_reference():
-    q, k, v = _qkv(1, 2, 2, 23, 23, 8, seed=8)
+    q, k, v = random_qkv(1, 2, 2, 23, 23, 8, seed=8)
     torch.testing.assert_close(tiled_attention(q, k, v, window=23, block_q=5, block_k=4),
                                tiled_attention(q, k, v, causal=True, block_q=5, block_k=4))
     torch.testing.assert_close(tiled_attention(q, k, v, block_q=100, block_k=100), scaled_dot_product_attention(q, k, v))
@@ -117,7 +111,7 @@ def test_block_schedule_skips_masked_blocks():
 
 def test_extra_memory_is_linear_not_quadratic():
     def peaks(n):
-        q, k, v = _qkv(1, 2, 2, n, n, 16, seed=n)
+        q, k, v = random_qkv(1, 2, 2, n, n, 16, seed=n)
         return (peak_memory(lambda: scaled_dot_product_attention(q, k, v, causal=True), "cpu"),
                 peak_memory(lambda: tiled_attention(q, k, v, causal=True, block_q=32, block_k=32), "cpu"))
 
@@ -128,7 +122,7 @@ def test_extra_memory_is_linear_not_quadratic():
 
 
 def test_bad_input_is_a_clear_error():
-    q, k, v = _qkv(1, 2, 2, 9, 5, 8)
+    q, k, v = random_qkv(1, 2, 2, 9, 5, 8)
     with pytest.raises(ValueError, match="block_q must be"):
         tiled_attention(q, k, v, block_q=0)
     with pytest.raises(ValueError, match="head_dim"):
@@ -192,7 +186,7 @@ def test_ch09_checker_rejects_classic_mistakes(wrong):
 @pytest.mark.parametrize("n_queries,n_keys,window,block", [(9, 5, None, 4), (40, 13, None, 8), (12, 7, 3, 5),
                                                            (5, 1, None, 2), (4, 0, None, 3)])
 def test_more_queries_than_keys_gives_zero_rows_and_gradients_match(n_queries, n_keys, window, block):
-    q, k, v = _qkv(2, 4, 2, n_queries, n_keys, 8, seed=n_queries + n_keys, grad=True)
+    q, k, v = random_qkv(2, 4, 2, n_queries, n_keys, 8, seed=n_queries + n_keys, requires_grad=True)
     out = tiled_attention(q, k, v, causal=True, window=window, block_q=block, block_k=block)
     expected = (attention_fp64(q.detach(), k.detach(), v.detach(), causal=True, window=window) if n_keys else
                 torch.zeros(out.shape, dtype=torch.float64))  # (the fp64 einsum needs a key)
@@ -204,12 +198,12 @@ def test_more_queries_than_keys_gives_zero_rows_and_gradients_match(n_queries, n
     ref_out = scaled_dot_product_attention(q, k, v, causal=True, window=window)
     reference = torch.autograd.grad(ref_out, (q, k, v), grad, allow_unused=True)
     for mine, theirs in zip(tiled, reference):
-        torch.testing.assert_close(mine, torch.zeros_like(mine) if theirs is None else theirs, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine, torch.zeros_like(mine) if theirs is None else theirs, **tolerance("fp32_paths"))
 
 
 @pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 3)])
 def test_a_nan_query_row_stays_nan(causal, window):
-    q, k, v = _qkv(1, 4, 2, 11, 11, 8, seed=2)
+    q, k, v = random_qkv(1, 4, 2, 11, 11, 8, seed=2)
     q[0, 3, 6, 2] = float("nan")
     mask = torch.ones(11, 11, dtype=torch.bool)
     mask[8] = False  # query 8 sees no key: zeros even with a NaN in it
@@ -218,13 +212,13 @@ def test_a_nan_query_row_stays_nan(causal, window):
     assert torch.isnan(out[0, 3, 6]).all()
     assert (out[0, :, 8] == 0).all()
     reference = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, window=window)
-    torch.testing.assert_close(out, reference, equal_nan=True, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, reference, equal_nan=True, **tolerance("fp32_paths"))
     _, lse = tiled_attention_forward(q, k, v, mask=mask, causal=causal, window=window, block_q=4, block_k=4)
     assert torch.isnan(lse[0, 3, 6]) and lse[0, 1, 8] == -math.inf
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf"), True, "1"], ids=repr)
 def test_bad_scale_is_a_value_error(scale):
-    q, k, v = _qkv(1, 2, 2, 5, 5, 8)
+    q, k, v = random_qkv(1, 2, 2, 5, 5, 8)
     with pytest.raises(ValueError, match="scale must be a finite real number > 0"):
         tiled_attention(q, k, v, causal=True, scale=scale)

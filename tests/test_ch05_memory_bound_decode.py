@@ -10,7 +10,7 @@ from attention_lab.costs.memory_bound_decode import (decode_attention_cost, deco
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch05 import check_grouped_decode
 from attention_lab.caches.contiguous import kv_cache_bytes
-from reference import attention_fp64
+from reference import attention_fp64, tolerance
 
 
 def _layer(n_kv_heads, d_model=48, n_heads=6, seed=0):
@@ -30,7 +30,7 @@ def test_grouped_layer_equals_mha_with_repeated_kv_heads(n_kv_heads):
             heads = getattr(grouped, name).weight.view(n_kv_heads, 8, 48)  # (g, head_dim, d_model)
             getattr(mha, name).weight.copy_(heads.repeat_interleave(group, dim=0).reshape(48, 48))
     x = torch.randn(2, 13, 48)
-    torch.testing.assert_close(grouped(x), mha(x), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grouped(x), mha(x), **tolerance("fp32_same_layer"))
 
 
 def test_mqa_layer_matches_float64_reference():

@@ -14,7 +14,7 @@ from attention_lab.generate import generate
 from attention_lab.caches.paged import (BlockAllocator, OutOfBlocksError, PagedKVCache, blocks_needed,
                                         paged_attention_reference, slot_of)
 from attention_lab.caches.serving import Request, ServingEngine, generate_paged
-from reference import TOLERANCES, attention_fp64
+from reference import TOLERANCES, attention_fp64, tolerance
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -103,8 +103,8 @@ def test_gather_returns_exactly_what_was_written():
     for s in seqs:
         if written[s][0]:
             k, v = cache.gather(1, s)  # (Hkv, length, D)
-            torch.testing.assert_close(k, torch.cat(written[s][0]).transpose(0, 1), rtol=0, atol=0)
-            torch.testing.assert_close(v, torch.cat(written[s][1]).transpose(0, 1), rtol=0, atol=0)
+            torch.testing.assert_close(k, torch.cat(written[s][0]).transpose(0, 1), **tolerance("exact"))
+            torch.testing.assert_close(v, torch.cat(written[s][1]).transpose(0, 1), **tolerance("exact"))
 
 
 def test_fork_shares_blocks_and_copies_only_the_written_block():
@@ -122,8 +122,8 @@ def test_fork_shares_blocks_and_copies_only_the_written_block():
     assert cache.block_tables[child][2] != cache.block_tables[parent][2]
     parent_k, _ = cache.gather(0, parent)
     child_k, _ = cache.gather(0, child)
-    torch.testing.assert_close(parent_k, k.transpose(0, 1), rtol=0, atol=0)  # the parent is untouched
-    torch.testing.assert_close(child_k, torch.cat([k, k_new]).transpose(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(parent_k, k.transpose(0, 1), **tolerance("exact"))  # the parent is untouched
+    torch.testing.assert_close(child_k, torch.cat([k, k_new]).transpose(0, 1), **tolerance("exact"))
     cache.append(parent, 1)  # the parent's last block is no longer shared: written in place
     assert cache.copies == 1
     cache.check_invariants()

@@ -7,6 +7,7 @@ from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig
 from attention_lab.generate import generate
 from attention_lab.model import MHASettings
 from attention_lab.rope import RotaryEmbedding, apply_rope, rope_angles, rotation_matrix
+from reference import tolerance
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -25,7 +26,7 @@ def test_score_depends_only_on_the_offset(dim):
     q, k = torch.randn(dim, generator=g, dtype=torch.float64), torch.randn(dim, generator=g, dtype=torch.float64)
     for offset in (-7, 0, 1, 5, 40):
         scores = torch.stack([_score(q, k, i, i + offset) for i in (0, 3, 17, 250, 4096, 30000)])
-        torch.testing.assert_close(scores, scores[:1].expand_as(scores), atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(scores, scores[:1].expand_as(scores), **tolerance("fp64_rotations"))
     # ... and it really does depend on the offset.
     assert not torch.isclose(_score(q, k, 3, 4), _score(q, k, 3, 9))
 
@@ -55,7 +56,7 @@ def test_batched_heads_and_half_precision():
     for dtype in (torch.bfloat16, torch.float16):
         half = apply_rope(x.to(dtype), positions)
         assert half.dtype == dtype
-        torch.testing.assert_close(half.float(), out, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(half.float(), out, **tolerance("fp16_rotations"))
 
 
 def test_rope_in_multihead_attention_is_translation_invariant():
@@ -77,7 +78,7 @@ def test_tinygpt_with_rope_caches_exactly():
     cached, cached_logits = generate(model, prompt, 25, use_cache=True, return_logits=True)
     plain, plain_logits = generate(model, prompt, 25, use_cache=False, return_logits=True)
     assert torch.equal(cached, plain)
-    torch.testing.assert_close(cached_logits, plain_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached_logits, plain_logits, **tolerance("fp32_paths"))
 
 
 @pytest.mark.parametrize("call,message", [

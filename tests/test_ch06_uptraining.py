@@ -11,6 +11,7 @@ from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch06 import check_mean_pool
 from attention_lab.uptrain import (convert_to_gqa, format_table, pool_kv_heads, uptrain, uptrain_steps,
                                    uptraining_study)
+from reference import tolerance
 
 H, D, D_MODEL = 6, 8, 48  # 6 heads of size 8: groups G = 1, 2, 3, 6
 
@@ -51,7 +52,7 @@ def test_g_equal_1_equals_an_mqa_model_built_from_the_pooled_weights():
             state[name] = value.view(H, D, D_MODEL).mean(dim=0)  # average of the 6 heads: (D, d_model)
     mqa.load_state_dict(state)
     idx = _tokens(1)
-    torch.testing.assert_close(converted(idx)[0], mqa(idx)[0], atol=0, rtol=0)
+    torch.testing.assert_close(converted(idx)[0], mqa(idx)[0], **tolerance("exact"))
     assert converted.blocks[0].attn.n_kv_heads == 1
 
 
