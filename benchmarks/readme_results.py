@@ -5,7 +5,7 @@
 
 Every number in the section (ranges, ratios, TFLOP/s, MiB, TB/s, percentages, step and pass counts) and
 every card and version is computed here from the JSON the benchmarks wrote, so the README cannot drift
-from the committed results; ``tests/test_readme_results.py`` fails when it does. After a benchmark
+from the committed results; ``tests/test_book_readme_results.py`` fails when it does. After a benchmark
 writes new results, run this script and commit README.md with them.
 """
 

@@ -174,7 +174,7 @@ print("\ncached generation:", repr(tokenizer.decode(cached[0].tolist())))
 # %% [markdown]
 # Every token is identical. The logits differ only in the last bits of float32: the cached path adds
 # up the same products in a different order (one query row instead of a whole matrix). The test suite
-# (`tests/test_kv_cache.py`) checks the same on odd lengths, batches and GQA models.
+# (`tests/test_ch03_kv_cache.py`) checks the same on odd lengths, batches and GQA models.
 #
 # ## Measured speed-up
 #

@@ -175,7 +175,7 @@ print(f"max |rolling − full| = {(rolled - full).abs().max().item():.1e} over {
 
 # %% [markdown]
 # The same holds for a whole model: below, a windowed TinyGPT generates identical tokens with the
-# rolling cache and without any cache (and `tests/test_sliding_window.py` checks odd lengths, several
+# rolling cache and without any cache (and `tests/test_ch04_sliding_window.py` checks odd lengths, several
 # windows, $w = 1$ and $w \ge N$).
 #
 # ## The receptive field grows by $w - 1$ per layer
