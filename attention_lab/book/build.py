@@ -132,14 +132,27 @@ def chapter_table() -> str:
     return "\n".join(rows)
 
 
-def readme_with_chapters(readme: str) -> str:
-    """``readme`` with the text between the chapter markers replaced by :func:`chapter_table`."""
-    start, end = "<!-- chapters:start -->", "<!-- chapters:end -->"
+def _replace_between(readme: str, marker: str, table: str) -> str:
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start not in readme or end not in readme:
         raise ValueError(f"README.md needs the markers {start} and {end}")
     head, rest = readme.split(start, 1)
     _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{chapter_table()}\n{end}{tail}"
+    return f"{head}{start}\n{table}\n{end}{tail}"
+
+
+def parts_of_the_book() -> str:
+    """README's chapter → notebook → library modules → checker → tests table (:mod:`attention_lab.book.chapters`)."""
+    from attention_lab.book.chapters import parts_table
+
+    titles = {s.stem[:2]: (chapter_title(s), s.stem) for s in sorted(SOURCES.glob("*.py"))}
+    return parts_table(titles)
+
+
+def readme_with_chapters(readme: str) -> str:
+    """``readme`` with the chapter table (:func:`chapter_table`) and the parts table (:func:`parts_of_the_book`)
+    written between their markers."""
+    return _replace_between(_replace_between(readme, "chapters", chapter_table()), "parts", parts_of_the_book())
 
 
 def stamp_readme() -> None:

@@ -1,0 +1,40 @@
+"""The chapter → modules → checker → tests map behind README's table covers the whole package, once."""
+
+import pkgutil
+
+import attention_lab
+from attention_lab.book.build import SOURCES
+from attention_lab.book.chapters import BOOK_MODULES, CHAPTER_MODULES, ROOT, chapter_tests, module_path
+
+
+def package_modules() -> set[str]:
+    """Every module of attention_lab, dotted below it, without package __init__/__main__ and the per-chapter checkers."""
+    names = set()
+    for info in pkgutil.walk_packages(attention_lab.__path__, "attention_lab."):
+        name = info.name.removeprefix("attention_lab.")
+        if info.ispkg or name.endswith("__main__") or name.startswith("exercises.ch"):
+            continue  # packages, entry points, and each chapter's checker (its own column of the table)
+        names.add(name)
+    return names
+
+
+def test_every_module_is_in_exactly_one_place():
+    listed = [m for modules in CHAPTER_MODULES.values() for m in modules] + list(BOOK_MODULES)
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    assert set(listed) == package_modules()
+    assert all((ROOT / module_path(m)).is_file() for m in listed)
+
+
+def test_every_chapter_has_a_source_a_checker_and_tests():
+    prefixes = sorted(s.stem[:2] for s in SOURCES.glob("*.py"))
+    assert sorted(CHAPTER_MODULES) == prefixes
+    for prefix in prefixes:
+        assert (ROOT / "attention_lab" / "exercises" / f"ch{prefix}.py").is_file()
+        assert chapter_tests(prefix), f"chapter {prefix} has no tests/test_ch{prefix}_*.py"
+
+
+def test_every_test_file_names_its_chapter_or_the_book():
+    names = sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))
+    strays = [n for n in names if not (n.startswith("test_book_") or n.startswith("test_all_chapters_")
+                                       or (n.startswith("test_ch") and n[7:9].isdigit() and n[7:9] in CHAPTER_MODULES))]
+    assert not strays, f"test files named by neither chapter nor book: {strays}"
