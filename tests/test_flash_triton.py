@@ -18,7 +18,7 @@ from attention_lab.flash.tiled import FULL, PARTIAL, SKIP, block_schedule
 from attention_lab.flash.triton_attention import check_dtype_supported, flash_attention
 from attention_lab.kernels.common import LOG2_E, online_softmax_update
 from attention_lab.kernels.interpreter import interpreting
-from reference import TOLERANCES, attention_fp64
+from reference import TOLERANCES, attention_fp64, tolerance
 
 interpreter_only = pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (GPU: test_flash_gpu.py)")
 TILE_16 = {"BLOCK_M": 16, "BLOCK_N": 16}
@@ -47,6 +47,11 @@ CASES = {
     "N=130 D=16 window=7, BM<BN": (1, 2, 2, 130, 130, 16, False, 7, {"BLOCK_M": 16, "BLOCK_N": 32}),
     "Nq=33 Nk=70 D=64 window=20 GQA-3": (1, 3, 1, 33, 70, 64, True, 20, None),
     "Nq=40 > Nk=17 D=16": (1, 2, 1, 40, 17, 16, False, None, None),
+    # causal with more queries than keys: the first Nq - Nk rows see no key (zeros), forward and backward
+    "Nq=40 > Nk=17 D=16 causal GQA-2": (1, 2, 1, 40, 17, 16, True, None, None),
+    "Nq=33 > Nk=5 D=24 causal, BM<BN": (2, 1, 1, 33, 5, 24, True, None, {"BLOCK_M": 16, "BLOCK_N": 32}),
+    "Nq=50 > Nk=19 D=16 window=7, BM>BN": (1, 2, 2, 50, 19, 16, True, 7, {"BLOCK_M": 32, "BLOCK_N": 16}),
+    "Nq=19 > Nk=1 D=16 causal MQA": (1, 3, 1, 19, 1, 16, True, None, None),
 }
 
 
@@ -63,6 +68,8 @@ def test_forward_and_gradients_match_float64(case):
     for name, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), expected):
         assert actual.shape == wanted.shape, name
         torch.testing.assert_close(actual.double(), wanted, atol=5 * atol, rtol=5 * rtol, msg=name)
+    if causal and n_queries > n_keys:  # rows that see no key: exactly zero, and so is their gradient
+        assert out[:, :, :n_queries - n_keys].abs().max() == 0 and grads[0][:, :, :n_queries - n_keys].abs().max() == 0
 
 
 @interpreter_only
@@ -112,6 +119,30 @@ def test_matches_tiled_pytorch_flash_and_strided_inputs():
 
 
 @interpreter_only
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradients_of_inputs_not_contiguous_in_head_dim(causal):
+    """(B, H, D, N) tensors transposed to (B, H, N, D): stride N along D. The forward copies them; the backward
+    must read those copies, not the originals with their strides (issue #18, item 2: dq, dk, dv were off by 3-6)."""
+    g = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(1, heads, 16, 19, generator=g).transpose(2, 3) for heads in (2, 1, 1))  # GQA-2, D=16, N=19
+    q, k, v = (x.requires_grad_() for x in (q, k, v))  # non-contiguous leaves: the gradients arrive for them
+    assert q.stride(-1) != 1
+    out = flash_attention(q, k, v, causal=causal, tile=TILE_16)
+    grad_out = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = _reference_with_grads(q, k, v, grad_out, causal=causal)
+    for name, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), expected):
+        torch.testing.assert_close(actual.double(), wanted, **tolerance("interpreter_fp32"), msg=name)
+    # the public backward, called directly with the strided tensors, agrees too
+    with torch.no_grad():
+        out, lse = ta.flash_attention_forward(q, k, v, None, causal, None, None, tile=TILE_16)
+        direct = ta.flash_attention_backward(grad_out.transpose(2, 3).contiguous().transpose(2, 3), q, k, v, out, lse,
+                                             None, causal, None, None, tile=TILE_16)
+    for name, actual, wanted in zip(("dq", "dk", "dv"), direct, expected[1:]):
+        torch.testing.assert_close(actual.double(), wanted, **tolerance("interpreter_fp32"), msg=name)
+
+
+@interpreter_only
 def test_window_as_long_as_the_keys_equals_causal():
     q, k, v = _qkv(1, 1, 1, 21, 21, 16, seed=8)
     with torch.no_grad():
@@ -122,7 +153,8 @@ def test_window_as_long_as_the_keys_equals_causal():
 
 @interpreter_only
 @pytest.mark.parametrize("n_queries, n_keys, block_m, block_n, window",
-                         [(130, 130, 32, 16, None), (17, 130, 16, 32, None), (130, 130, 16, 32, 20), (33, 70, 32, 16, 9)])
+                         [(130, 130, 32, 16, None), (17, 130, 16, 32, None), (130, 130, 16, 32, 20), (33, 70, 32, 16, 9),
+                          (70, 33, 16, 32, None), (90, 21, 32, 16, None), (70, 33, 16, 16, 9), (53, 3, 16, 32, 2)])
 def test_kernel_visits_exactly_the_blocks_of_the_tiled_schedule(n_queries, n_keys, block_m, block_n, window):
     """Causal/window skipping: the forward visits every block chapter 09's schedule needs and no other,
     and runs the unmasked fast path only on blocks where every pair is allowed (the dK/dV kernel likewise)."""
@@ -214,8 +246,9 @@ def test_bad_input_gives_value_error(make_args, match):
 
 def test_bad_options_give_value_error():
     q = torch.randn(1, 1, 5, 16)
-    with pytest.raises(ValueError, match="n_queries <= n_keys"):
-        flash_attention(q, q[:, :, :3], q[:, :, :3], causal=True)
+    for scale in (0, -1.0, float("nan"), float("inf"), "0.5", True):  # the shared attention.check_scale
+        with pytest.raises(ValueError, match="scale"):
+            flash_attention(q, q, q, scale=scale)
     with pytest.raises(ValueError, match="window"):
         flash_attention(q, q, q, window=0)
     with pytest.raises(ValueError, match="mask"):
@@ -223,6 +256,14 @@ def test_bad_options_give_value_error():
     with pytest.raises(ValueError, match="head_dim"):
         big = torch.randn(1, 1, 5, 160)
         flash_attention(big, big, big)
+
+
+@interpreter_only
+def test_bf16_under_the_interpreter_is_refused_with_a_clear_message():
+    """The interpreter's tl.dot multiplies bf16 bit patterns (triton-lang/triton#11584): outputs ~8e8, so refused."""
+    q = torch.randn(1, 1, 16, 16).bfloat16()
+    with pytest.raises(ValueError, match="bfloat16.*interpreter.*triton-lang/triton#11584.*float32.*float16"):
+        flash_attention(q, q, q)
 
 
 def test_bf16_on_a_t4_is_refused_with_a_clear_message():

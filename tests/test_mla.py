@@ -305,6 +305,14 @@ def test_latent_decode_kernel_matches_float64(n_heads, latent_dim, rope_dim, n_k
     torch.testing.assert_close(half.double(), expected, atol=1e-2, rtol=1e-2)
 
 
+def test_latent_decode_of_an_empty_cache_gives_zeros():
+    """No cached row: every head sees no key, so zeros (DESIGN.md §3), not an error about partition_size."""
+    from attention_lab.kernels.latent_decode import latent_decode
+
+    out = latent_decode(torch.randn(2, 3, 10), torch.randn(2, 0, 10), 8, 0.3)
+    assert out.shape == (2, 3, 8) and out.abs().max() == 0
+
+
 def test_triton_decode_step_equals_the_absorbed_path():
     layer = make_mla(CONFIGS[1], dtype=torch.float32, mode="absorbed")
     x = torch.randn(2, 9, 30)
@@ -322,6 +330,17 @@ def test_triton_decode_step_equals_the_absorbed_path():
     (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10).half(), 8, 0.3), "share one dtype"),
     (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10), 8, 0.3, partition_size=5), "multiple of tile_n"),
     (lambda k: k(torch.randn(3, 10), torch.randn(2, 5, 10), 8, 0.3), "q must have shape"),
+    # issue #18, item 15: B=0 or H=0 were a ZeroDivisionError; N=0 a message about a partition_size nobody passed
+    (lambda k: k(torch.randn(0, 3, 10), torch.randn(0, 5, 10), 8, 0.3), r"batch >= 1 and n_heads >= 1, got \(0, 3, 10\)"),
+    (lambda k: k(torch.randn(2, 0, 10), torch.randn(2, 5, 10), 8, 0.3), r"batch >= 1 and n_heads >= 1, got \(2, 0, 10\)"),
+    (lambda k: k(torch.randn(2, 3, 10).int(), torch.randn(2, 5, 10).int(), 8, 0.3), "q must be a floating-point"),
+    (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10), 8.0, 0.3), "latent_dim an integer"),
+    (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10), 8, None), "scale must be a finite real number > 0"),
+    (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10), 8, float("nan")), "scale must be"),
+    (lambda k: k(torch.randn(2, 3, 10), torch.randn(2, 5, 10), 8, 0.3, partition_size=True), "partition_size"),
+    # issue #18, item 7: the interpreter computes bf16 dots wrongly (~1e9): refused, fp32/fp16 suggested
+    (lambda k: k(torch.randn(2, 3, 10).bfloat16(), torch.randn(2, 5, 10).bfloat16(), 8, 0.3),
+     "bfloat16.*interpreter.*triton-lang/triton#11584.*float32.*float16"),
 ])
 def test_latent_decode_errors(call, message):
     from attention_lab.kernels.latent_decode import latent_decode

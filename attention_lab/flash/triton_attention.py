@@ -33,10 +33,10 @@ import contextlib
 import torch
 from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
-from attention_lab.attention import check_qkv
+from attention_lab.attention import check_qkv, check_scale
 from attention_lab.flash import triton_configs
 from attention_lab.kernels.common import LOG2_E, device_capability, head_offset, online_softmax_update
-from attention_lab.kernels.interpreter import interpreting  # also fixes Triton ≤3.6's interpreter loop bounds
+from attention_lab.kernels.interpreter import interpreting, refuse_interpreted_bfloat16  # also fixes Triton ≤3.6's interpreter loop bounds
 
 MAX_HEAD_DIM = 128
 
@@ -55,6 +55,9 @@ def _key_blocks(m0, n_queries, n_keys, window,
     [lo, mid_lo) masked (left edge of a window), [mid_lo, mid_hi) unmasked (every pair allowed),
     [mid_hi, hi) masked (the causal diagonal and the last, partial block).
     Query i sees key j iff j <= i + (n_keys - n_queries) (causal) and j > i + offset - window.
+    With more queries than keys the offset is negative: the first -offset rows see no key (an empty
+    run, hi <= 0, for a block of only such rows); every quotient below has a numerator >= 0, so it
+    means the same under C's truncating division (compiled) and Python's flooring one (interpreter).
     """
     offset = n_keys - n_queries  # queries are the last n_queries positions
     lo = 0
@@ -63,7 +66,7 @@ def _key_blocks(m0, n_queries, n_keys, window,
     full_hi = n_keys // BLOCK_N * BLOCK_N  # whole blocks only: no bounds check needed
     if CAUSAL:
         hi = tl.minimum(hi, m0 + BLOCK_M + offset)  # the last row sees keys up to m0 + BLOCK_M - 1 + offset
-        full_hi = tl.minimum(full_hi, (m0 + offset + 1) // BLOCK_N * BLOCK_N)  # the first row sees these
+        full_hi = tl.minimum(full_hi, tl.maximum(m0 + offset + 1, 0) // BLOCK_N * BLOCK_N)  # the first row sees these
     if HAS_WINDOW:
         lo = tl.maximum(m0 + offset - window + 1, 0) // BLOCK_N * BLOCK_N  # first key the first row sees
         full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M + offset - window, 0), BLOCK_N) * BLOCK_N  # last row sees these
@@ -447,9 +450,11 @@ def check_dtype_supported(dtype: torch.dtype, capability: int) -> None:
 
 
 def _check_device(q: torch.Tensor) -> None:
-    """The kernels need a CUDA tensor, or CPU tensors under the interpreter; bf16 needs sm_80+."""
+    """The kernels need a CUDA tensor, or CPU tensors under the interpreter (not bf16: it computes that wrongly);
+    bf16 needs sm_80+."""
     require_triton("flash_attention")
     if interpreting():
+        refuse_interpreted_bfloat16(q.dtype, "flash_attention")
         return
     if not q.is_cuda:
         raise ValueError("flash_attention runs its Triton kernels on a CUDA GPU, and q is on the CPU: set "
@@ -478,21 +483,25 @@ def prepare_inputs(q, k, v, mask, causal, window, scale):
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         causal = True  # a window implies causal
-    if causal and n_queries > n_keys:
-        raise ValueError(f"causal attention needs n_queries <= n_keys (queries are the last keys), "
-                         f"got {n_queries} > {n_keys}")
+    # causal with n_queries > n_keys is fine: the first n_queries - n_keys queries see no key and get zero rows
+    # (DESIGN.md §3); the block-range helpers take the negative offset n_keys - n_queries
     if mask is not None:
         from attention_lab.attention import build_mask
 
         build_mask(n_queries, n_keys, mask, batch=batch, n_heads=n_heads)  # validates dtype and shape
+    scale = check_scale(scale, head_dim)
     _check_device(q)
-    scale = head_dim ** -0.5 if scale is None else float(scale)
     return batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    """The kernels index the head dimension with stride 1; any other layout (e.g. a (B, N, H, D) transpose) is fine."""
-    return x if x.stride(-1) == 1 else x.contiguous()
+    """The kernels index the head dimension with stride 1: ``x`` itself when it has that (e.g. a (B, N, H, D)
+    tensor viewed as (B, H, N, D)), else a contiguous copy (e.g. a (B, H, D, N) tensor transposed).
+
+    Anything else (not a tensor, no dimension) is returned as it is, for the validation to name it."""
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.stride(-1) != 1:
+        return x.contiguous()
+    return x
 
 
 _compile_only = False  # True inside precompile(): kernels are compiled (in parallel) but not launched
@@ -571,7 +580,8 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     """
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = prepare_inputs(
         q, k, v, mask, causal, window, scale)
-    do = _last_dim_contiguous(do)
+    # the kernels assume stride 1 along D in every tensor they read (no copy when that holds already)
+    q, k, v, out, do = (_last_dim_contiguous(x) for x in (q, k, v, out, do))
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     block_d = max(16, triton.next_power_of_2(head_dim))
@@ -625,10 +635,14 @@ def online_softmax_step_replaced(step):
 
 
 class FlashAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: the forward saves (q, k, v, O, lse); the backward recomputes P block by block."""
+    """Autograd wrapper: the forward saves (q, k, v, O, lse); the backward recomputes P block by block.
+
+    It saves the q, k, v the kernels read: for an input not contiguous along D, the contiguous copy, so
+    that the copy is made once and the backward never sees the original's strides."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, causal, window, scale, tile):
+        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         out, lse = flash_attention_forward(q, k, v, mask, causal, window, scale, tile)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mask, ctx.causal, ctx.window, ctx.scale, ctx.tile = mask, causal, window, scale, tile

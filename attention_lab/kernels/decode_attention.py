@@ -40,7 +40,7 @@ from attention_lab.kernels.optional_triton import require_triton, tl, triton
 from attention_lab.validation import check_rank
 from attention_lab.caches.paged import check_paged_inputs
 from attention_lab.kernels.common import LOG2_E, device_facts, dot_precision, head_offset, online_softmax_update
-from attention_lab.kernels.interpreter import interpreting
+from attention_lab.kernels.interpreter import interpreting, refuse_interpreted_bfloat16
 from attention_lab.kernels.split_k import merge_compile_job, merge_partitions, partial_buffers
 
 
@@ -192,6 +192,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
     if q.device.type != "cuda" and not interpreting():
         raise ValueError("the Triton decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before importing "
                          "attention_lab.kernels.decode_attention, to run it on the CPU); paged_attention_reference works anywhere")
+    refuse_interpreted_bfloat16(q.dtype, "the Triton decode kernel")
     batch, n_heads, _, head_dim = q.shape
     group = n_heads // n_kv_heads
     planned_config, planned_partition, _ = launch_plan(batch, n_kv_heads, n_heads, head_dim, max_len, q.dtype, q.device)

@@ -11,11 +11,17 @@ interpreted kernel into ``int()`` of a one-element array when it is used as a lo
 (``for start in range(lo, hi, BLOCK)``); NumPy 2.4 and later refuse that ("only 0-dimensional arrays
 can be converted to Python scalars"). Triton 3.9 squeezes the array first. :func:`patch_loop_bounds`
 installs the same squeeze in an older interpreter; it changes nothing for compiled kernels.
+
+The interpreter's ``tl.dot`` multiplies bfloat16 operands as their raw 16-bit patterns (it keeps bf16 as
+``uint16`` and converts only 8-bit floats before ``np.matmul``: triton-lang/triton#11584), so an
+interpreted bf16 kernel returns values off by ~1e9. :func:`refuse_interpreted_bfloat16` is the one check
+every kernel entry point makes before launching.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from attention_lab.kernels.optional_triton import TRITON_AVAILABLE, triton
 
@@ -33,6 +39,19 @@ def interpreting() -> bool:
     the kernels take CPU tensors. False: they are compiled for a CUDA GPU.
     """
     return TRITON_AVAILABLE and not isinstance(_probe, triton.runtime.jit.JITFunction)
+
+
+def refuse_interpreted_bfloat16(dtype: torch.dtype, what: str, argument: str = "q") -> None:
+    """Raise ``ValueError`` when ``what`` (a kernel entry point) would run bfloat16 under the interpreter.
+
+    The interpreter's ``tl.dot`` is wrong for bf16 (triton-lang/triton#11584): the answers are off by ~1e9,
+    not rounded. Compiled kernels on a GPU are unaffected, so this refuses nothing there.
+    """
+    if dtype == torch.bfloat16 and interpreting():
+        raise ValueError(f"{argument} has dtype bfloat16, which {what} cannot run under Triton's CPU interpreter "
+                         f"(TRITON_INTERPRET=1): the interpreter's tl.dot multiplies bf16 bit patterns and returns "
+                         f"values off by ~1e9 (triton-lang/triton#11584); pass float32 (exact, and the fastest "
+                         f"there) or float16 tensors instead, or run on a CUDA GPU")
 
 
 def patch_loop_bounds() -> bool:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
-from attention_lab.validation import check_rank
+from attention_lab.validation import check_float_dtype, check_rank, check_real, is_integer
 from attention_lab.kernels.common import LOG2_E, device_facts, dot_precision, head_offset, online_softmax_update
-from attention_lab.kernels.interpreter import interpreting
+from attention_lab.kernels.interpreter import interpreting, refuse_interpreted_bfloat16
 from attention_lab.kernels.split_k import merge_compile_job, merge_partitions, partial_buffers
 
 
@@ -154,11 +154,22 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
         raise ValueError("the Triton latent decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before "
                          "importing attention_lab.kernels.latent_decode); the 'absorbed' path without it works anywhere")
     batch, n_heads, width = q.shape
-    if rows.shape[0] != batch or rows.shape[2] != width or not 0 < latent_dim <= width:
+    if batch < 1 or n_heads < 1:
+        raise ValueError(f"q must have shape (batch, n_heads, latent_dim + rope_dim) with batch >= 1 and n_heads >= 1, "
+                         f"got {tuple(q.shape)}")
+    check_float_dtype("q", q)
+    if rows.shape[0] != batch or rows.shape[2] != width or not is_integer(latent_dim) or not 0 < latent_dim <= width:
         raise ValueError(f"rows must have shape (B={batch}, N, {width}) like q {tuple(q.shape)} with "
-                         f"0 < latent_dim <= {width}, got rows {tuple(rows.shape)}, latent_dim={latent_dim}")
+                         f"latent_dim an integer in [1, {width}], got rows {tuple(rows.shape)}, latent_dim={latent_dim!r}")
     if rows.dtype != q.dtype:
         raise ValueError(f"q and rows must share one dtype, got {q.dtype} and {rows.dtype}")
+    refuse_interpreted_bfloat16(q.dtype, "the Triton latent decode kernel")
+    scale = check_real("scale", scale, minimum=0.0, strict=True)  # no default: MLA's is 1/√(d_h + d_h^R)
+    if partition_size is not None and not is_integer(partition_size):
+        raise ValueError(f"partition_size must be a positive integer multiple of the kernel's tile or None, "
+                         f"got {partition_size!r}")
+    if rows.shape[1] == 0:  # no cached row: every head sees no key and gets zeros (DESIGN.md §3)
+        return q.new_zeros(batch, n_heads, latent_dim)
     if q.stride(-1) != 1:
         q = q.contiguous()
     if rows.stride(-1) != 1:
