@@ -30,6 +30,8 @@ from typing import Callable, Generic, TypeVar
 
 import torch
 
+from attention_lab.validation import INTEGER_DTYPES, check_positive_int, is_integer
+
 OFFLINE_VARIABLE = "ATTENTION_LAB_OFFLINE"  # the one offline switch (see offline_requested)
 CACHE_VARIABLE = "ATTENTION_LAB_CACHE_DIR"  # where downloads are kept (see cache_dir)
 DOWNLOAD_TIMEOUT_S = 30.0  # the longest any one download may take before it is given up
@@ -293,9 +295,13 @@ def _check_ids(ids: object, vocab_size: int) -> list[int]:
     if isinstance(ids, torch.Tensor):
         ids = ids.tolist()
     try:
-        ids = [int(i) for i in ids]
-    except (TypeError, ValueError):
+        ids = list(ids)
+    except TypeError:
         raise ValueError(f"ids must be a list of integer token ids, got {type(ids).__name__}") from None
+    not_ids = [i for i in ids if not is_integer(i)]  # 2.5, True and "3" are not token ids (int() would take them)
+    if not_ids:
+        raise ValueError(f"ids must be a list of integer token ids, got {not_ids[:5]}")
+    ids = [int(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
         raise ValueError(f"ids must lie in [0, {vocab_size}) (the vocabulary size), got {bad[:5]}")
@@ -434,8 +440,20 @@ class TokenDataset:
     val_ids: torch.Tensor  # (n_val,) int64
     context_length: int
 
+    def __post_init__(self) -> None:
+        check_positive_int("context_length", self.context_length)  # 0, -3, 2.5 and True are refused
+        for name in ("train_ids", "val_ids"):
+            ids = getattr(self, name)
+            if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype not in INTEGER_DTYPES:
+                raise ValueError(f"{name} must be a 1-D integer tensor of token ids, got "
+                                 f"{type(ids).__name__ if not isinstance(ids, torch.Tensor) else (ids.dtype, tuple(ids.shape))}")
+            if len(ids) < self.context_length + 1:  # one window: T inputs and the token after them
+                raise ValueError(f"{name} must hold at least context_length + 1 = {self.context_length + 1} tokens "
+                                 f"(one window and its next token), got {len(ids)}")
+
     @classmethod
     def from_text(cls, text: str, tokenizer, context_length: int, val_fraction: float = 0.1) -> "TokenDataset":
+        check_positive_int("context_length", context_length)
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
         ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
@@ -446,11 +464,16 @@ class TokenDataset:
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator | None = None,
               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows: inputs ``(B, T)`` and targets ``(B, T)`` shifted one token right."""
+        """Random windows: inputs ``(B, T)`` and targets ``(B, T)`` shifted one token right.
+
+        Every window of the split is equally likely, the last one (ending at the split's last token) included.
+        """
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        check_positive_int("batch_size", batch_size)
         ids = self.train_ids if split == "train" else self.val_ids
-        starts = torch.randint(0, len(ids) - self.context_length - 1, (batch_size,), generator=generator)
+        # a window starting at s reads ids[s : s + T + 1], so s runs over 0 .. len - T - 1 (randint's bound is exclusive)
+        starts = torch.randint(0, len(ids) - self.context_length, (batch_size,), generator=generator)
         offsets = torch.arange(self.context_length)
         x = ids[starts[:, None] + offsets]  # (B, T)
         y = ids[starts[:, None] + offsets + 1]  # (B, T)

@@ -38,6 +38,53 @@ def test_batches_are_shifted_windows():
         data.batch("test", 4)
 
 
+def test_every_window_of_a_split_can_be_drawn_the_last_included():
+    """Issue #18, item 6: randint's bound is exclusive, so the window ending at the split's last token was never drawn.
+    Ten tokens and T=4: starts 0..5, six windows, each drawn; with exactly T + 1 tokens the one window is drawn."""
+    ids = torch.arange(10)
+    data = TokenDataset(ids, ids[:5], context_length=4)
+    x, y = data.batch("train", 400, torch.Generator().manual_seed(0))
+    assert set(x[:, 0].tolist()) == set(range(6))
+    assert y.max() == 9  # the split's last token is a target
+    x, y = data.batch("val", 3, torch.Generator().manual_seed(0))  # 5 tokens, T=4: one window
+    assert x.tolist() == [[0, 1, 2, 3]] * 3 and y.tolist() == [[1, 2, 3, 4]] * 3
+
+
+@pytest.mark.parametrize("context_length", [0, -3, 2.5, True, "4", None])
+def test_dataset_refuses_a_context_length_that_is_not_a_positive_integer(context_length):
+    ids = torch.arange(50)
+    with pytest.raises(ValueError, match="context_length must be an integer >= 1"):
+        TokenDataset(ids, ids, context_length=context_length)
+    text = synthetic_corpus(30)
+    with pytest.raises(ValueError, match="context_length must be an integer >= 1"):
+        TokenDataset.from_text(text, CharTokenizer(text), context_length=context_length)
+
+
+def test_dataset_and_batch_refuse_bad_arguments():
+    ids = torch.arange(10)
+    with pytest.raises(ValueError, match="val_ids must hold at least context_length \\+ 1 = 5 tokens"):
+        TokenDataset(ids, ids[:4], context_length=4)
+    with pytest.raises(ValueError, match="train_ids must be a 1-D integer tensor"):
+        TokenDataset(ids.float(), ids, context_length=4)
+    with pytest.raises(ValueError, match="train_ids must be a 1-D integer tensor"):
+        TokenDataset(ids.tolist(), ids, context_length=4)
+    data = TokenDataset(ids, ids, context_length=4)
+    for batch_size in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            data.batch("train", batch_size)
+
+
+@pytest.mark.parametrize("ids, match", [([99], r"ids must lie in \[0, 3\).*\[99\]"), ([-1], r"ids must lie in .*\[-1\]"),
+                                        ([1.5], "integer token ids"), ([True], "integer token ids"),
+                                        (["1"], "integer token ids"), (7, "list of integer token ids"),
+                                        (torch.tensor([0.0]), "integer token ids")])
+def test_char_tokenizer_decode_refuses_what_is_not_a_token_id(ids, match):
+    tokenizer = CharTokenizer("abc")
+    with pytest.raises(ValueError, match=match):
+        tokenizer.decode(ids)
+    assert tokenizer.decode(torch.tensor([2, 0])) == tokenizer.decode([2, 0]) == "ca"
+
+
 def test_peak_memory_counts_the_score_matrix():
     q = torch.randn(1, 1, 256, 16)
     n2 = 256 * 256 * 4  # bytes of one fp32 N x N matrix
