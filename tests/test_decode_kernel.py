@@ -12,7 +12,7 @@ from attention_lab.kernels.decode_attention import (MAX_PARTITION, DecodeConfig,
 from attention_lab.caches.paged import gather_kv, paged_attention_reference
 from attention_lab.kernels.common import device_facts
 from attention_lab.kernels.interpreter import interpreting
-from reference import TOLERANCES, attention_fp64
+from reference import TOLERANCES, attention_fp64, tolerance
 
 
 def random_pool(lengths, n_heads, n_kv_heads, head_dim, block_size, dtype=torch.float32, device="cpu", seed=0,
@@ -95,6 +95,20 @@ def test_decode_errors_name_the_argument(monkeypatch):
         paged_decode(q, key_blocks, value_blocks, tables, lens, partition_size=20, config=DecodeConfig(16, 4, 2))
     with pytest.raises(ValueError, match=r"k and v must both have shape"):
         contiguous_decode(q, torch.randn(2, 2, 9, 16), torch.randn(2, 2, 8, 16))
+    k9 = torch.randn(2, 2, 9, 16)
+    for bad, match in (((q[:0], k9[:0], k9[:0]), "need B, H, Hkv, D >= 1"), ((q[:, :0], k9[:, :0], k9[:, :0]), "need B, H"),
+                       ((q.int(), k9.int(), k9.int()), "q must be a floating-point"),
+                       ((q, k9, k9, torch.tensor([2.5, 3.0])), "context_lens must be an integer tensor"),
+                       ((q, k9, k9, torch.tensor([True, True])), "context_lens must be an integer tensor")):
+        with pytest.raises(ValueError, match=match):
+            contiguous_decode(*bad)
+    for scale in (-1.0, 0, float("nan"), "0.5"):  # the shared attention.check_scale
+        with pytest.raises(ValueError, match="scale must be"):
+            contiguous_decode(q, k9, k9, scale=scale)
+        with pytest.raises(ValueError, match="scale must be"):
+            paged_decode(q, key_blocks, value_blocks, tables, lens, scale=scale)
+    with pytest.raises(ValueError, match="partition_size must be"):
+        paged_decode(q, key_blocks, value_blocks, tables, lens, partition_size=64.0)
     if interpreting():  # issue #18, item 7: interpreted bf16 dots are off by ~1e9 (triton-lang/triton#11584): refused
         bf16 = "bfloat16.*interpreter.*triton-lang/triton#11584.*float32.*float16"
         with pytest.raises(ValueError, match=bf16):
@@ -106,6 +120,24 @@ def test_decode_errors_name_the_argument(monkeypatch):
     monkeypatch.setattr(decode_attention, "interpreting", lambda: False)  # kernels compiled for a GPU, CPU tensors
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         paged_decode(q, key_blocks, value_blocks, tables, lens)
+
+
+def test_max_len_is_checked_against_context_lens_where_that_costs_no_sync():
+    """Issue #18, item 14: max_len sizes the partitions, so one below a length cut that sequence short (one partition)
+    or merged partitions never written (split-K), silently. With context_lens on the CPU the check is free."""
+    q, key_blocks, value_blocks, tables, lens = random_pool([5, 77], 4, 2, 16, 8)  # capacity 10 blocks · 8 = 80
+    expected = expected_fp64(q, key_blocks, value_blocks, tables, lens)
+    for max_len, partition in ((77, None), (80, 32)):  # the longest, or more (within the tables): the same answer
+        out = paged_decode(q, key_blocks, value_blocks, tables, lens, max_len=max_len, partition_size=partition)
+        torch.testing.assert_close(out.double(), expected, **tolerance("interpreter_fp32"))
+    for max_len, partition in ((76, None), (40, 32), (0, None)):  # one partition / split-K / nothing
+        with pytest.raises(ValueError, match=r"max_len must be at least context_lens.max\(\) = 77"):
+            paged_decode(q, key_blocks, value_blocks, tables, lens, max_len=max_len, partition_size=partition)
+    for max_len in (81, -1, 77.0, True, "77"):
+        with pytest.raises(ValueError, match=r"max_len must be an integer in \[0, max_blocks · block_size = 80\]"):
+            paged_decode(q, key_blocks, value_blocks, tables, lens, max_len=max_len)
+    with pytest.raises(ValueError, match="context_lens must lie in"):  # max_len given: the values are still checked
+        paged_decode(q, key_blocks, value_blocks, tables, torch.tensor([5, 99], dtype=torch.int32), max_len=80)
 
 
 def test_partition_size_gives_each_sm_work_with_few_long_partitions():

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import torch
 from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
-from attention_lab.validation import check_rank
+from attention_lab.attention import check_scale
+from attention_lab.validation import check_float_dtype, check_int_dtype, check_rank, is_integer
 from attention_lab.caches.paged import check_paged_inputs
 from attention_lab.kernels.common import LOG2_E, device_facts, dot_precision, head_offset, online_softmax_update
 from attention_lab.kernels.interpreter import interpreting, refuse_interpreted_bfloat16
@@ -202,10 +203,10 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
     elif partition_size is None:
         partition_size = choose_partition_size(max_len, batch * n_kv_heads, group, config.tile_n,
                                                device_facts(q.device).n_sms)
-    if partition_size < 1 or partition_size % config.tile_n != 0:
+    if not is_integer(partition_size) or partition_size < 1 or partition_size % config.tile_n != 0:
         raise ValueError(f"partition_size must be a positive multiple of tile_n={config.tile_n}, got {partition_size}")
     n_parts = max(1, math.ceil(max_len / partition_size))
-    scale = head_dim ** -0.5 if scale is None else scale
+    scale = check_scale(scale, head_dim)
 
     q3 = q.reshape(batch, n_heads, head_dim)  # (B, H, D)
     if q3.stride(-1) != 1:
@@ -245,19 +246,35 @@ def paged_decode(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.
         key_blocks, value_blocks: ``(num_blocks, block_size, Hkv, D)``, the last dim contiguous.
         block_tables: ``(B, max_blocks)`` int32. context_lens: ``(B,)`` int32, may differ per sequence.
         partition_size: split-K partition in tokens (default: chosen to fill the GPU).
-        max_len: ``context_lens.max()`` if already known: saves the device-to-host syncs (of this and of
-            the range check of ``context_lens``), so the call can be captured in a CUDA graph.
+        max_len: ``context_lens.max()`` (or more, up to ``max_blocks · block_size``) if already known: saves
+            the device-to-host syncs (of this and of the range checks of ``context_lens`` and the block
+            tables), so the call can be captured in a CUDA graph. It sizes the partitions, so one smaller
+            than a length would silently cut that sequence short (one partition) or merge partitions never
+            written (split-K): it is checked against ``context_lens`` wherever that costs no sync, i.e.
+            whenever ``context_lens`` is on the CPU. The one case it cannot be checked is the CUDA-graph
+            path itself, ``context_lens`` on the GPU with ``max_len`` given: there the caller vouches for
+            ``max_len >= context_lens.max()`` and for the values of ``context_lens`` and ``block_tables``.
 
     Returns:
         ``(B, H, 1, D)`` in q's dtype; a sequence of length 0 gets zeros.
     """
-    check_paged_inputs(q, key_blocks, value_blocks, block_tables, context_lens, check_values=max_len is None)
+    on_gpu = context_lens.is_cuda if isinstance(context_lens, torch.Tensor) else False
+    check_paged_inputs(q, key_blocks, value_blocks, block_tables, context_lens,
+                       check_values=max_len is None or not on_gpu)  # reading back CPU tensors costs no sync
+    if max_len is not None:
+        capacity = block_tables.shape[1] * key_blocks.shape[1]
+        if not is_integer(max_len) or not 0 <= max_len <= capacity:
+            raise ValueError(f"max_len must be an integer in [0, max_blocks · block_size = {capacity}] (at least "
+                             f"context_lens.max()), got {max_len!r}")
+        if not on_gpu and max_len < int(context_lens.max()):  # free on the CPU; the CUDA-graph path cannot check
+            raise ValueError(f"max_len must be at least context_lens.max() = {int(context_lens.max())} (the longest "
+                             f"sequence), got {max_len}")
     for name, t in (("key_blocks", key_blocks), ("value_blocks", value_blocks)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in head_dim (stride 1), got strides {t.stride()}")
     block_tables = block_tables.to(torch.int32).contiguous()
     context_lens = context_lens.to(torch.int32).contiguous()
-    max_len = int(context_lens.max()) if max_len is None else max_len
+    max_len = int(context_lens.max()) if max_len is None else int(max_len)
     return _launch(q, key_blocks, value_blocks, key_blocks.stride()[:3], value_blocks.stride()[:3], block_tables,
                    context_lens, key_blocks.shape[2], key_blocks.shape[1], max_len, scale, partition_size, config)
 
@@ -276,6 +293,10 @@ def contiguous_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context
     batch, n_heads, n_queries, head_dim = q.shape
     if n_queries != 1:
         raise ValueError(f"q must hold one query token per sequence, shape (B, H, 1, D), got {tuple(q.shape)}")
+    if batch < 1 or n_heads < 1 or head_dim < 1 or k.shape[1] < 1:
+        raise ValueError(f"q (B, H, 1, D) and k (B, Hkv, N, D) need B, H, Hkv, D >= 1, got q {tuple(q.shape)} and "
+                         f"k {tuple(k.shape)}")
+    check_float_dtype("q", q)
     if tuple(v.shape) != tuple(k.shape) or k.shape[0] != batch or k.shape[-1] != head_dim:
         raise ValueError(f"k and v must both have shape (B={batch}, Hkv, N, D={head_dim}), got "
                          f"{tuple(k.shape)} and {tuple(v.shape)}")
@@ -291,6 +312,7 @@ def contiguous_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context
         max_len = n_keys
     else:
         check_rank("context_lens", context_lens, 1, "(batch,)")
+        check_int_dtype("context_lens", context_lens)  # 2.5 or True is not a length
         if context_lens.shape[0] != batch or int(context_lens.max()) > n_keys or int(context_lens.min()) < 0:
             raise ValueError(f"context_lens must have shape ({batch},) with values in [0, {n_keys}], "
                              f"got {context_lens.tolist()}")
