@@ -122,6 +122,27 @@ def test_decode_errors_name_the_argument(monkeypatch):
         paged_decode(q, key_blocks, value_blocks, tables, lens)
 
 
+@pytest.mark.skipif(not interpreting(), reason="CPU interpreter test")
+def test_kv_head_offsets_past_2_to_the_31():
+    """Issue #18, item 13: a contiguous-layout cache whose kv heads are 2^30 + 2^20 elements apart (Hkv·N·D past 2^31):
+    ``kv_head·stride_kh`` passes 2^31 for kv head 2. The view starts 2^31 elements into an untouched storage (address
+    space only), so a wrapped 32-bit offset reads zeros there instead of crashing: a wrong answer before the fix."""
+    head_stride, start, n_keys, head_dim = 2 ** 30 + 2 ** 20, 2 ** 31, 40, 16
+    try:
+        storage = torch.empty(start + 2 * head_stride + 2 * n_keys * head_dim, dtype=torch.float16)  # 8 GiB, a few pages used
+    except (RuntimeError, MemoryError):
+        pytest.skip("needs 8 GiB of address space")
+    g = torch.Generator().manual_seed(15)
+    k = storage.as_strided((1, 3, n_keys, head_dim), (3 * head_stride, head_stride, head_dim, 1), start)
+    v = storage.as_strided((1, 3, n_keys, head_dim), (3 * head_stride, head_stride, head_dim, 1), start + n_keys * head_dim)
+    k.copy_(torch.randn(k.shape, generator=g))
+    v.copy_(torch.randn(v.shape, generator=g))
+    q = torch.randn(1, 6, 1, head_dim, generator=g).half()  # GQA-2
+    expected = attention_fp64(q, k.clone(), v.clone())
+    torch.testing.assert_close(contiguous_decode(q, k, v).double(), expected, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(contiguous_decode(q, k, v, partition_size=32).double(), expected, atol=1e-2, rtol=1e-2)
+
+
 def test_max_len_is_checked_against_context_lens_where_that_costs_no_sync():
     """Issue #18, item 14: max_len sizes the partitions, so one below a length cut that sequence short (one partition)
     or merged partitions never written (split-K), silently. With context_lens on the CPU the check is free."""

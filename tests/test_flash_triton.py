@@ -142,6 +142,74 @@ def test_gradients_of_inputs_not_contiguous_in_head_dim(causal):
         torch.testing.assert_close(actual.double(), wanted, **tolerance("interpreter_fp32"), msg=name)
 
 
+def huge_storage(n_elements: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised 1-D tensor of ``n_elements`` (GiBs): address space only, since the pages are never touched
+    except the few a test writes (and untouched pages read as zeros). Skips where the OS refuses that much."""
+    try:
+        return torch.empty(n_elements, dtype=dtype)
+    except (RuntimeError, MemoryError):
+        pytest.skip(f"needs {n_elements * torch.finfo(dtype).bits // 8 / 2**30:.1f} GiB of address space")
+
+
+# Offsets past 2^31 without allocating them: a view whose row stride makes row i start i·2^24 elements in, so rows
+# 128 and 129 start past 2^31. It begins 2^31 elements into its storage, so a 32-bit offset that wraps around
+# (to -2^31) still reads this storage, only the wrong place (zeros): a wrong answer, not a crash.
+ROW_STRIDE, VIEW_START, LONG_ROWS = 2 ** 24, 2 ** 31, 130
+
+
+@interpreter_only
+def test_row_offsets_past_2_to_the_31_in_a_packed_layout():
+    """Issue #18, item 13: q, k, v as views of one packed (B, N, 3, H, D)-like storage with 3·H·D = 2^24: the row
+    products ``offs_m·stride_qm`` and ``start_n·stride_kn`` pass 2^31 at row 128 (in int32 they wrapped: errors ~0.2)."""
+    storage = huge_storage(VIEW_START + LONG_ROWS * ROW_STRIDE, torch.float16)  # 8.3 GiB of address space
+    g = torch.Generator().manual_seed(13)
+    data = torch.randn(3, LONG_ROWS, 16, generator=g).half()
+    q, k, v = (storage.as_strided((1, 1, LONG_ROWS, 16), (LONG_ROWS * ROW_STRIDE, ROW_STRIDE, ROW_STRIDE, 1),
+                                  VIEW_START + 16 * i) for i in range(3))
+    with torch.no_grad():
+        for view, values in zip((q, k, v), data):
+            view[0, 0].copy_(values)
+    assert ta.needs_wide_offsets(q) and not ta.needs_wide_offsets(q[:, :, :128])  # the kernels' WIDE variant runs
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = flash_attention(q, k, v, causal=True)
+    grad_out = torch.randn(out.shape, generator=g).half()
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = _reference_with_grads(q, k, v, grad_out, causal=True)
+    for name, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), expected):
+        torch.testing.assert_close(actual.double(), wanted, atol=1e-2, rtol=1e-2, msg=name)
+
+
+def test_only_offsets_past_2_to_the_31_take_the_64_bit_variant():
+    """needs_wide_offsets: a row offset inside one (batch, head), (N - 1)·stride_n + (D - 1), reaching 2^31 (meta
+    tensors: shapes and strides, no memory). Batch and head offsets are 64-bit anyway, so B·H·N·D past 2^31 is not."""
+    meta = dict(device="meta", dtype=torch.float16)
+    assert not ta.needs_wide_offsets(torch.empty(64, 32, 32768, 128, **meta))  # 2^33 elements, 2^22 per head
+    assert not ta.needs_wide_offsets(torch.empty(1, 32768, 32, 128, **meta).transpose(1, 2))  # (B, N, H, D): 2^27
+    assert not ta.needs_wide_offsets(torch.empty(1, 2 ** 19, 32, 128, **meta).transpose(1, 2))  # (N - 1)·H·D + D < 2^31
+    assert ta.needs_wide_offsets(torch.empty(1, 2 ** 19 + 1, 32, 128, **meta).transpose(1, 2))  # 2^19·H·D = 2^31
+    assert not ta.needs_wide_offsets(torch.empty(1, 1, 2 ** 16, 2 ** 15, device="meta", dtype=torch.uint8))  # 2^31 - 1
+    assert ta.needs_wide_offsets(torch.empty(1, 1, 2 ** 16 + 1, 2 ** 15, device="meta", dtype=torch.uint8))
+    assert not ta.needs_wide_offsets(None, torch.empty(1, 1, 5, 16, **meta))
+
+
+@interpreter_only
+def test_mask_offsets_past_2_to_the_31():
+    """Issue #18, item 13: a mask whose rows are 2^24 apart (the row stride of a mask over 16M keys): the product
+    ``q_idx·stride_mm`` passes 2^31 at query 128 (in int32 it wrapped, and those rows read as fully masked)."""
+    storage = huge_storage(VIEW_START + LONG_ROWS * ROW_STRIDE, torch.bool)  # 4.1 GiB of address space
+    g = torch.Generator().manual_seed(14)
+    mask = storage.as_strided((LONG_ROWS, 17), (ROW_STRIDE, 1), VIEW_START)
+    mask.copy_(torch.rand(LONG_ROWS, 17, generator=g) > 0.3)
+    assert ta.needs_wide_offsets(mask[None, None])
+    q, k, v = _qkv(1, 2, 1, LONG_ROWS, 17, 16, seed=14)
+    out = flash_attention(q, k, v, mask=mask)
+    grad_out = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = _reference_with_grads(q, k, v, grad_out, mask=mask.clone())
+    for name, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), expected):
+        torch.testing.assert_close(actual.double(), wanted, **tolerance("interpreter_fp32"), msg=name)
+
+
 @interpreter_only
 def test_window_as_long_as_the_keys_equals_causal():
     q, k, v = _qkv(1, 1, 1, 21, 21, 16, seed=8)

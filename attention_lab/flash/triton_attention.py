@@ -103,8 +103,11 @@ def _query_blocks(n0, n_queries, n_keys, window,
 
 @triton.jit
 def may_attend(q_idx, k_idx, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
-               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Bool tile: may query ``q_idx`` attend to key ``k_idx``? (index tensors broadcast to the tile)."""
+               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+               WIDE: tl.constexpr = tl.constexpr(False)):
+    """Bool tile: may query ``q_idx`` attend to key ``k_idx``? (index tensors broadcast to the tile).
+
+    ``WIDE``: the mask's offsets ``q_idx·stride_mm + k_idx·stride_mn`` (up to Nq·Nk) in 64 bits (:func:`row_offset`)."""
     offset = n_keys - n_queries
     ok = (q_idx < n_queries) & (k_idx < n_keys)
     if CAUSAL:
@@ -112,8 +115,40 @@ def may_attend(q_idx, k_idx, n_queries, n_keys, window, M_ptr, stride_mm, stride
     if HAS_WINDOW:
         ok = ok & (k_idx > q_idx + offset - window)
     if HAS_MASK:
-        ok = ok & (tl.load(M_ptr + q_idx * stride_mm + k_idx * stride_mn, mask=ok, other=0) != 0)
+        m_ptrs = M_ptr + row_offset(q_idx, stride_mm, WIDE) + row_offset(k_idx, stride_mn, WIDE)
+        ok = ok & (tl.load(m_ptrs, mask=ok, other=0) != 0)
     return ok
+
+
+@triton.jit
+def row_offset(row, stride_row, WIDE: tl.constexpr):
+    """``row · stride_row``: in 32 bits, or in 64 bits when ``WIDE``.
+
+    Offsets inside one (batch, head) of a tensor reach ``(N - 1)·stride_n``: H·N·D in a (B, N, H, D) layout, Nq·Nk
+    in a mask; past 2^31 elements, 32-bit products wrap around. The launcher passes ``WIDE`` exactly when some
+    tensor's offsets get there (:func:`needs_wide_offsets`), so every other call keeps the cheaper 32-bit arithmetic
+    (64-bit products in the loops cost the backward up to a few hundred bytes of register spills). The batch and
+    head offsets are always 64-bit (:func:`attention_lab.kernels.common.head_offset`).
+    """
+    if WIDE:
+        offset = tl.cast(row, tl.int64) * stride_row  # tl.cast: a loop variable is a Python int under the interpreter
+    else:
+        offset = row * stride_row
+    return offset
+
+
+@triton.jit
+def row_pointers(base, first_row, stride_row, rows, offs_d, WIDE: tl.constexpr):
+    """Pointers to the (rows, BLOCK_D) tile of rows ``first_row + rows`` (``rows`` = ``tl.arange(0, BLOCK)``) of a head.
+
+    ``WIDE``: the block's start ``first_row · stride_row`` in 64 bits (one scalar product), the offsets inside the
+    block in 32 (``BLOCK · stride_row`` stays far below 2^31).
+    """
+    if WIDE:
+        ptrs = base + row_offset(first_row, stride_row, WIDE) + (rows[:, None] * stride_row + offs_d[None, :])
+    else:
+        ptrs = base + (first_row + rows)[:, None] * stride_row + offs_d[None, :]
+    return ptrs
 
 
 @triton.jit
@@ -141,7 +176,7 @@ def load_rows(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.co
 def _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                     offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr,
                     start, stop, MASKED: tl.constexpr):
     """Stream the key/value blocks [start, stop) through the online softmax of one query block.
 
@@ -151,12 +186,12 @@ def _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_s
     """
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n                                                            # key indices (BLOCK_N,)
-        k = load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
-        v = load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        k = load_rows(K_ptrs + row_offset(start_n, stride_kn, WIDE), cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        v = load_rows(V_ptrs + row_offset(start_n, stride_vn, WIDE), cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         qk = tl.dot(q, tl.trans(k)) * qk_scale                                             # S_j·log2 e (BLOCK_M, BLOCK_N)
         if MASKED:
             allowed = may_attend(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
-                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE)
             qk = tl.where(allowed, qk, float("-inf"))
         m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, qk, v)  # fp32 dots stay tf32 here (Triton's default)
     return m_i, l_i, acc
@@ -169,7 +204,7 @@ def _attn_fwd(Q, K, V, O, LSE, M,
               stride_mb, stride_mh, stride_mm, stride_mn,
               n_heads, n_queries, n_keys, group, window, qk_scale, q_bucket, k_bucket,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr):
     """One program = BLOCK_M queries of one (batch, head): O = softmax(Q Kᵀ·scale) V and the rows' log2-sum-exp.
 
     Q, O ``(B, H, Nq, D)``; K, V ``(B, Hkv, Nk, D)``; LSE ``(B, H, Nq)`` fp32; M an optional uint8 mask.
@@ -193,7 +228,8 @@ def _attn_fwd(Q, K, V, O, LSE, M,
     K_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]  # (BLOCK_N, BLOCK_D)
     V_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
 
-    q = load_rows(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, n_queries, offs_d,
+    rows_m = tl.arange(0, BLOCK_M)
+    q = load_rows(row_pointers(q_base, start_m * BLOCK_M, stride_qm, rows_m, offs_d, WIDE), offs_m, n_queries, offs_d,
                   HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D), stays in registers for the whole loop
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")  # running max (log2 units)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                 # running sum of 2^(s - m_i)
@@ -204,24 +240,24 @@ def _attn_fwd(Q, K, V, O, LSE, M,
     if HAS_WINDOW:  # blocks cut by the window's left edge
         m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                         offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                        HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                        HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                                         start=lo, stop=mid_lo, MASKED=True)
     # blocks every row sees completely: no mask, no bounds checks
     m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                                     start=mid_lo, stop=mid_hi, MASKED=False)
     # the causal diagonal, the last partial block, or everything under an explicit mask
     m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                                     start=mid_hi, stop=hi, MASKED=True)
 
     # Epilogue: O = acc / l (once, not per block); a row that saw no key (l = 0) gives 0 and lse = +inf.
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # log2 Σ_j 2^(s_ij) in scaled units
-    o_ptrs = O + head_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_om + offs_d[None, :]
+    o_ptrs = row_pointers(O + head_offset(b, h, stride_ob, stride_oh), start_m * BLOCK_M, stride_om, rows_m, offs_d, WIDE)
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < n_queries) & (offs_d[None, :] < HEAD_DIM))
     tl.store(LSE + batch_head.to(tl.int64) * n_queries + offs_m, lse, mask=offs_m < n_queries)
 
@@ -235,17 +271,20 @@ def _attn_fwd(Q, K, V, O, LSE, M,
 
 @triton.jit
 def _attn_bwd_delta(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
-                    n_heads, n_queries, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+                    n_heads, n_queries, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    WIDE: tl.constexpr):
     """delta_i = Σ_d dO_id · O_id for BLOCK_M rows of one (batch, head); DELTA ``(B, H, Nq)`` fp32."""
     batch_head = tl.program_id(1)
     b = batch_head // n_heads
     h = batch_head % n_heads
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m0 = tl.program_id(0) * BLOCK_M
+    rows_m = tl.arange(0, BLOCK_M)
+    offs_m = m0 + rows_m
     offs_d = tl.arange(0, BLOCK_D)
-    o = load_rows(O + head_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_om
-                  + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
-    do = load_rows(DO + head_offset(b, h, stride_dob, stride_doh) + offs_m[:, None] * stride_dom
-                   + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
+    o = load_rows(row_pointers(O + head_offset(b, h, stride_ob, stride_oh), m0, stride_om, rows_m, offs_d, WIDE),
+                  offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = load_rows(row_pointers(DO + head_offset(b, h, stride_dob, stride_doh), m0, stride_dom, rows_m, offs_d, WIDE),
+                   offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
     tl.store(DELTA + batch_head.to(tl.int64) * n_queries + offs_m, delta, mask=offs_m < n_queries)
 
@@ -254,15 +293,17 @@ def _attn_bwd_delta(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_dob, s
 def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom,
                        qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                       CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+                       CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr,
                        start, stop, MASKED: tl.constexpr):
     """Accumulate dK, dV of one key block over the query blocks [start, stop) of one query head.
 
     Called three times, differing only in the block range and ``MASKED`` (passed by keyword)."""
     for start_m in range(start, stop, BLOCK_M):
         rows = start_m + offs_m                                                                   # (BLOCK_M,)
-        q = load_rows(Q_ptrs + start_m * stride_qm, rows, n_queries, offs_d, HEAD_DIM, BLOCK_D, MASKED)     # (BLOCK_M, BLOCK_D)
-        do = load_rows(DO_ptrs + start_m * stride_dom, rows, n_queries, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_M, BLOCK_D)
+        q = load_rows(Q_ptrs + row_offset(start_m, stride_qm, WIDE), rows, n_queries, offs_d, HEAD_DIM, BLOCK_D,
+                      MASKED)  # (BLOCK_M, BLOCK_D)
+        do = load_rows(DO_ptrs + row_offset(start_m, stride_dom, WIDE), rows, n_queries, offs_d, HEAD_DIM, BLOCK_D,
+                       MASKED)  # (BLOCK_M, BLOCK_D)
         if MASKED:
             lse = tl.load(lse_ptr + rows, mask=rows < n_queries, other=float("inf"))
             delta = tl.load(delta_ptr + rows, mask=rows < n_queries, other=0.0)
@@ -273,7 +314,7 @@ def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride
         p_t = tl.exp2(qk_t * qk_scale - lse[None, :])                # Pᵀ, recomputed from the saved lse
         if MASKED:
             allowed = may_attend(rows[None, :], offs_n[:, None], n_queries, n_keys, window,
-                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE)
             p_t = tl.where(allowed, p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv)                       # dV += Pᵀ dO   (BLOCK_N, BLOCK_D)
         dp_t = tl.dot(v, tl.trans(do))                               # dPᵀ = V dOᵀ   (BLOCK_N, BLOCK_M)
@@ -290,20 +331,21 @@ def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
                  stride_mb, stride_mh, stride_mm, stride_mn,
                  n_heads, n_kv_heads, n_queries, n_keys, group, window, qk_scale, scale, q_bucket, k_bucket,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr):
     """One program = BLOCK_N keys of one (batch, kv head): dK, dV summed over the ``group`` query heads."""
     start_n = tl.program_id(0)
     batch_kv_head = tl.program_id(1)
     b = batch_kv_head // n_kv_heads
     kv_h = batch_kv_head % n_kv_heads
     n0 = start_n * BLOCK_N
-    offs_n = n0 + tl.arange(0, BLOCK_N)
+    rows_n = tl.arange(0, BLOCK_N)
+    offs_n = n0 + rows_n
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    k = load_rows(K + head_offset(b, kv_h, stride_kb, stride_kh) + offs_n[:, None] * stride_kn
-                  + offs_d[None, :], offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
-    v = load_rows(V + head_offset(b, kv_h, stride_vb, stride_vh) + offs_n[:, None] * stride_vn
-                  + offs_d[None, :], offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
+    k = load_rows(row_pointers(K + head_offset(b, kv_h, stride_kb, stride_kh), n0, stride_kn, rows_n, offs_d, WIDE),
+                  offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
+    v = load_rows(row_pointers(V + head_offset(b, kv_h, stride_vb, stride_vh), n0, stride_vn, rows_n, offs_d, WIDE),
+                  offs_n, n_keys, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     lo, mid_lo, mid_hi, hi = _query_blocks(n0, n_queries, n_keys, window, BLOCK_M, BLOCK_N,
@@ -318,42 +360,42 @@ def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
         # the causal diagonal (low query blocks), then unmasked blocks, then the window's edge / last partial block
         dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                                     start=lo, stop=mid_lo, MASKED=True)
         dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                                     start=mid_lo, stop=mid_hi, MASKED=False)
         dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                                     start=mid_hi, stop=hi, MASKED=True)
     dk = dk * scale  # dK = scale · dSᵀ Q
     out_mask = (offs_n[:, None] < n_keys) & (offs_d[None, :] < HEAD_DIM)
-    tl.store(DK + head_offset(b, kv_h, stride_dkb, stride_dkh) + offs_n[:, None] * stride_dkn
-             + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=out_mask)
-    tl.store(DV + head_offset(b, kv_h, stride_dvb, stride_dvh) + offs_n[:, None] * stride_dvn
-             + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=out_mask)
+    tl.store(row_pointers(DK + head_offset(b, kv_h, stride_dkb, stride_dkh), n0, stride_dkn, rows_n, offs_d, WIDE),
+             dk.to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(row_pointers(DV + head_offset(b, kv_h, stride_dvb, stride_dvh), n0, stride_dvn, rows_n, offs_d, WIDE),
+             dv.to(DV.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
 def _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                       offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr,
                       start, stop, MASKED: tl.constexpr):
     """Accumulate dQ of one query block over the key blocks [start, stop).
 
     Called three times, differing only in the block range and ``MASKED`` (passed by keyword)."""
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
-        k = load_rows(K_ptrs + start_n * stride_kn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
-        v = load_rows(V_ptrs + start_n * stride_vn, cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
+        k = load_rows(K_ptrs + row_offset(start_n, stride_kn, WIDE), cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        v = load_rows(V_ptrs + row_offset(start_n, stride_vn, WIDE), cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         qk = tl.dot(q, tl.trans(k))                                  # S (BLOCK_M, BLOCK_N)
         p = tl.exp2(qk * qk_scale - lse[:, None])                    # P recomputed from the saved lse
         if MASKED:
             allowed = may_attend(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
-                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK)
+                                 M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE)
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v))                                 # dP = dO Vᵀ (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])                               # dS = P ∘ (dP - delta)
@@ -368,7 +410,7 @@ def _attn_bwd_q(Q, K, V, DO, DQ, LSE, DELTA, M,
                 stride_dqb, stride_dqh, stride_dqm, stride_mb, stride_mh, stride_mm, stride_mn,
                 n_heads, n_queries, n_keys, group, window, qk_scale, scale, q_bucket, k_bucket,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr):
+                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr):
     """One program = BLOCK_M queries of one (batch, head): dQ over the key blocks they see."""
     start_m = tl.program_id(0)
     if CAUSAL:
@@ -377,13 +419,15 @@ def _attn_bwd_q(Q, K, V, DO, DQ, LSE, DELTA, M,
     b = batch_head // n_heads
     h = batch_head % n_heads
     kv_h = h // group
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m0 = start_m * BLOCK_M
+    rows_m = tl.arange(0, BLOCK_M)
+    offs_m = m0 + rows_m
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = load_rows(Q + head_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qm
-                  + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
-    do = load_rows(DO + head_offset(b, h, stride_dob, stride_doh) + offs_m[:, None] * stride_dom
-                   + offs_d[None, :], offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
+    q = load_rows(row_pointers(Q + head_offset(b, h, stride_qb, stride_qh), m0, stride_qm, rows_m, offs_d, WIDE),
+                  offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
+    do = load_rows(row_pointers(DO + head_offset(b, h, stride_dob, stride_doh), m0, stride_dom, rows_m, offs_d, WIDE),
+                   offs_m, n_queries, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
     row_ok = offs_m < n_queries
     lse = tl.load(LSE + batch_head.to(tl.int64) * n_queries + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + batch_head.to(tl.int64) * n_queries + offs_m, mask=row_ok, other=0.0)
@@ -396,26 +440,26 @@ def _attn_bwd_q(Q, K, V, DO, DQ, LSE, DELTA, M,
     if HAS_WINDOW:
         dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                               HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                                start=lo, stop=mid_lo, MASKED=True)
     dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                            offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                           HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                           HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                            start=mid_lo, stop=mid_hi, MASKED=False)
     dq = _attn_bwd_q_inner(dq, q, do, lse, delta, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                            offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                           HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK,
+                           HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
                            start=mid_hi, stop=hi, MASKED=True)
     dq = dq * scale  # dQ = scale · dS K
-    tl.store(DQ + head_offset(b, h, stride_dqb, stride_dqh) + offs_m[:, None] * stride_dqm
-             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    tl.store(row_pointers(DQ + head_offset(b, h, stride_dqb, stride_dqh), m0, stride_dqm, rows_m, offs_d, WIDE),
+             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
 # ----------------------------------------------------------------------------------------------
 # Autotuned versions (GPU) and the fixed tile used under the interpreter (CPU).
 # ----------------------------------------------------------------------------------------------
 
-_KEY = ["q_bucket", "k_bucket", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_MASK"]
+_KEY = ["q_bucket", "k_bucket", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_MASK", "WIDE"]
 _attn_fwd_tuned = triton.autotune(triton_configs.FORWARD_CONFIGS, key=_KEY,
                                   prune_configs_by={"early_config_prune": triton_configs.make_pruner("forward")})(_attn_fwd)
 _attn_bwd_kv_tuned = triton.autotune(triton_configs.BACKWARD_KV_CONFIGS, key=_KEY,
@@ -431,6 +475,19 @@ INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 16}  # small tiles: many block bou
 def _bucket(n: int) -> int:
     """Autotuning key for a length: the next power of two (>= 16), so a growing cache is not re-tuned at every step."""
     return max(16, triton.next_power_of_2(n))
+
+
+def needs_wide_offsets(*tensors: torch.Tensor | None) -> bool:
+    """True when an element offset inside one (batch, head) of a ``(B, H, N, D)`` tensor — or a ``(B, H, Nq, Nk)`` mask
+    view — of ``tensors`` reaches 2^31: ``(N - 1)·stride_n + (D - 1)·stride_d``, e.g. N·H·D in a (B, N, H, D) layout.
+
+    Then the kernels run with ``WIDE`` (:func:`row_offset`: row products in 64 bits); otherwise 32-bit products
+    cannot wrap around and stay, as cheap as before. ``None`` entries are skipped.
+    """
+    for t in tensors:
+        if t is not None and sum((n - 1) * s for n, s in zip(t.shape[2:], t.stride()[2:]) if n > 0) >= 2 ** 31:
+            return True
+    return False
 
 
 def _mask_args(mask: torch.Tensor | None, batch: int, n_heads: int, n_queries: int, n_keys: int, like: torch.Tensor):
@@ -564,7 +621,7 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None):
     if out.numel() == 0:
         return out, lse
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
-                 HAS_MASK=mask is not None)
+                 HAS_MASK=mask is not None, WIDE=needs_wide_offsets(q, k, v, out, mask_tensor if mask is not None else None))
     grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
     _launch(_attn_fwd_tuned, _attn_fwd, grid, args, flags, tile)
     return out, lse
@@ -585,18 +642,19 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    delta = torch.empty_like(lse)  # (B, H, Nq) fp32
-    delta_block = 16 if interpreting() else 64
-    _launch(None, _attn_bwd_delta, (triton.cdiv(n_queries, delta_block), batch * n_heads),
-            (out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries),
-            dict(HEAD_DIM=head_dim, BLOCK_D=block_d), {"BLOCK_M": delta_block})
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     mask_tensor, mask_strides = _mask_args(mask, batch, n_heads, n_queries, n_keys, q)
+    wide = needs_wide_offsets(q, k, v, out, do, dq, dk, dv, mask_tensor if mask is not None else None)
+    delta = torch.empty_like(lse)  # (B, H, Nq) fp32
+    delta_block = 16 if interpreting() else 64
+    _launch(None, _attn_bwd_delta, (triton.cdiv(n_queries, delta_block), batch * n_heads),
+            (out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries),
+            dict(HEAD_DIM=head_dim, BLOCK_D=block_d, WIDE=wide), {"BLOCK_M": delta_block})
     group = n_heads // n_kv_heads
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
-                 HAS_MASK=mask is not None)
+                 HAS_MASK=mask is not None, WIDE=wide)
     buckets = (_bucket(n_queries), _bucket(n_keys))
     kv_args = (q, k, v, do, dk, dv, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
                *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], *mask_strides,
@@ -710,11 +768,11 @@ def compile_jobs(capability: int) -> list:
                 jobs.append(CompileJob(constexprs={}, skipped="pruned at every head_dim", **common))
                 continue
             constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-                              CAUSAL=True, HAS_WINDOW=False, HAS_MASK=False, **config.kwargs)
+                              CAUSAL=True, HAS_WINDOW=False, HAS_MASK=False, WIDE=False, **config.kwargs)
             estimate = triton_configs.estimated_shared_memory(kernel, config, head_dim, 2, capability)
             jobs.append(CompileJob(constexprs=constexprs, estimate=estimate, **common))
     jobs.append(CompileJob(family="flash", kernel="delta", fn=_attn_bwd_delta, types=types, num_warps=4, num_stages=3,
-                           constexprs=dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64), config={"BLOCK_M": 64},
+                           constexprs=dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, WIDE=False), config={"BLOCK_M": 64},
                            head_dim=128))
     return jobs
 

@@ -89,12 +89,16 @@ def _decode_partition_kernel(
     m_i = tl.full((GROUP_PAD,), float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.zeros((GROUP_PAD,), dtype=tl.float32)  # running softmax denominator
     acc = tl.zeros((GROUP_PAD, HEAD_DIM_PAD), dtype=tl.float32)  # running numerator P V
+    # 64-bit scalar products: in a contiguous (B, Hkv, N, D) cache kv_head · stride_kh reaches Hkv·N·D, past 2^31
+    k_head = K + kv_head.to(tl.int64) * stride_kh
+    v_head = V + kv_head.to(tl.int64) * stride_vh
+    table_row = BLOCK_TABLES + seq.to(tl.int64) * stride_tb  # this sequence's block table (paged only)
 
     for tile_start in range(start, end, TILE_N):
         n = tile_start + tl.arange(0, TILE_N)  # token positions of this tile
         n_ok = n < end
         if PAGED:
-            block = tl.load(BLOCK_TABLES + seq * stride_tb + n // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
+            block = tl.load(table_row + n // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
             k_rows = block * stride_kb + (n % PAGE_SIZE) * stride_kt  # (TILE_N,)
             v_rows = block * stride_vb + (n % PAGE_SIZE) * stride_vt
         else:
@@ -104,8 +108,8 @@ def _decode_partition_kernel(
             kv_mask = n_ok[:, None]  # a mask constant along D keeps the loads 16 bytes wide
         else:
             kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + kv_head * stride_kh + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
-        v = tl.load(V + kv_head * stride_vh + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
+        k = tl.load(k_head + k_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
+        v = tl.load(v_head + v_rows[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (TILE_N, D)
 
         # S = q Kᵀ · scale · log2 e: (GROUP_PAD, TILE_N)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
