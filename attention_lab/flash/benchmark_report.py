@@ -89,36 +89,80 @@ def plot_tflops(results: dict, axes=None):
     return axes
 
 
-def plot_memory(results: dict, ax=None):
-    """Extra GPU memory of one forward call against N (head_dim 128, not causal), log-log."""
-    import matplotlib.pyplot as plt
+MARKERS = {"naive": "s", "sdpa_flash": "o", "sdpa_cudnn": "^", "flex": "D", "triton": "*"}
+COLORS = {"naive": "tab:blue", "sdpa_flash": "tab:orange", "sdpa_cudnn": "tab:green", "flex": "tab:purple",
+          "triton": "tab:red"}
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    for method, label in METHODS.items():
-        found = sorted((r for r in results["memory"] if r["method"] == method and r["mode"] == "fwd"
-                        and r["extra_bytes"] is not None), key=lambda r: r["n"])
-        if found:
-            ax.plot([r["n"] for r in found], [r["extra_bytes"] / 2**20 for r in found], "o-", label=label)
+
+def _memory_panel(results: dict, mode: str, ax) -> None:
+    """One panel of :func:`plot_memory`: extra MiB against N for every method measured in ``mode`` (bars when
+    only one N was measured)."""
+    found = {m: sorted((r for r in results["memory"] if r["method"] == m and r["mode"] == mode
+                        and r["extra_bytes"] is not None), key=lambda r: r["n"]) for m in METHODS}
+    found = {m: f for m, f in found.items() if f}
+    lengths = sorted({r["n"] for f in found.values() for r in f})
+    title = "forward" if mode == "fwd" else "forward + backward"
+    if len(lengths) == 1:  # one N: a bar per method, its value written on it
+        names = list(found)
+        values = [found[m][-1]["extra_bytes"] / 2**20 for m in names]
+        bars = ax.barh([METHODS[m] for m in names], values, color=[COLORS[m] for m in names])
+        ax.bar_label(bars, [f"{v:,.0f} MiB" for v in values], padding=3, fontsize=8)
+        ax.set_xlim(0, max(values) * 1.3)
+        ax.invert_yaxis()
+        ax.set_xlabel("extra memory (MiB)")
+        ax.set_title(f"{title}, N = {lengths[0]}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        return
+    for i, (method, rows_) in enumerate(found.items()):
+        shift = 2 ** (0.08 * (i - (len(found) - 1) / 2))  # nudge each method sideways: equal values stay visible
+        last = rows_[-1]
+        ax.plot([r["n"] * shift for r in rows_], [r["extra_bytes"] / 2**20 for r in rows_], marker=MARKERS[method],
+                color=COLORS[method], markersize=11 if method == "triton" else 7,
+                linestyle="-" if method == "triton" else "--", lw=2 if method == "triton" else 1.2,
+                label=f"{METHODS[method]}: {last['extra_bytes'] / 2**20:,.0f} MiB at N={last['n']}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("sequence length N (tokens)")
-    ax.set_ylabel("extra memory of one forward (MiB)")
-    ax.set_title(f"Memory beyond the inputs, D={results['memory_head_dim']}, B·N = {results['tokens']} tokens\n"
-                 f"({results['environment']['card']})", fontsize=10)
+    ax.set_xlabel("sequence length N (tokens; points nudged sideways)")
+    ax.set_ylabel("extra memory (MiB, log scale)")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return ax
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+
+
+def plot_memory(results: dict, ax=None):
+    """Extra GPU memory against N (head_dim 128, not causal), log-log: forward and forward + backward panels.
+
+    Methods whose memory is equal (SDPA-flash, cuDNN and this kernel's forward) are drawn with distinct markers,
+    nudged sideways, and each legend entry gives the value at the largest N. With ``ax`` given, only the forward
+    panel is drawn there. Returns the forward panel's axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        _memory_panel(results, "fwd", ax)
+        return ax
+    modes = [m for m in ("fwd", "fwd_bwd") if any(r["mode"] == m for r in results["memory"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 5.2), squeeze=False)
+    for panel, mode in zip(axes[0], modes):
+        _memory_panel(results, mode, panel)
+    fig.suptitle(f"Memory beyond the inputs, D={results['memory_head_dim']}, B·N = {results['tokens']} tokens "
+                 f"({results['environment']['card']})", fontsize=11)
+    fig.tight_layout()
+    return axes[0][0]
 
 
 def plot_steps(results: dict, axes=None):
-    """Forward TFLOP/s of the chapter's four kernel steps against N, causal and not (head_dim 128)."""
+    """Forward TFLOP/s of the chapter's four kernel steps against N, causal and not (head_dim 128).
+
+    Without ``axes`` the figure gets one more, empty column on the right for the legend, so it covers no line."""
     import matplotlib.pyplot as plt
 
     panels = sorted({r["causal"] for r in results["steps"]})
+    legend_ax = None
     if axes is None:
-        _, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-        axes = axes[0]
+        fig, grid = plt.subplots(1, len(panels) + 1, figsize=(5.2 * len(panels) + 3.2, 4),
+                                 gridspec_kw={"width_ratios": [1] * len(panels) + [0.62]})
+        axes, legend_ax = list(grid[:-1]), grid[-1]
     for ax, causal in zip(axes, panels):
         for step, label in STEPS.items():
             found = sorted((r for r in results["steps"] if r["step"] == step and r["causal"] == causal
@@ -134,5 +178,11 @@ def plot_steps(results: dict, axes=None):
         ax.set_ylabel("forward TFLOP/s")
         ax.set_title(f"Building the kernel, D={results['steps_head_dim']}{', causal' if causal else ''}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if legend_ax is not None:
+        legend_ax.axis("off")
+        legend_ax.legend(handles, labels, fontsize=8, loc="center left", frameon=False)
+        legend_ax.figure.tight_layout()
+    else:
+        axes[0].legend(fontsize=8)
     return axes
