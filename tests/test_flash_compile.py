@@ -26,9 +26,23 @@ def test_every_kept_config_fits_its_gpu(compiled):
     assert {r["capability"] for r in checked} == set(compile_check.CAPABILITIES)
     too_big = [r for r in checked if r["shared"] > r["limit"]]
     assert not too_big, f"configs kept by the pruning rule that do not fit: {too_big}"
-    for capability in compile_check.CAPABILITIES:  # every kernel has a tile at head_dim 128 on every GPU
+    for capability in compile_check.CAPABILITIES:  # every kernel has a tile at head_dim 128 on every GPU, mask or not
         for kernel in triton_configs.CONFIGS:
             assert triton_configs.configs_for(kernel, 128, 2, capability)
+            assert triton_configs.configs_for(kernel, 128, 2, capability, has_mask=True)
+
+
+def test_the_mask_and_window_variants_are_compiled(compiled):
+    """Issue #18, item 12: CI compiled only the causal variant, so the mask tile's shared memory went unchecked
+    (the 128×128 / 3-stage forward with a mask needs 256 KiB on sm_90, more than its 227)."""
+    flash = [r for r in compiled if r["family"] == "flash" and r["kernel"] != "delta"]
+    for capability in compile_check.CAPABILITIES:
+        for kernel, configs in triton_configs.CONFIGS.items():
+            rows = [r for r in flash if r["capability"] == capability and r["kernel"] == kernel + "+mask+window"]
+            assert len(rows) == len(configs), (capability, kernel)
+            for r in rows:
+                if r["skipped"] is None:
+                    assert r["fits"] and r["shared"] <= r["estimate"], r
 
 
 def test_the_teaching_steps_fit_every_gpu(compiled):
@@ -52,6 +66,43 @@ def test_pruning_rule_drops_what_a_t4_cannot_hold():
     assert triton_configs.shared_memory_limit(86) == triton_configs.shared_memory_limit(89) == 99 * 1024
     # an fp32 (4-byte) tile needs twice the shared memory: fewer configs fit
     assert len(triton_configs.configs_for("forward", 128, 4, 90)) < len(forward_h100)
+
+
+def test_the_mask_tile_is_counted():
+    """Issue #18, item 12: on sm_90 the 128×128 / 8-warp / 3-stage forward at head_dim 128 fits without a mask
+    (229,376 B of 232,448) and not with one (Triton 3.6 allocated 233,472 B, 3.9 allocates 262,144)."""
+    big = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3)
+    assert triton_configs.estimated_shared_memory("forward", big, 128, 2, 90) == 229_376
+    assert triton_configs.estimated_shared_memory("forward", big, 128, 2, 90, has_mask=True) >= 262_144
+    assert triton_configs.fits("forward", big, 128, 2, 90) and not triton_configs.fits("forward", big, 128, 2, 90, True)
+    assert big not in triton_configs.configs_for("forward", 128, 2, 90, has_mask=True)
+    for kernel in ("backward_kv", "backward_q"):  # the backward kernels' mask tile: 1 byte per pair
+        config = triton_configs.CONFIGS[kernel][0]
+        extra = config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"]
+        assert (triton_configs.estimated_shared_memory(kernel, config, 128, 2, 90, has_mask=True)
+                == triton_configs.estimated_shared_memory(kernel, config, 128, 2, 90) + extra)
+
+
+def test_the_autotuner_prunes_by_the_mask_too(monkeypatch):
+    """The autotuner's pruning hook reads HAS_MASK from the launch: with a mask it drops what only fits without."""
+    import torch
+
+    monkeypatch.setattr(triton_configs, "device_capability", lambda device: 90)  # as on an H100, CPU tensors
+    prune = triton_configs.make_pruner("forward")
+    q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
+    with_mask = prune(triton_configs.FORWARD_CONFIGS, {"Q": q}, BLOCK_D=128, HAS_MASK=True)
+    without = prune(triton_configs.FORWARD_CONFIGS, {"Q": q}, BLOCK_D=128, HAS_MASK=False)
+    assert len(without) == len(triton_configs.FORWARD_CONFIGS) and triton_configs.FORWARD_CONFIGS[0] not in with_mask
+
+
+def test_a_fixed_tile_that_cannot_fit_is_refused_before_launch():
+    """A user-fixed tile= that the rule says cannot fit is a ValueError naming it (a launch would fail)."""
+    tile = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+    triton_configs.check_tile_fits("forward", tile, 128, 2, 90)  # fits without a mask
+    with pytest.raises(ValueError, match=r"tile \{'BLOCK_M': 128.*forward kernel at head_dim 128 with a mask.*227 KiB"):
+        triton_configs.check_tile_fits("forward", tile, 128, 2, 90, has_mask=True)
+    with pytest.raises(ValueError, match="tile.*backward_kv kernel.*sm_75"):
+        triton_configs.check_tile_fits("backward_kv", {"BLOCK_M": 64, "BLOCK_N": 128, "num_stages": 3}, 128, 2, 75)
 
 
 def test_a_too_big_tile_compiles_but_does_not_fit():

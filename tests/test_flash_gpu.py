@@ -142,7 +142,7 @@ def test_compile_check_agrees_with_the_launched_kernel():
     lse = torch.empty(1, 2, 256, device="cuda")
     kernel = ta._attn_fwd[(2, 2)](q, q, q, out, lse, q, *q.stride()[:3], *q.stride()[:3], *q.stride()[:3],
                                   *out.stride()[:3], 0, 0, 0, 0, 2, 256, 256, 1, 0, 0.1, 256, 256,
-                                  HEAD_DIM=128, BLOCK_D=128, CAUSAL=True, HAS_WINDOW=False, HAS_MASK=False,
+                                  HEAD_DIM=128, BLOCK_D=128, CAUSAL=True, HAS_WINDOW=False, HAS_MASK=False, WIDE=False,
                                   num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs)
     measured = compile_check.check_in_subprocess(families=("flash",), capabilities=[capability])
     row = next(r for r in measured if r["kernel"] == "forward" and r["config"] == config.kwargs

@@ -317,6 +317,12 @@ def test_bad_options_give_value_error():
     for scale in (0, -1.0, float("nan"), float("inf"), "0.5", True):  # the shared attention.check_scale
         with pytest.raises(ValueError, match="scale"):
             flash_attention(q, q, q, scale=scale)
+    for tile, match in (({"BLOCK_M": 20, "BLOCK_N": 16}, r"tile\['BLOCK_M'\] must be a power of two >= 16"),
+                        ({"BLOCK_M": 16}, "BLOCK_M and BLOCK_N"), ({"BLOCK_M": 16, "BLOCK_N": 16, "warps": 4}, "tile must be"),
+                        ({"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 3}, "num_warps"), ([16, 16], "tile must be"),
+                        ({"BLOCK_M": 16, "BLOCK_N": 16, "num_stages": 0}, "num_stages")):
+        with pytest.raises(ValueError, match=match):
+            flash_attention(q, q, q, tile=tile)
     with pytest.raises(ValueError, match="window"):
         flash_attention(q, q, q, window=0)
     with pytest.raises(ValueError, match="mask"):

@@ -34,6 +34,7 @@ import torch
 from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
 from attention_lab.attention import check_qkv, check_scale
+from attention_lab.validation import is_integer
 from attention_lab.flash import triton_configs
 from attention_lab.kernels.common import LOG2_E, device_capability, head_offset, online_softmax_update
 from attention_lab.kernels.interpreter import interpreting, refuse_interpreted_bfloat16  # also fixes Triton ≤3.6's interpreter loop bounds
@@ -562,6 +563,40 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 _compile_only = False  # True inside precompile(): kernels are compiled (in parallel) but not launched
+TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+
+
+def check_tile(tile: dict | None, name: str = "tile") -> None:
+    """A fixed tile: ``None``, or a dict of BLOCK_M and BLOCK_N (powers of two >= 16, what ``tl.dot`` takes) and
+    optionally num_warps (1, 2, 4, 8 or 16) and num_stages (>= 1); anything else is a ``ValueError`` naming it."""
+    if tile is None:
+        return
+    if not isinstance(tile, dict) or not {"BLOCK_M", "BLOCK_N"} <= set(tile) <= set(TILE_KEYS):
+        raise ValueError(f"{name} must be None or a dict with BLOCK_M and BLOCK_N (and optionally num_warps, "
+                         f"num_stages), got {tile!r}")
+    for key in ("BLOCK_M", "BLOCK_N"):
+        block = tile[key]
+        if not is_integer(block) or block < 16 or block & (block - 1):
+            raise ValueError(f"{name}[{key!r}] must be a power of two >= 16, got {block!r}")
+    if "num_warps" in tile and tile["num_warps"] not in (1, 2, 4, 8, 16):
+        raise ValueError(f"{name}['num_warps'] must be 1, 2, 4, 8 or 16, got {tile['num_warps']!r}")
+    if "num_stages" in tile and (not is_integer(tile["num_stages"]) or tile["num_stages"] < 1):
+        raise ValueError(f"{name}['num_stages'] must be an integer >= 1, got {tile['num_stages']!r}")
+
+
+def refuse_tiles_that_cannot_fit(q: torch.Tensor, has_mask: bool, tiles: dict) -> None:
+    """Before any launch: ``tiles`` maps a kernel ("forward", "backward_kv", "backward_q") to a fixed tile or None.
+
+    Each fixed tile is checked (:func:`check_tile`) and, on a GPU, refused with a ``ValueError`` when the pruning
+    rule says it cannot fit this GPU's shared memory (:func:`attention_lab.flash.triton_configs.check_tile_fits`,
+    the mask tile counted): a launch would fail. The autotuner's configs are pruned by the same rule.
+    """
+    for kernel, tile in tiles.items():
+        check_tile(tile)
+        if tile is None or interpreting() or not (isinstance(q, torch.Tensor) and q.is_cuda and q.dim() == 4):
+            continue
+        block_d = max(16, triton.next_power_of_2(q.shape[-1]))
+        triton_configs.check_tile_fits(kernel, tile, block_d, q.element_size(), device_capability(q.device), has_mask)
 
 
 def _launch(tuned, kernel, grid, args, flags, tile):
@@ -608,8 +643,10 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None):
     Returns O ``(B, H, Nq, D)`` and the rows' log-sum-exp in the kernel's base-2 units
     ``log2 Σ_j 2^(s_ij · scale · log2 e)`` ``(B, H, Nq)`` fp32 (+inf for a row that sees no key).
     """
+    check_tile(tile)
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = prepare_inputs(
         q, k, v, mask, causal, window, scale)
+    refuse_tiles_that_cannot_fit(q, mask is not None, {"forward": tile})
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(batch, n_heads, n_queries, device=q.device, dtype=torch.float32)
@@ -635,8 +672,11 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     ``tile`` fixes the dK/dV kernel's tile (BLOCK_N keys per program, BLOCK_M queries per step) and,
     unless ``tile_q`` is given, the dQ kernel's; ``None`` autotunes on a GPU.
     """
+    check_tile(tile)
+    check_tile(tile_q, "tile_q")
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = prepare_inputs(
         q, k, v, mask, causal, window, scale)
+    refuse_tiles_that_cannot_fit(q, mask is not None, {"backward_kv": tile, "backward_q": tile_q or tile})
     # the kernels assume stride 1 along D in every tensor they read (no copy when that holds already)
     q, k, v, out, do = (_last_dim_contiguous(x) for x in (q, k, v, out, do))
     if q.numel() == 0 or k.numel() == 0:
@@ -700,6 +740,8 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, causal, window, scale, tile):
+        if any(ctx.needs_input_grad[:3]):  # the backward uses the same tile: refuse it now if it cannot fit there
+            refuse_tiles_that_cannot_fit(q, mask is not None, {"forward": tile, "backward_kv": tile, "backward_q": tile})
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         out, lse = flash_attention_forward(q, k, v, mask, causal, window, scale, tile)
         ctx.save_for_backward(q, k, v, out, lse)
@@ -736,7 +778,8 @@ def flash_attention(
         window: sliding window of ``window`` keys including the query itself (implies causal).
         scale: defaults to ``D ** -0.5``.
         tile: ``{"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..}`` to bypass autotuning
-            (tests, the notebook's steps); the backward kernels use the same tile.
+            (tests, the notebook's steps); the backward kernels use the same tile. On a GPU a tile whose shared
+            memory (the mask tile included) cannot fit is refused with ``ValueError`` before anything runs.
 
     Returns:
         ``(B, H, Nq, D)`` in q's dtype; differentiable in q, k, v. Rows with no visible key give 0.
@@ -751,6 +794,9 @@ def compile_jobs(capability: int) -> list:
     Every autotune config of the forward and the two backward kernels, at the largest head_dim the
     pruning rule keeps it for on this GPU (its worst case: shared memory grows with head_dim), causal,
     with the pruning rule's estimate to check; configs pruned at every head_dim are listed as skipped.
+    Each config twice: plain causal (kernel "forward", ...), and with a window and an explicit mask
+    (kernel "forward+mask+window", ...), whose mask tile needs more shared memory (a window alone was
+    measured to add none), at the largest head_dim the rule keeps it for with a mask.
     And the small delta kernel at head_dim 128.
     """
     from attention_lab.kernels.compile_check import CompileJob
@@ -760,17 +806,19 @@ def compile_jobs(capability: int) -> list:
              "DV": "*fp16", "LSE": "*fp32", "DELTA": "*fp32", "M": "*u8", "qk_scale": "fp32", "scale": "fp32"}
     jobs = []
     for kernel, configs in triton_configs.CONFIGS.items():
-        for config in configs:
-            head_dim = triton_configs.largest_head_dim(kernel, config, capability)
-            common = dict(family="flash", kernel=kernel, fn=kernels[kernel], types=types, num_warps=config.num_warps,
-                          num_stages=config.num_stages, config=dict(config.kwargs), head_dim=head_dim)
-            if head_dim is None:
-                jobs.append(CompileJob(constexprs={}, skipped="pruned at every head_dim", **common))
-                continue
-            constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-                              CAUSAL=True, HAS_WINDOW=False, HAS_MASK=False, WIDE=False, **config.kwargs)
-            estimate = triton_configs.estimated_shared_memory(kernel, config, head_dim, 2, capability)
-            jobs.append(CompileJob(constexprs=constexprs, estimate=estimate, **common))
+        for masked in (False, True):
+            for config in configs:
+                head_dim = triton_configs.largest_head_dim(kernel, config, capability, has_mask=masked)
+                common = dict(family="flash", kernel=kernel + "+mask+window" * masked, fn=kernels[kernel], types=types,
+                              num_warps=config.num_warps, num_stages=config.num_stages, config=dict(config.kwargs),
+                              head_dim=head_dim)
+                if head_dim is None:
+                    jobs.append(CompileJob(constexprs={}, skipped="pruned at every head_dim", **common))
+                    continue
+                constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                                  CAUSAL=True, HAS_WINDOW=masked, HAS_MASK=masked, WIDE=False, **config.kwargs)
+                estimate = triton_configs.estimated_shared_memory(kernel, config, head_dim, 2, capability, masked)
+                jobs.append(CompileJob(constexprs=constexprs, estimate=estimate, **common))
     jobs.append(CompileJob(family="flash", kernel="delta", fn=_attn_bwd_delta, types=types, num_warps=4, num_stages=3,
                            constexprs=dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=64, WIDE=False), config={"BLOCK_M": 64},
                            head_dim=128))

@@ -64,7 +64,7 @@ CONFIGS = {"forward": FORWARD_CONFIGS, "backward_kv": BACKWARD_KV_CONFIGS, "back
 
 
 def estimated_shared_memory(kernel: str, config: triton.Config, block_d: int, element_bytes: int,
-                            capability: int = 90) -> int:
+                            capability: int = 90, has_mask: bool = False) -> int:
     """Bytes of shared memory a config of ``kernel`` needs on sm_``capability`` (an upper bound).
 
     ``block_d`` is the head dimension padded to a power of two; a "row" below is one row of a
@@ -79,6 +79,10 @@ def estimated_shared_memory(kernel: str, config: triton.Config, block_d: int, el
       operands being re-laid out for the tensor cores — each tile about twice (forward
       ``2·BLOCK_M + 2·BLOCK_N`` rows, dQ ``4·BLOCK_M + 2·BLOCK_N``, dK/dV ``2·BLOCK_M + 4·BLOCK_N``)
       plus two ``(BLOCK_M, BLOCK_N)`` score tiles; a loose bound, tight at head_dim 128.
+    * ``has_mask`` (an explicit mask, ``HAS_MASK``): on sm_80 and newer the (BLOCK_M, BLOCK_N) mask tile adds
+      up to 4 bytes per pair to the forward (measured: 64 KiB at 128×128 on sm_80/sm_89, 32 KiB on sm_90, where
+      the 128×128 / 3-stage forward at head_dim 128 then needs 256 KiB of the H100's 227) and 1 byte per
+      pair to the backward kernels; nothing measurable on sm_75. A window adds nothing.
 
     Calibrated with :mod:`attention_lab.kernels.compile_check` (Triton 3.9); CI compiles every kept
     config and checks the real allocation fits, so a wrong estimate fails a test instead of a launch.
@@ -92,36 +96,57 @@ def estimated_shared_memory(kernel: str, config: triton.Config, block_d: int, el
                 "backward_q": 2 * block_m + stages * 2 * block_n,
                 "backward_kv": 2 * block_n + stages * 2 * block_m}[kernel]
         stats = stages * block_m * 8 + KIB if kernel == "backward_kv" else 0  # lse + delta (fp32), alignment
-        return rows * row + stats
+        mask = (4 if kernel == "forward" else 1) * block_m * block_n if has_mask else 0  # the mask tile
+        return rows * row + stats + mask
     rows = {"forward": 2 * block_m + 2 * block_n,
             "backward_q": 4 * block_m + 2 * block_n,
             "backward_kv": 2 * block_m + 4 * block_n}[kernel]
     return rows * row + 2 * block_m * block_n * element_bytes
 
 
-def fits(kernel: str, config: triton.Config, block_d: int, element_bytes: int, capability: int) -> bool:
+def fits(kernel: str, config: triton.Config, block_d: int, element_bytes: int, capability: int,
+         has_mask: bool = False) -> bool:
     """True when ``config`` of ``kernel`` fits the shared memory of compute capability ``capability``."""
-    return estimated_shared_memory(kernel, config, block_d, element_bytes, capability) <= shared_memory_limit(capability)
+    needed = estimated_shared_memory(kernel, config, block_d, element_bytes, capability, has_mask)
+    return needed <= shared_memory_limit(capability)
 
 
-def configs_for(kernel: str, block_d: int, element_bytes: int, capability: int) -> list[triton.Config]:
+def configs_for(kernel: str, block_d: int, element_bytes: int, capability: int,
+                has_mask: bool = False) -> list[triton.Config]:
     """The candidate configs of ``kernel`` that fit the device: the pruning rule, usable without a GPU."""
-    kept = [c for c in CONFIGS[kernel] if fits(kernel, c, block_d, element_bytes, capability)]
+    kept = [c for c in CONFIGS[kernel] if fits(kernel, c, block_d, element_bytes, capability, has_mask)]
     if not kept:
-        raise ValueError(f"no {kernel} tile fits sm_{capability} at head_dim {block_d} "
+        raise ValueError(f"no {kernel} tile fits sm_{capability} at head_dim {block_d}{' with a mask' * has_mask} "
                          f"({shared_memory_limit(capability) // KIB} KiB of shared memory)")
     return kept
 
 
-def largest_head_dim(kernel: str, config: triton.Config, capability: int) -> int | None:
+def largest_head_dim(kernel: str, config: triton.Config, capability: int, has_mask: bool = False) -> int | None:
     """The largest padded head_dim (128, 64, 32, 16) at which the pruning rule keeps ``config`` in 16 bits, or None.
 
     Shared memory grows with head_dim, so that is the config's worst case on this GPU (what CI compiles).
     """
     for block_d in (128, 64, 32, 16):
-        if fits(kernel, config, block_d, 2, capability):
+        if fits(kernel, config, block_d, 2, capability, has_mask):
             return block_d
     return None
+
+
+def check_tile_fits(kernel: str, tile: dict, block_d: int, element_bytes: int, capability: int,
+                    has_mask: bool = False) -> None:
+    """Refuse, before any launch, a user-fixed ``tile`` (``flash_attention(tile=...)``) that the pruning rule says
+    cannot fit sm_``capability``: a ``ValueError`` naming the tile, the bytes it needs and what fits instead."""
+    config = triton.Config({"BLOCK_M": tile["BLOCK_M"], "BLOCK_N": tile["BLOCK_N"]},
+                           num_warps=tile.get("num_warps", 4), num_stages=tile.get("num_stages", 3))
+    needed = estimated_shared_memory(kernel, config, block_d, element_bytes, capability, has_mask)
+    limit = shared_memory_limit(capability)
+    if needed > limit:
+        kept = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+                for c in CONFIGS[kernel] if fits(kernel, c, block_d, element_bytes, capability, has_mask)]
+        raise ValueError(f"tile {tile} needs about {needed // KIB} KiB of shared memory for the {kernel} kernel at "
+                         f"head_dim {block_d}{' with a mask' * has_mask}, more than the {limit // KIB} KiB of "
+                         f"sm_{capability}: pass a smaller tile (fewer BLOCK_M/BLOCK_N rows or num_stages), e.g. "
+                         f"{kept[-1] if kept else None}, or tile=None to autotune")
 
 
 def make_pruner(kernel: str):
@@ -131,10 +156,12 @@ def make_pruner(kernel: str):
         tensor = named_args["Q"]
         capability = device_capability(tensor.device)
         block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-        kept = [c for c in configs if fits(kernel, c, block_d, tensor.element_size(), capability)]
+        has_mask = bool(kwargs.get("HAS_MASK", named_args.get("HAS_MASK", False)))  # the mask tile costs shared memory
+        kept = [c for c in configs if fits(kernel, c, block_d, tensor.element_size(), capability, has_mask)]
         if not kept:
             raise ValueError(f"no {kernel} tile fits sm_{capability} at head_dim {block_d} with "
-                             f"{tensor.dtype} ({shared_memory_limit(capability) // KIB} KiB of shared memory)")
+                             f"{tensor.dtype}{' and a mask' * has_mask} ({shared_memory_limit(capability) // KIB} KiB "
+                             f"of shared memory)")
         return kept
 
     return prune
