@@ -215,6 +215,134 @@ def _attention_scales_q_in_place(q, k, v):
     return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
 
 
+# chapter 01: sinusoidal positions
+def _pe(n, d, *, swap=False, halves=False, exponent=lambda two_i, d: two_i / d, sign=-1, start=0, base=10000.0,
+        dtype=torch.float32):
+    p = torch.arange(start, start + n, dtype=torch.float64).unsqueeze(1)
+    two_i = torch.arange(0, d, 2, dtype=torch.float64)
+    angles = p * base ** (sign * exponent(two_i, d))
+    first, second = (torch.cos(angles), torch.sin(angles)) if swap else (torch.sin(angles), torch.cos(angles))
+    if halves:
+        return torch.cat([first, second], dim=1).to(dtype)
+    table = torch.empty(n, d, dtype=torch.float64)
+    table[:, 0::2], table[:, 1::2] = first, second
+    return table.to(dtype)
+
+
+wrong("positional_encoding", "sin and cos are swapped")(lambda n, d: _pe(n, d, swap=True))
+wrong("positional_encoding", "interleaved, not two halves")(lambda n, d: _pe(n, d, halves=True))
+wrong("positional_encoding", "not i, over d")(lambda n, d: _pe(n, d, exponent=lambda two_i, d: two_i / 2 / d))
+wrong("positional_encoding", "multiplying makes them explode")(lambda n, d: _pe(n, d, sign=1))
+wrong("positional_encoding", "computed in integers")(lambda n, d: _pe(n, d, exponent=lambda two_i, d: two_i // d))
+wrong("positional_encoding", "Positions start at 0")(lambda n, d: _pe(n, d, start=1))
+wrong("positional_encoding", "The base is 10000")(lambda n, d: _pe(n, d, base=1000.0))
+wrong("positional_encoding", "That is the transpose")(lambda n, d: _pe(n, d).T)
+wrong("positional_encoding", "only the dtype")(lambda n, d: _pe(n, d, dtype=torch.float64))
+
+
+@wrong("positional_encoding", "each column's own index")
+def _pe_column_exponent(n, d):
+    p = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    angles = p / 10000 ** (torch.arange(d, dtype=torch.float32) / d)  # (N, d): column j's own j/d
+    table = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, 1::2])
+    return table
+
+
+# chapter 01: multi-head attention, step by step
+def _mha(x, w_q, w_k, w_v, w_o, n_heads, *, split="right", merge="right", scale=None, dim=-1, project=True,
+         transpose_weights=True, values=None):
+    b, n, d = x.shape
+    dh = d // n_heads
+    lin = (lambda t, w: t @ w.T) if transpose_weights else (lambda t, w: t @ w)
+    splits = {"right": lambda t: t.view(b, n, n_heads, dh).transpose(1, 2),
+              "view": lambda t: t.view(b, n_heads, n, dh),
+              "columns": lambda t: t.view(b, n, dh, n_heads).permute(0, 3, 1, 2),
+              "none": lambda t: t.view(b, n, 1, d).transpose(1, 2)}
+    q, k = splits[split](lin(x, w_q)), splits[split](lin(x, w_k))
+    v = splits[split](lin(x, w_v if values is None else values))
+    scale = dh ** -0.5 if scale is None else scale
+    context = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=dim) @ v
+    merges = {"right": lambda c: c.transpose(1, 2).reshape(b, n, d), "reshape": lambda c: c.reshape(b, n, d),
+              "columns": lambda c: c.permute(0, 2, 3, 1).reshape(b, n, d)}
+    merged = merges[merge](context)
+    return lin(merged, w_o) if project else merged
+
+
+wrong("multi_head_attention", "view(B, H, N, head_dim) alone")(lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, split="view"))
+wrong("multi_head_attention", "a contiguous block")(lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, split="columns"))
+wrong("multi_head_attention", "merged in the wrong order")(lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, merge="reshape"))
+wrong("multi_head_attention", "head_dim before the heads")(lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, merge="columns"))
+wrong("multi_head_attention", "output projection is missing")(lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, project=False))
+wrong("multi_head_attention", "Missing the 1/√head_dim")(lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, scale=1.0))
+wrong("multi_head_attention", "not 1/√d_model")(
+    lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, scale=x.shape[-1] ** -0.5))
+wrong("multi_head_attention", "Softmax over the wrong axis")(lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, dim=-2))
+wrong("multi_head_attention", "x @ w.T, not x @ w")(
+    lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, transpose_weights=False))
+wrong("multi_head_attention", "they are swapped")(lambda x, q, k, v, o, h: _mha(x, q, v, k, o, h))
+wrong("multi_head_attention", "one head of width d_model")(lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, split="none"))
+wrong("multi_head_attention", "one head of width d_model")(
+    lambda x, q, k, v, o, h: _mha(x, q, k, v, o, h, split="none", scale=x.shape[-1] ** -0.5))
+wrong("multi_head_attention", "only the dtype")(
+    lambda x, q, k, v, o, h: _mha(x.double(), q.double(), k.double(), v.double(), o.double(), h))
+
+
+@wrong("multi_head_attention", "use .reshape")
+def _mha_merged_with_view(x, w_q, w_k, w_v, w_o, n_heads):
+    b, n, d = x.shape
+    q, k, v = ((x @ w.T).view(b, n, n_heads, d // n_heads).transpose(1, 2) for w in (w_q, w_k, w_v))
+    context = torch.softmax(q @ k.transpose(-2, -1) / (d // n_heads) ** 0.5, dim=-1) @ v
+    return context.transpose(1, 2).view(b, n, d) @ w_o.T  # not contiguous after the transpose
+
+
+@wrong("multi_head_attention", "changed its argument `x` in place")
+def _mha_normalises_x_in_place(x, w_q, w_k, w_v, w_o, n_heads):
+    x /= 1.0 + x.abs().max()
+    return _mha(x, w_q, w_k, w_v, w_o, n_heads)
+
+
+# chapter 01: the masked softmax over valid lengths
+def _by_length(scores, lengths, *, valid=None, fill=float("-inf"), dim=-1,
+               zero_empty=True):
+    keys = torch.arange(scores.shape[-1])
+    real = (keys < lengths[:, None])[:, None, None, :] if valid is None else valid(keys, lengths, scores)
+    weights = torch.softmax(scores.masked_fill(~real, fill), dim=dim)
+    return weights.nan_to_num(0.0) if zero_empty else weights
+
+
+wrong("valid_length_softmax", "not j <= length")(
+    lambda s, n: _by_length(s, n, valid=lambda keys, n, s: (keys <= n[:, None])[:, None, None, :]))
+wrong("valid_length_softmax", "hides the last real key")(
+    lambda s, n: _by_length(s, n, valid=lambda keys, n, s: (keys < n[:, None] - 1)[:, None, None, :]))
+wrong("valid_length_softmax", "Inverted")(
+    lambda s, n: _by_length(s, n, valid=lambda keys, n, s: (keys >= n[:, None])[:, None, None, :]))
+wrong("valid_length_softmax", "not the queries")(
+    lambda s, n: _by_length(s, n, valid=lambda keys, n, s: (torch.arange(s.shape[-2]) < n[:, None])[:, None, :, None]))
+wrong("valid_length_softmax", "every sequence used the first one")(
+    lambda s, n: _by_length(s, n, valid=lambda keys, n, s: keys < n[0]))
+wrong("valid_length_softmax", "reshape the (B, Nk) mask to (B, 1, 1, Nk)")(
+    lambda s, n: _by_length(s, n, valid=lambda keys, n, s: keys < n[:, None]))
+wrong("valid_length_softmax", "filled with 0")(lambda s, n: _by_length(s, n, fill=0.0))
+wrong("valid_length_softmax", "zeroing the padding's weights after the softmax")(
+    lambda s, n: torch.softmax(s, dim=-1) * (torch.arange(s.shape[-1]) < n[:, None])[:, None, None, :])
+wrong("valid_length_softmax", "lengths are not used")(lambda s, n: torch.softmax(s, dim=-1))
+wrong("valid_length_softmax", "Softmax over the wrong axis")(lambda s, n: _by_length(s, n, dim=-2))
+wrong("valid_length_softmax", "large negative fill (-1e9)")(lambda s, n: _by_length(s, n, fill=-1e9))
+wrong("valid_length_softmax", "changed its argument `scores` in place")(
+    lambda s, n: torch.softmax(s.masked_fill_(~(torch.arange(s.shape[-1]) < n[:, None])[:, None, None, :],
+                                              float("-inf")), dim=-1).nan_to_num(0.0))
+wrong("valid_length_softmax", "only the dtype")(lambda s, n: _by_length(s.double(), n))
+
+
+@wrong("valid_length_softmax", "(B, 1, 1, Nk)")
+def _by_length_unbroadcastable(scores, lengths):
+    real = torch.arange(scores.shape[-1]) < lengths[:, None]  # (B, Nk) cannot broadcast where Nq != B
+    if scores.shape[-2] == scores.shape[0]:
+        real = real[:, None, None, :]  # right here, so that the case where (B, Nk) would broadcast passes
+    return torch.softmax(scores.masked_fill(~real, float("-inf")), dim=-1).nan_to_num(0.0)
+
+
 # chapter 02: the causal mask
 def _ones(n, dtype=torch.bool):
     return torch.ones(n, n, dtype=dtype)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 # chapter prefix -> the modules it introduces (dotted names below attention_lab)
 CHAPTER_MODULES: dict[str, tuple[str, ...]] = {
-    "00": ("additive",),
-    "01": ("attention", "masks", "toy_sentence", "costs.timing"),
-    "02": ("model", "data", "train", "generate"),
+    "00": ("additive", "bottleneck"),
+    "01": ("attention", "masks", "toy_sentence", "seed_numbers", "positions", "costs.timing"),
+    "02": ("model", "data", "train", "generate", "attention_maps"),
     "03": ("caches.contiguous", "caches.sizes", "costs.step_work"),
     "04": ("caches.rolling", "receptive_field"),
     "05": ("costs.memory_bound_decode",),

@@ -23,6 +23,8 @@ def heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], title:
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             value = matrix[i, j]
+            if np.isnan(value):
+                continue  # an unknown cell stays blank
             text = "−∞" if value == -np.inf else fmt.format(value)
             color = "white" if np.isfinite(value) and value > middle else "black"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)

@@ -84,16 +84,58 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str | None = No
     return tracker.peak
 
 
+def least_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+               device: torch.device | str | None = None) -> float:
+    """The fastest of ``repeats`` runs of ``fn()``, in seconds, after ``warmup`` runs.
+
+    Interference (other jobs on a shared machine, a cache flushed by someone else) only ever adds time, so
+    the minimum is the cleanest estimate of what ``fn`` itself costs. CPU: process CPU time (equal to wall
+    time when torch uses one thread, as the chapters that time set); CUDA: CUDA events.
+    """
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+    return min(times)
+
+
+def growth_exponent(sizes: list[float], values: list[float]) -> float:
+    """The exponent ``a`` of the least-squares fit ``value ≈ c · size^a`` (the slope of the log-log line):
+    2 for a cost that quadruples when the size doubles."""
+    if len(sizes) != len(values) or len(sizes) < 2:
+        raise ValueError(f"sizes and values must be two lists of the same length >= 2, got {len(sizes)} and {len(values)}")
+    if min(sizes) <= 0 or min(values) <= 0:
+        raise ValueError("sizes and values must be positive to fit a power law")
+    x = torch.tensor(sizes, dtype=torch.float64).log()
+    y = torch.tensor(values, dtype=torch.float64).log()
+    x_mean, y_mean = x.mean(), y.mean()
+    return (((x - x_mean) * (y - y_mean)).sum() / ((x - x_mean) ** 2).sum()).item()
+
+
 def attention_cost_curve(attention: Callable, lengths: list[int], head_dim: int = 64, n_heads: int = 4,
                          device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                         causal: bool = False) -> dict[str, list[float]]:
-    """Measure ``attention(q, k, v, causal=...)`` at each sequence length: median seconds and peak extra bytes.
+                         causal: bool = False, repeats: int = 5) -> dict[str, list[float]]:
+    """Measure ``attention(q, k, v, causal=...)`` at each sequence length: least seconds and peak extra bytes.
 
-    Returns ``{"n": lengths, "seconds": [...], "peak_bytes": [...]}`` for q, k, v ``(1, n_heads, n, head_dim)``.
+    Returns ``{"n": lengths, "seconds": [...], "peak_bytes": [...]}`` for q, k, v ``(1, n_heads, n, head_dim)``;
+    each time is the fastest of ``repeats`` runs (:func:`least_time`). Choose lengths whose time is well above
+    the fixed cost of a call (on a CPU, N of a few hundred and up), or the curve shows that overhead instead.
     """
     seconds, peaks = [], []
     for n in lengths:
         q, k, v = (torch.randn(1, n_heads, n, head_dim, device=device, dtype=dtype) for _ in range(3))
-        seconds.append(time_function(lambda: attention(q, k, v, causal=causal), device=device))
+        seconds.append(least_time(lambda: attention(q, k, v, causal=causal), repeats=repeats, device=device))
         peaks.append(peak_memory(lambda: attention(q, k, v, causal=causal), device=device))
     return {"n": list(lengths), "seconds": seconds, "peak_bytes": peaks}

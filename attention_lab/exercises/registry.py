@@ -40,7 +40,10 @@ def _chapter(chapter: str, *exercises: tuple[str, str, Callable]) -> list[Exerci
 
 EXERCISES: dict[str, list[Exercise]] = {
     "00": _chapter("00", ("additive attention", "my_additive_attention", ch00.check_additive_attention)),
-    "01": _chapter("01", ("scaled dot-product attention", "attention", ch01.check_attention)),
+    "01": _chapter("01", ("scaled dot-product attention", "attention", ch01.check_attention),
+                   ("sinusoidal positions", "positional_encoding", ch01.check_sinusoidal_positions),
+                   ("multi-head attention, step by step", "multi_head_attention", ch01.check_multi_head_attention),
+                   ("masked softmax over valid lengths", "valid_length_softmax", ch01.check_valid_length_softmax)),
     "02": _chapter("02", ("causal mask", "make_causal_mask", ch02.check_causal_mask),
                    ("masked softmax", "masked_softmax", ch02.check_masked_softmax)),
     "03": _chapter("03", ("KV-cache append", "cache_append", ch03.check_cache_append)),

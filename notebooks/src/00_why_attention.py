@@ -8,13 +8,15 @@
 # computed by the small library `attention_lab` that the notebooks import, and every claim is a test.
 
 # %%
-import torch
 import matplotlib.pyplot as plt
+import torch
 
-from attention_lab.additive import mean_pool
-from attention_lab.attention import attention_weights
-from attention_lab.book.setup_cell import triton_version
 from attention_lab.book.plots import heatmap
+from attention_lab.book.setup_cell import triton_version
+from attention_lab.bottleneck import (attention_weights_over_positions, longest_recovered, make_codebook,
+                                      recovery_accuracy)
+
+torch.set_num_threads(1)  # small tensors: one CPU thread is as fast, and the time is the same on any machine
 
 # %% [markdown]
 # ## A short history
@@ -23,8 +25,9 @@ from attention_lab.book.plots import heatmap
 # Learning with Neural Networks*, 2014) and Cho et al. (2014) translated sentences with two recurrent
 # networks: an encoder read the source sentence and squeezed it into **one fixed-size vector**; a decoder
 # unrolled the translation from that vector alone. Whatever the sentence length, the decoder saw the
-# same number of numbers — the *bottleneck*. Cho et al. reported translation quality falling sharply
-# as sentences grew longer.
+# same number of numbers — the *bottleneck*. Cho et al. (*On the Properties of Neural Machine Translation:
+# Encoder–Decoder Approaches*, 2014) measured it: the BLEU score of their encoder–decoders fell as the
+# source sentences grew longer.
 #
 # **2. Additive attention (2014/2015).** Bahdanau, Cho & Bengio (*Neural Machine Translation by Jointly
 # Learning to Align and Translate*, ICLR 2015) let the decoder look back at **every** encoder state at
@@ -37,50 +40,69 @@ from attention_lab.book.plots import heatmap
 # several heads. That is the transformer, and the rest of this book is about making its attention
 # cheaper: in compute, in memory traffic, and in the size of the cache it needs to generate text.
 #
-# ## The bottleneck in one picture
+# ## The bottleneck, measured
 #
-# Summarise a sequence by one vector — here the average of its word vectors, the simplest fixed-size
-# summary — and word order is gone: "dog bites man" and "man bites dog" become the same vector.
-# Attention keeps every state, so a query can find *which* word sits where.
+# The fixed vector's trouble is **capacity**, not word order: a recurrent encoder keeps the order (each word
+# enters at its own step), but it has to fit a sentence of any length into the same $D$ numbers. We can see
+# that without training anything (`attention_lab.bottleneck`):
+#
+# * Words are random unit vectors $e_w$ in $D$ dimensions, drawn from a small vocabulary.
+# * **Fixed-size summary.** A recurrent encoder $h_t = R\,h_{t-1} + e_{x_t}$, with $R$ a random rotation, so
+#   nothing fades and every word sits at its own angle. The decoder gets only $h_N$. To read word $i$ it
+#   undoes word $i$'s rotations and picks the nearest word vector; the other $N-1$ words are still in there,
+#   as noise.
+# * **Attention.** The decoder keeps all $N$ states (word $i$'s vector under a key for position $i$) and reads
+#   word $j$ with the softmax of its query against every key.
+#
+# How many words come back right, as the sentence grows:
 
 # %%
-torch.manual_seed(0)
-vocab = {"dog": 0, "bites": 1, "man": 2}
-word_vectors = torch.randn(3, 8)
-position_vectors = torch.randn(3, 8)  # what each position adds (chapter 01 explains why models need it)
+lengths = [1, 2, 4, 8, 16, 32, 64, 128]
+vocab_size, trials = 50, 200
+summaries = {dim: recovery_accuracy(lengths, dim, "summary", vocab_size, trials) for dim in (16, 32, 64, 128)}
+attention = recovery_accuracy(lengths, 16, "attention", vocab_size, trials)
+print(f"{trials} random sentences per length, words drawn from a vocabulary of {vocab_size}")
 
+fig, ax = plt.subplots(figsize=(11, 4.5))
+for dim, accuracy in summaries.items():
+    ax.semilogx(lengths, accuracy, "o-", base=2, label=f"fixed summary, D = {dim} numbers")
+ax.semilogx(lengths, attention, "s--", base=2, color="black", lw=2.5, label="attention over all N states, D = 16")
+ax.axhline(1 / vocab_size, color="gray", ls=":", label=f"chance (1 / {vocab_size})")
+ax.set_title("Reading a sentence back: one fixed vector vs attention")
+ax.set_xlabel("sentence length N (words)")
+ax.set_ylabel("words recovered (fraction)")
+ax.set_xticks(lengths, [str(n) for n in lengths])
+ax.set_ylim(0, 1.05)
+ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+ax.grid(alpha=0.3)
+plt.show()
 
-def encode(words: list[str]) -> torch.Tensor:
-    """Encoder states (1, N, 8): word vector + position vector."""
-    ids = torch.tensor([vocab[w] for w in words])
-    return (word_vectors[ids] + position_vectors).unsqueeze(0)
-
-
-a, b = encode(["dog", "bites", "man"]), encode(["man", "bites", "dog"])
-print("fixed-vector summaries equal:", torch.allclose(mean_pool(a), mean_pool(b)))
-
-# A query asking "which word is at position 0 (the subject)?" attends over the states instead,
-# scoring each state by a dot product (Luong's simplification of the additive score below).
-query = position_vectors[0].view(1, 1, 1, 8)  # (B=1, H=1, Nq=1, D)
-for name, states in [("dog bites man", a), ("man bites dog", b)]:
-    weights = attention_weights(query, states.unsqueeze(1), scale=1.0)[0, 0, 0]  # (N,)
-    context = weights @ states[0]  # (8,)
-    subject = min(vocab, key=lambda w: torch.dist(context - position_vectors[0], word_vectors[vocab[w]]))
-    print(f"{name!r}: attention weights {weights.numpy().round(3)} -> the subject is {subject!r}")
+print("N:      " + " ".join(f"{n:5d}" for n in lengths))
+for dim, accuracy in summaries.items():
+    print(f"D={dim:3d}:  " + " ".join(f"{a:5.2f}" for a in accuracy) + "   (fixed summary)")
+print("D= 16:  " + " ".join(f"{a:5.2f}" for a in attention) + "   (attention)")
+for dim, accuracy in summaries.items():
+    print(f"a {dim:3d}-number summary still returns at least half of the words up to N = "
+          f"{longest_recovered(lengths, accuracy)}")
 
 # %% [markdown]
-# The summary cannot tell the two sentences apart; attention can, because the answer is computed
-# from the states themselves. The weights form a table — one row per query — that we will draw in
-# every chapter. Here is the table of a decoder asking, at each of three steps, for one of the three
-# positions:
+# The fixed summary gets worse with every doubling of the sentence, for every size; a vector twice as large
+# only postpones the fall (the printed lengths grow with $D$). Attention never loses a word, because it never
+# squeezes: its memory is $N$ vectors, and it grows with the sentence. That is the trade the rest of the book
+# negotiates — chapter 01 measures what reading all $N$ states costs, and chapters 03–13 make it cheaper.
+#
+# The decoder's weights form a table, one row per word it reads back, that we will draw in every chapter.
+# For a short sentence:
 
 # %%
-queries = position_vectors.view(1, 1, 3, 8)  # step t looks for position t
-table = attention_weights(queries, a.unsqueeze(1), scale=1.0)[0, 0]  # (3 steps, 3 positions)
-heatmap(table, ["step 1", "step 2", "step 3"], ["dog", "bites", "man"],
-        title="Dot-product attention weights for 'dog bites man' (rows sum to 1)", xlabel="encoder position (key)",
+n_words = 8
+book = make_codebook(vocab_size, 16, n_words)
+table = attention_weights_over_positions(n_words, book)  # (decoder step, encoder position)
+heatmap(table, [f"read word {j}" for j in range(n_words)], [f"state {i}" for i in range(n_words)],
+        title="Attention weights of the decoder (rows sum to 1)", xlabel="encoder state (key)",
         ylabel="decoder step (query)")
 plt.show()
+print("weight on the right state, per row:", table.diagonal().numpy().round(3))
 
 # %% [markdown]
 # ## Exercise: additive attention
@@ -141,9 +163,14 @@ else:
 # %% [markdown]
 # ## Summary
 #
-# * A fixed-vector summary of a sequence loses information (here, word order) that attention keeps,
-#   because attention computes its answer from every state on demand.
+# * The seq2seq bottleneck is capacity: one vector of fixed size holds less and less of a sentence as the
+#   sentence grows, even when the encoder keeps the word order. Attention keeps every state and reads
+#   what it needs from all of them, at a memory cost that grows with the sentence.
 # * Additive attention scores each state with a small network; the transformer's scaled dot product
 #   (next chapter) is the cheaper score that scaled up.
-# * Measured here: the two summaries were identical, while attention over the states found a different
-#   subject in each sentence; your additive attention matched the library's on random odd shapes.
+# * Measured here (printed by the cell below): how much of a sentence each reader returned at the longest
+#   length, and your additive attention against the library's on random odd shapes (the check above).
+
+# %%
+print(f"at N = {lengths[-1]} words: fixed summaries return " + ", ".join(
+    f"{accuracy[-1]:.0%} (D={dim})" for dim, accuracy in summaries.items()) + f"; attention returns {attention[-1]:.0%}")
