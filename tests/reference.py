@@ -28,6 +28,8 @@ NAMED_TOLERANCES = {
     "fp64_same_order": (1e-12, 1e-12),  # float64, the same sums in nearly the same order
     "fp64_rotations": (1e-9, 1e-9),  # float64 through sin/cos of large angles (RoPE)
     "fp16_rotations": (2e-2, 2e-2),  # RoPE applied in fp16 against fp32
+    "fp32_kernel_paths": (1e-6, 1e-6),  # two fp32 kernel paths over the same tiles (e.g. split-K vs one partition)
+    "interpreter_kernel_16bit": (1e-2, 1e-2),  # an interpreted or compiled 16-bit kernel against fp32 / float64
 }
 
 

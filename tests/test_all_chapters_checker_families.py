@@ -22,7 +22,7 @@ from attention_lab.exercises.registry import EXERCISES
 from attention_lab.exercises.student import BEGIN, END, strip_solutions
 
 SOURCES = Path(__file__).resolve().parents[1] / "notebooks" / "src"
-SKIPPED_CHAPTERS = {"10"}  # chapter 10's Triton checker has its own tests (tests/test_flash_triton.py)
+SKIPPED_CHAPTERS = {"10"}  # chapter 10's Triton checker has its own tests (tests/test_ch10_flash_triton.py)
 EXERCISE_LIST = [e for chapter, exercises in EXERCISES.items() if chapter not in SKIPPED_CHAPTERS for e in exercises]
 BY_FUNCTION = {e.function: e for e in EXERCISE_LIST}
 

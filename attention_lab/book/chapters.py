@@ -27,7 +27,7 @@ CHAPTER_MODULES: dict[str, tuple[str, ...]] = {
            "kernels.common", "kernels.interpreter", "kernels.optional_triton", "kernels.compile_check"),
     "11": ("caches.paged", "caches.serving", "caches.fragmentation", "kernels.decode_attention", "kernels.split_k"),
     "12": ("mla", "rope", "kernels.latent_decode"),
-    "13": ("side_by_side",),
+    "13": ("side_by_side", "recall", "quality"),
 }
 # used by every chapter: argument checks, building the book, grading
 BOOK_MODULES: tuple[str, ...] = ("validation", "book.build", "book.setup_cell", "book.plots", "book.results",

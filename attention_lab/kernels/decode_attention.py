@@ -146,7 +146,7 @@ def decode_config(head_dim: int, element_size: int, capability: int | None) -> D
     (sm_75, 64 KiB) gets 32-key tiles and 2 stages, Ampere/Ada 64 keys and 3 stages, and Hopper
     (227 KiB) 128 keys, which an H100 sweep found best or within 2% of the best for bf16 at D=128
     (attention_lab/results/decode_sweep.json). Every choice is compiled and its shared memory checked
-    per architecture by :mod:`attention_lab.kernels.compile_check` (``tests/test_decode_compile.py``)."""
+    per architecture by :mod:`attention_lab.kernels.compile_check` (``tests/test_ch11_decode_compile.py``)."""
     if capability is None or capability < 80:
         return DecodeConfig(tile_n=32, num_warps=4, num_stages=2)
     if head_dim * element_size > 256:  # D > 128 in 16-bit (or fp32 at D=128): a smaller tile

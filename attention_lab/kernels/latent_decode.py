@@ -126,7 +126,7 @@ def latent_decode_config(capability: int | None) -> LatentDecodeConfig:
     memory: 55 KiB on sm_90 with 32 keys and 2 stages. A T4 (sm_75, 64 KiB) does not fit even 16 keys
     at d_c = 512 (68 KiB), so the kernel needs sm_80 or newer. 16 heads per program keep the
     ``16 × d_c`` fp32 accumulator in registers. :mod:`attention_lab.kernels.compile_check` compiles the choice for
-    sm_80, sm_89 and sm_90 and checks its shared memory (``tests/test_mla.py``)."""
+    sm_80, sm_89 and sm_90 and checks its shared memory (``tests/test_ch12_mla.py``)."""
     if capability is not None and capability < 80:
         raise ValueError(f"the Triton latent decode kernel needs compute capability 8.0 or newer (its tile does not fit "
                          f"the shared memory of sm_{capability}); use triton_decode=False there")

@@ -283,7 +283,7 @@ for config in sorted(set(chosen.values())):
 # The estimate behind the rule was calibrated, and is checked in CI, by *compiling* every kernel and
 # config for sm_75, sm_80, sm_89 and sm_90 on a CPU — Triton compiles for any target without a GPU —
 # and reading the shared memory the compiler allocates (`python -m attention_lab.kernels.compile_check`;
-# `tests/test_flash_compile.py`). A tile that does not fit still compiles; only that check catches it.
+# `tests/test_ch10_compile_check.py`). A tile that does not fit still compiles; only that check catches it.
 #
 # ### On a T4: correct and readable, not fast
 #

@@ -2,7 +2,7 @@
 
 Without a GPU, tests/conftest.py sets TRITON_INTERPRET=1 before the kernels are imported, so the very
 kernels that run on a GPU execute here in numpy — slow, so the shapes are tiny but odd (block edges,
-GQA groups, Nq != Nk, diagonals, windows). The GPU versions of these checks are tests/test_flash_gpu.py.
+GQA groups, Nq != Nk, diagonals, windows). The GPU versions of these checks are tests/test_ch10_flash_gpu.py.
 """
 
 import pytest
@@ -18,18 +18,12 @@ from attention_lab.flash.tiled import FULL, PARTIAL, SKIP, block_schedule
 from attention_lab.flash.triton_attention import check_dtype_supported, flash_attention
 from attention_lab.kernels.common import LOG2_E, online_softmax_update
 from attention_lab.kernels.interpreter import interpreting
-from reference import TOLERANCES, attention_fp64, tolerance
+from reference import TOLERANCES, attention_fp64, tolerance, random_qkv
 
-interpreter_only = pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (GPU: test_flash_gpu.py)")
+interpreter_only = pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (GPU: test_ch10_flash_gpu.py)")
 TILE_16 = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
-def _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, n_heads, n_queries, head_dim, generator=g).to(dtype).requires_grad_()
-    k = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=g).to(dtype).requires_grad_()
-    v = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=g).to(dtype).requires_grad_()
-    return q, k, v
 
 
 def _reference_with_grads(q, k, v, grad_out, **kwargs):
@@ -59,7 +53,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_forward_and_gradients_match_float64(case):
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, tile = CASES[case]
-    q, k, v = _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, seed=n_queries + head_dim)
+    q, k, v = random_qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, seed=n_queries + head_dim, requires_grad=True)
     out = flash_attention(q, k, v, causal=causal, window=window, tile=tile)
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
@@ -74,7 +68,7 @@ def test_forward_and_gradients_match_float64(case):
 
 @interpreter_only
 def test_float16_forward_and_gradients():
-    q, k, v = _qkv(1, 2, 1, 33, 33, 16, dtype=torch.float16, seed=3)
+    q, k, v = random_qkv(1, 2, 1, 33, 33, 16, dtype=torch.float16, seed=3, requires_grad=True)
     out = flash_attention(q, k, v, causal=True, tile=TILE_16)
     assert out.dtype == torch.float16
     grad_out = torch.randn_like(out)
@@ -82,12 +76,12 @@ def test_float16_forward_and_gradients():
     expected = _reference_with_grads(q, k, v, grad_out, causal=True)
     for actual, wanted in zip((out, *grads), expected):
         assert actual.dtype == torch.float16
-        torch.testing.assert_close(actual.double(), wanted, atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(actual.double(), wanted, **tolerance("interpreter_kernel_16bit"))
 
 
 @interpreter_only
 def test_explicit_mask_and_fully_masked_rows_give_zeros():
-    q, k, v = _qkv(2, 2, 1, 19, 23, 16, seed=5)
+    q, k, v = random_qkv(2, 2, 1, 19, 23, 16, seed=5, requires_grad=True)
     g = torch.Generator().manual_seed(6)
     mask = torch.rand(2, 1, 19, 23, generator=g) > 0.4  # (B, 1, Nq, Nk), broadcast over heads
     mask[0, 0, 3] = False  # query 3 of batch 0 sees nothing
@@ -100,7 +94,7 @@ def test_explicit_mask_and_fully_masked_rows_give_zeros():
     assert dq[0, :, 3].abs().max() == 0
     expected = _reference_with_grads(q, k, v, grad_out, mask=mask)
     for actual, wanted in zip((out, dq, dk, dv), expected):
-        torch.testing.assert_close(actual.double(), wanted, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(actual.double(), wanted, **tolerance("interpreter_fp32"))
 
 
 @interpreter_only
@@ -113,9 +107,9 @@ def test_matches_tiled_pytorch_flash_and_strided_inputs():
     k = torch.randn(1, 29, 1, 16, generator=g).transpose(1, 2)
     v = torch.randn(1, 29, 1, 16, generator=g).transpose(1, 2)
     out = flash_attention(q, k, v, causal=True, tile=TILE_16)
-    torch.testing.assert_close(out, tiled_attention(q, k, v, causal=True), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, tiled_attention(q, k, v, causal=True), **tolerance("fp32_paths"))
     torch.testing.assert_close(out, flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True,
-                                                    tile=TILE_16), atol=0, rtol=0)
+                                                    tile=TILE_16), **tolerance("exact"))
 
 
 @interpreter_only
@@ -176,7 +170,7 @@ def test_row_offsets_past_2_to_the_31_in_a_packed_layout():
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     expected = _reference_with_grads(q, k, v, grad_out, causal=True)
     for name, actual, wanted in zip(("out", "dq", "dk", "dv"), (out, *grads), expected):
-        torch.testing.assert_close(actual.double(), wanted, atol=1e-2, rtol=1e-2, msg=name)
+        torch.testing.assert_close(actual.double(), wanted, **tolerance("interpreter_kernel_16bit"), msg=name)
 
 
 def test_only_offsets_past_2_to_the_31_take_the_64_bit_variant():
@@ -201,7 +195,7 @@ def test_mask_offsets_past_2_to_the_31():
     mask = storage.as_strided((LONG_ROWS, 17), (ROW_STRIDE, 1), VIEW_START)
     mask.copy_(torch.rand(LONG_ROWS, 17, generator=g) > 0.3)
     assert ta.needs_wide_offsets(mask[None, None])
-    q, k, v = _qkv(1, 2, 1, LONG_ROWS, 17, 16, seed=14)
+    q, k, v = random_qkv(1, 2, 1, LONG_ROWS, 17, 16, seed=14, requires_grad=True)
     out = flash_attention(q, k, v, mask=mask)
     grad_out = torch.randn(out.shape, generator=g)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
@@ -212,11 +206,11 @@ def test_mask_offsets_past_2_to_the_31():
 
 @interpreter_only
 def test_window_as_long_as_the_keys_equals_causal():
-    q, k, v = _qkv(1, 1, 1, 21, 21, 16, seed=8)
+    q, k, v = random_qkv(1, 1, 1, 21, 21, 16, seed=8, requires_grad=True)
     with torch.no_grad():
         causal = flash_attention(q, k, v, causal=True, tile=TILE_16)
         windowed = flash_attention(q, k, v, window=21, tile=TILE_16)
-    torch.testing.assert_close(windowed, causal, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(windowed, causal, **tolerance("fp32_kernel_paths"))
 
 
 @interpreter_only
@@ -294,7 +288,7 @@ def test_flash_backend_in_multi_head_attention():
     flash = MultiHeadAttention(32, n_heads=4, n_kv_heads=2, backend="flash")
     flash.load_state_dict(reference.state_dict())
     x = torch.randn(2, 11, 32)
-    torch.testing.assert_close(flash(x), reference(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flash(x), reference(x), **tolerance("fp32_paths"))
     assert get_backend("flash") is not None
 
 

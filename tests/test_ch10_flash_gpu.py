@@ -14,6 +14,7 @@ from attention_lab.flash import triton_attention as ta
 from attention_lab.flash import triton_configs
 from attention_lab.flash.triton_attention import flash_attention
 from attention_lab.kernels.common import device_capability
+from reference import random_qkv
 
 pytestmark = pytest.mark.gpu
 TILE = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}  # fits every GPU from a T4 up at D<=128
@@ -24,11 +25,11 @@ def _supported(dtype):
     return dtype != torch.bfloat16 or device_capability("cuda") >= triton_configs.BF16_MIN_CAPABILITY
 
 
+
 def _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    make = lambda *shape: torch.randn(*shape, device="cuda", generator=g).to(dtype).requires_grad_()  # noqa: E731
-    return (make(batch, n_heads, n_queries, head_dim), make(batch, n_kv_heads, n_keys, head_dim),
-            make(batch, n_kv_heads, n_keys, head_dim))
+    """The shared random q/k/v (tests/reference.random_qkv) on the GPU, as autograd leaves."""
+    return random_qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype=dtype, seed=seed,
+                      requires_grad=True, device="cuda")
 
 
 def _run(fn, q, k, v, grad_out, **kwargs):

@@ -27,7 +27,7 @@ from attention_lab.flash import triton_attention as ta
 from attention_lab.flash import triton_configs
 from attention_lab.flash.triton_attention import flash_attention
 from attention_lab.kernels.common import device_capability
-from reference import attention_fp64
+from reference import attention_fp64, random_qkv
 
 pytestmark = pytest.mark.gpu
 
@@ -71,11 +71,11 @@ def _supported(dtype: torch.dtype) -> bool:
     return dtype != torch.bfloat16 or device_capability("cuda") >= triton_configs.BF16_MIN_CAPABILITY
 
 
-def _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype, seed):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    make = lambda *shape: torch.randn(*shape, device="cuda", generator=g).to(dtype).requires_grad_()  # noqa: E731
-    return (make(batch, n_heads, n_queries, head_dim), make(batch, n_kv_heads, n_keys, head_dim),
-            make(batch, n_kv_heads, n_keys, head_dim))
+
+def _qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype, seed=0):
+    """The shared random q/k/v (tests/reference.random_qkv) on the GPU, as autograd leaves."""
+    return random_qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, dtype=dtype, seed=seed,
+                      requires_grad=True, device="cuda")
 
 
 def _random_mask(shape: tuple, n_queries: int, n_keys: int, causal: bool, seed: int) -> torch.Tensor:
