@@ -5,8 +5,8 @@ import os
 # Tests (and the notebook kernels nbval starts, which inherit this environment) stay offline.
 os.environ.setdefault("ATTENTION_LAB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# CI runs two workers (and their notebook kernels) on two cores: one thread each avoids oversubscription.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No OMP_NUM_THREADS here: every chapter that trains or times sets its own threads (as a user's machine would
+# run it), so the tests see each chapter's real cost; library tests with tiny tensors use the one_thread fixture.
 
 import pytest
 import torch
