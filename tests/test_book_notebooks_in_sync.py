@@ -68,7 +68,7 @@ def test_readme_chapter_table_is_current_and_ci_runs_the_readme_commands():
 
 
 def _tiny_book(tmp_path, monkeypatch, code="x = 1\nprint(x)"):
-    from attention_lab.book.build import build as book
+    import attention_lab.book.build as book
 
     sources = tmp_path / "src"
     sources.mkdir()
@@ -116,10 +116,13 @@ def test_build_keeps_a_chapter_executed_on_a_gpu(tmp_path, monkeypatch, capsys):
     assert not nbformat.read(path, as_version=4).cells[-1].outputs
 
 
-def test_gpu_executed_notebooks_say_so():
+def test_notebooks_record_where_they_were_executed():
+    """Every committed chapter names the device its outputs come from, and its setup cell's output agrees."""
     from attention_lab.book.build import executed_on
 
-    notebook = nbformat.read(NOTEBOOKS / "10_flash_triton.ipynb", as_version=4)
-    assert executed_on(notebook).startswith("NVIDIA")  # chapter 10's committed outputs are real GPU numbers
-    setup_output = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
-    assert "device: cuda" in setup_output
+    for source in SOURCE_FILES:
+        notebook = nbformat.read(NOTEBOOKS / f"{source.stem}.ipynb", as_version=4)
+        where = executed_on(notebook)
+        assert where, f"{source.stem} does not record where it was executed"
+        setup_output = "".join(o.get("text", "") for o in notebook.cells[2].outputs)
+        assert ("device: cuda" in setup_output) == (where != "CPU"), (source.stem, where)
