@@ -7,11 +7,15 @@ import torch
 
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch07 import check_softmax_bytes
-from attention_lab.costs.gpu_facts import (FULL_GH100_SMS, GPU_TABLE, WARP_SIZE, DeviceInfo, detect_device,
-                                           measure_copy_bandwidth, spec_for_name)
+from attention_lab.costs.gpu_facts import (A100_BOOST_CLOCK_GHZ, A100_FP32_LANES_PER_SM, A100_TENSOR_FMA_PER_CLOCK_PER_SM,
+                                           BLOG_CLAIMS, FLASH_PAPER_MEMORY_HIERARCHY, FULL_GH100_SMS, GPU_TABLE,
+                                           SM_LIMITS, WARP_SIZE, DeviceInfo, detect_device, launch_geometry,
+                                           measure_copy_bandwidth, resident_blocks, shared_memory_bandwidth,
+                                           spec_for_name)
 from attention_lab.costs.roofline import (arithmetic_intensity, attainable_flops, elementwise_cost, matmul_cost,
                                           ridge_point, softmax_cost)
-from attention_lab.costs.hbm_traffic import (flash_backward_bytes, fused_backward_bytes, flash_forward_accesses_paper, fused_forward_bytes,
+from attention_lab.costs.hbm_traffic import (fa1_forward_bytes, flash_backward_bytes, fused_backward_bytes,
+                                             flash_forward_accesses_paper, fused_forward_bytes, fused_softmax_kernels,
                                              paper_block_sizes, standard_forward_accesses_paper, tiled_forward_bytes,
                                              total_bytes, unfused_attention_chain, unfused_backward_kernels,
                                              unfused_forward_kernels)
@@ -67,6 +71,67 @@ def test_copy_bandwidth_helper_runs_on_cpu():
         measure_copy_bandwidth(10, device="cpu")
 
 
+# --- the blog's sentences: warps, resident blocks, kernels, SRAM bandwidth -----------------------------------
+
+def test_the_blog_claims_are_quoted_and_the_warp_is_32_threads():
+    assert set(BLOG_CLAIMS) == {"warp", "sm", "kernel"} and "3 threads" in BLOG_CLAIMS["warp"]
+    assert WARP_SIZE == 32
+    for limits in SM_LIMITS.values():
+        assert limits.max_threads_per_sm % WARP_SIZE == 0 and limits.max_threads_per_block == 1024
+
+
+def test_resident_blocks_by_hand():
+    # A100, 256 threads, 16 registers, no shared memory: 2048 / 256 = 8 blocks by threads; registers
+    # 65536 / (16·32) / 8 warps = 16; shared memory does not limit (32 slots).
+    elementwise = resident_blocks(80, 256, 16, 0)
+    assert elementwise.blocks == 8 and elementwise.binding == "threads" and elementwise.threads == 2048
+    assert elementwise.limits == {"threads": 8, "block slots": 32, "registers": 16, "shared memory": 164}
+    # registers are allocated per warp in units of 256: 129 registers/thread -> 4128 -> 4352 per warp
+    assert resident_blocks(80, 128, 129, 0).limits["registers"] == (65536 // 4352) // 4
+    # shared memory: every block also loses 1 KiB to CUDA from sm_80 on (none on sm_75)
+    assert resident_blocks(80, 32, 16, 40 * 1024).limits["shared memory"] == 164 // 41
+    assert resident_blocks(75, 32, 16, 32 * 1024).limits["shared memory"] == 2
+    # tiny blocks run into the block slots; a block of 1024 threads at 64 registers fills the register file
+    assert resident_blocks(90, 32, 16, 0).binding == "block slots" and resident_blocks(90, 32, 16, 0).blocks == 32
+    fat = resident_blocks(80, 1024, 64, 0)
+    assert fat.blocks == 1 and fat.binding == "registers"
+    # "1 SM – 1 thread block" is false for ordinary launches on every card of the table
+    assert all(resident_blocks(spec.compute_capability, 256, 32, 4096).blocks > 1 for spec in GPU_TABLE.values())
+
+
+@pytest.mark.parametrize("args,match", [((70, 256, 16, 0), "compute_capability"), ((80, 2048, 16, 0), "threads_per_block"),
+                                        ((80, 256, 256, 0), "registers_per_thread"), ((80, 0, 16, 0), "threads_per_block"),
+                                        ((80, 256, 16, 164 * 1024), "shared_bytes_per_block"),
+                                        ((80, 256, 16, -1), "shared_bytes_per_block"), ((80, 256, True, 0), "registers")])
+def test_resident_blocks_refuses_what_cannot_launch(args, match):
+    with pytest.raises(ValueError, match=match):
+        resident_blocks(*args)
+
+
+def test_launch_geometry_and_waves():
+    launch = launch_geometry(1000, threads_per_block=128)
+    assert launch.blocks == 8 and launch.threads == 1024
+    assert launch_geometry(1000, 128, elements_per_thread=4).blocks == 2
+    assert launch.waves(sms=2, resident_blocks_per_sm=2) == 2.0
+    with pytest.raises(ValueError, match="elements"):
+        launch_geometry(0)
+
+
+def test_sram_bandwidth_reproduces_the_papers_figure_and_the_clock_the_tensor_rate():
+    sram, hbm, dram = FLASH_PAPER_MEMORY_HIERARCHY
+    assert sram.bandwidth_bytes_s > hbm.bandwidth_bytes_s > dram.bandwidth_bytes_s
+    assert sram.capacity_bytes < hbm.capacity_bytes < dram.capacity_bytes
+    a100 = GPU_TABLE["A100 SXM 80GB"]
+    computed = shared_memory_bandwidth(a100.sms, A100_BOOST_CLOCK_GHZ)
+    assert abs(computed - sram.bandwidth_bytes_s) / sram.bandwidth_bytes_s < 0.05  # 19.5 vs the paper's 19 TB/s
+    tensor = a100.sms * A100_TENSOR_FMA_PER_CLOCK_PER_SM * 2 * A100_BOOST_CLOCK_GHZ * 1e9
+    assert abs(tensor - a100.peak_flops) / a100.peak_flops < 0.01
+    fp32 = a100.sms * A100_FP32_LANES_PER_SM * 2 * A100_BOOST_CLOCK_GHZ * 1e9
+    assert round(a100.peak_flops / fp32) == 16  # FlashAttention-2 §3.1: non-matmul FLOPs 16x as expensive
+    with pytest.raises(ValueError, match="sms"):
+        shared_memory_bandwidth(0, 1.0)
+
+
 # --- roofline ------------------------------------------------------------------------------------------
 
 def test_roofline_basics():
@@ -99,6 +164,37 @@ def test_unfused_forward_counts_by_hand():
     total = total_bytes(list(kernels.values()))
     assert total == (4 * n * d + 6 * n * n) * e + n * n
     assert total_bytes(unfused_forward_kernels(n, d, 12, e)) == 12 * total  # linear in batch·heads
+
+
+def test_the_slides_fused_kernel_still_moves_n_squared():
+    n, d, e = 1000, 64, 2
+    two = fused_softmax_kernels(n, d, 3, e)
+    assert [k.bytes_read for k in two] == [3 * 2 * n * d * e, 3 * (n * n + n * d) * e]
+    assert [k.bytes_written for k in two] == [3 * n * n * e, 3 * n * d * e]
+    assert total_bytes(two) == 3 * (4 * n * d + 2 * n * n) * e
+    one = fused_softmax_kernels(n, d, 3, e, pv_in_same_kernel=True)
+    assert len(one) == 1 and total_bytes(one) == 3 * (4 * n * d + n * n) * e
+    assert total_bytes(one) + 3 * n * n * e == total_bytes(two)  # A″ read back by the second kernel
+    assert sum(k.flops for k in one) == sum(k.flops for k in two)
+    for length in (256, 1024, 4096):
+        fused, unfused = fused_forward_bytes(length, d), total_bytes(unfused_forward_kernels(length, d))
+        assert fused < total_bytes(fused_softmax_kernels(length, d, pv_in_same_kernel=True)) < \
+            total_bytes(fused_softmax_kernels(length, d)) < unfused
+    ratio = [total_bytes(fused_softmax_kernels(m, 64)) / fused_forward_bytes(m, 64) for m in (1024, 2048)]
+    assert ratio[1] > 1.8 * ratio[0]  # the N² term: the gap to the real fused kernel keeps growing
+
+
+def test_fa1_loop_order_bytes():
+    n, d = 4096, 64
+    # with 4-byte elements, the byte count is the paper's element count × 4 at the paper's block size
+    _, block_k = paper_block_sizes(4 * d * 128, d)
+    assert fa1_forward_bytes(n, d, block_k, 1, 4) == flash_forward_accesses_paper(n, d, 4 * d * 128) * 4
+    # by hand: K, V once; per key block Q read, O read + written, fp32 ℓ and m read + written
+    assert fa1_forward_bytes(100, 8, 30, 2, 2) == 2 * (2 * 100 * 8 * 2 + 4 * (3 * 100 * 8 * 2 + 16 * 100))
+    # same tile sizes: FA-1 re-reads Q and re-writes O (3Nd per pass), FA-2 re-reads K and V (2Nd per pass)
+    assert fa1_forward_bytes(n, d, 128) > tiled_forward_bytes(n, d, 128)
+    with pytest.raises(ValueError, match="block_k"):
+        fa1_forward_bytes(n, d, 0)
 
 
 def test_fused_is_the_floor_and_the_gap_grows_with_n():

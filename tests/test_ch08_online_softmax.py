@@ -153,3 +153,34 @@ def test_ch08_checker_rejects_classic_mistakes(wrong):
 def test_ch08_message_names_the_rescale():
     with pytest.raises(ExerciseError, match="old numerator"):
         check_online_step(step_forgets_old_numerator)
+
+
+# --- what chapter 08 says about fp16: the overflow limits, fp32 statistics, and the kernel lines it displays ----
+
+def test_fp16_overflow_points_and_the_max_trick():
+    limit16 = math.log(torch.finfo(torch.float16).max)
+    assert 11 < limit16 < 11.1
+    row = torch.tensor([[12.0, 3.0, 0.0]], dtype=torch.float16)  # just past fp16's limit, far below fp32's
+    assert torch.isnan(softmax_without_max(row)).any()
+    assert torch.isfinite(softmax_without_max(row.float())).all()
+    assert torch.isnan(softmax_without_max(torch.tensor([[89.0, 0.0]]))).any()  # past fp32's limit
+    torch.testing.assert_close(online_softmax(torch.tensor([[89.0, 3.0, 0.0]], dtype=torch.float16)).float(),
+                               torch.softmax(torch.tensor([[89.0, 3.0, 0.0]], dtype=torch.float64), -1).float(),
+                               **tolerance(torch.float16))
+    running = torch.zeros((), dtype=torch.float16)
+    for _ in range(3000):
+        running = running + 1
+    assert running.item() == 2048  # an fp16 running sum of ones stops at 2^11
+
+
+def test_the_kernel_lines_chapter_08_displays_exist():
+    import inspect
+    import re
+
+    from attention_lab.flash import triton_attention
+    from attention_lab.kernels import common
+
+    state = [line for line in inspect.getsource(triton_attention).splitlines()
+             if re.match(r"\s+(m_i|l_i|acc) = tl\.zeros\(", line)]
+    assert len(state) >= 3 and all("tl.float32" in line for line in state)
+    assert any("p.to(values.dtype)" in line for line in inspect.getsource(common).splitlines())

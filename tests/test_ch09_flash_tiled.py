@@ -10,8 +10,8 @@ from attention_lab.attention import scaled_dot_product_attention
 from attention_lab.costs.timing import peak_memory
 from attention_lab.exercises import ExerciseError
 from attention_lab.exercises.ch09 import check_block_update
-from attention_lab.flash.tiled import (FULL, PARTIAL, SKIP, block_schedule, tiled_attention,
-                                       tiled_attention_forward)
+from attention_lab.flash.tiled import (FULL, PARTIAL, SKIP, block_schedule, count_non_matmul_flops, non_matmul_flops,
+                                       tiled_attention, tiled_attention_forward, tiled_attention_forward_fa1)
 from reference import TOLERANCES, allowed_positions, attention_fp64, random_qkv, tolerance
 
 
@@ -222,3 +222,95 @@ def test_bad_scale_is_a_value_error(scale):
     q, k, v = random_qkv(1, 2, 2, 5, 5, 8)
     with pytest.raises(ValueError, match="scale must be a finite real number > 0"):
         tiled_attention(q, k, v, causal=True, scale=scale)
+
+
+# --- FlashAttention-1's loop order (K/V blocks outside) ---------------------------------------------------------
+
+@pytest.mark.parametrize("block_q,block_k", [(16, 16), (7, 5), (64, 64), (1, 3)])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}q{c[3]}k{c[4]}c{int(c[6])}w{c[7]}")
+def test_fa1_order_matches_float64_and_the_fa2_order(case, block_q, block_k):
+    batch, heads, kv_heads, nq, nk, d, causal, window = case
+    q, k, v = random_qkv(batch, heads, kv_heads, nq, nk, d, seed=nq + block_k)
+    out, lse = tiled_attention_forward_fa1(q, k, v, causal=causal, window=window, block_q=block_q, block_k=block_k)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert out.dtype == torch.float32 and lse.dtype == torch.float32 and lse.shape == (batch, heads, nq)
+    torch.testing.assert_close(out.double(), attention_fp64(q, k, v, causal=causal, window=window), atol=atol, rtol=rtol)
+    out2, lse2 = tiled_attention_forward(q, k, v, causal=causal, window=window, block_q=block_q, block_k=block_k)
+    torch.testing.assert_close(out, out2, **tolerance("fp32_paths"))
+    torch.testing.assert_close(lse, lse2, **tolerance("fp32_paths"))
+
+
+def test_fa1_order_float64_to_rounding_with_an_explicit_mask_and_an_empty_row():
+    q, k, v = random_qkv(2, 4, 2, 19, 23, 8, dtype=torch.float64, seed=11)
+    mask = torch.rand(2, 1, 19, 23, generator=torch.Generator().manual_seed(2)) > 0.5
+    mask[:, :, 5] = False  # query 5 sees nothing: zeros, LSE −inf
+    out, lse = tiled_attention_forward_fa1(q, k, v, mask=mask, block_q=4, block_k=6)
+    torch.testing.assert_close(out, attention_fp64(q, k, v, mask=mask), **tolerance("fp64_paths"))
+    assert (out[:, :, 5] == 0).all() and torch.isneginf(lse[:, :, 5]).all()
+    _, lse2 = tiled_attention_forward(q, k, v, mask=mask, block_q=4, block_k=6)
+    torch.testing.assert_close(lse, lse2, **tolerance("fp64_paths"))
+
+
+@pytest.mark.parametrize("n_queries,n_keys", [(9, 5), (4, 0)])
+def test_fa1_order_more_queries_than_keys_gives_zero_rows(n_queries, n_keys):
+    q, k, v = random_qkv(1, 2, 1, n_queries, n_keys, 8, seed=3)
+    out, lse = tiled_attention_forward_fa1(q, k, v, causal=True, block_q=2, block_k=3)
+    assert (out[:, :, :n_queries - n_keys] == 0).all() and torch.isneginf(lse[:, :, :n_queries - n_keys]).all()
+    if n_keys:
+        torch.testing.assert_close(out.double(), attention_fp64(q, k, v, causal=True), **tolerance(torch.float32))
+
+
+def test_fa1_order_nan_stays_nan_and_half_precision_keeps_fp32_statistics():
+    q, k, v = random_qkv(1, 2, 2, 11, 11, 8, seed=4)
+    q[0, 1, 6, 2] = float("nan")
+    out, lse = tiled_attention_forward_fa1(q, k, v, causal=True, block_q=4, block_k=4)
+    assert torch.isnan(out[0, 1, 6]).all() and torch.isnan(lse[0, 1, 6])
+    assert torch.isfinite(out[0, 0]).all()
+    q16, k16, v16 = (t.half() * 20 for t in random_qkv(1, 2, 2, 30, 30, 16, seed=5))  # scores far past exp's fp16 limit
+    out16, lse16 = tiled_attention_forward_fa1(q16, k16, v16, block_q=8, block_k=8)
+    assert out16.dtype == torch.float16 and lse16.dtype == torch.float32 and torch.isfinite(out16).all()
+    torch.testing.assert_close(out16.double(), attention_fp64(q16, k16, v16), **tolerance(torch.float16))
+
+
+def test_the_two_orders_visit_the_same_tiles_in_transposed_order():
+    q, k, v = random_qkv(1, 1, 1, 40, 40, 8, seed=6)
+    for settings in ({}, {"causal": True}, {"window": 9}):
+        fa1, fa2 = [], []
+        tiled_attention_forward_fa1(q, k, v, block_q=8, block_k=16, trace=fa1, **settings)
+        tiled_attention_forward(q, k, v, block_q=8, block_k=16, trace=fa2, **settings)
+        schedule = block_schedule(40, 40, 8, 16, **settings)
+        visited = sorted((i, j) for i in range(schedule.shape[0]) for j in range(schedule.shape[1]) if schedule[i, j] != SKIP)
+        assert sorted(fa1) == sorted(fa2) == visited
+        assert fa1 == sorted(fa1, key=lambda tile: (tile[1], tile[0]))  # key blocks outside
+        assert fa2 == sorted(fa2)  # query blocks outside
+
+
+@pytest.mark.parametrize("batch,heads,kv_heads,nq,nk,d,block_q,block_k", [
+    (1, 1, 1, 64, 64, 16, 16, 16), (2, 4, 2, 37, 50, 8, 7, 9), (1, 3, 3, 5, 29, 40, 4, 64), (1, 2, 1, 1, 17, 16, 1, 3)])
+def test_non_matmul_flops_formula_equals_the_count_on_the_running_code(batch, heads, kv_heads, nq, nk, d, block_q, block_k):
+    q, k, v = random_qkv(batch, heads, kv_heads, nq, nk, d, seed=7)
+    for order, forward in (("fa1", tiled_attention_forward_fa1), ("fa2", tiled_attention_forward)):
+        counted = count_non_matmul_flops(lambda: forward(q, k, v, block_q=block_q, block_k=block_k))
+        assert counted == non_matmul_flops(order, nq, nk, d, block_k, batch * heads), order
+    assert non_matmul_flops("fa1", nq, nk, d, block_k) > non_matmul_flops("fa2", nq, nk, d, block_k)
+
+
+def test_non_matmul_flops_by_hand_and_bad_arguments():
+    # one row, one block of 4 keys, d = 2: fa2 5·4 + (2·2 + 5) + 2 + 2 = 33; fa1 5·4 + (4·2 + 8) + 2 = 38
+    assert non_matmul_flops("fa2", 1, 4, 2, 4) == 33 and non_matmul_flops("fa1", 1, 4, 2, 4) == 38
+    assert non_matmul_flops("fa2", 3, 4, 2, 4, batch_heads=5) == 15 * 33
+    assert count_non_matmul_flops(lambda: torch.ones(3) @ torch.ones(3)) == 0  # matrix products are not counted
+    with pytest.raises(ValueError, match="loop_order must be one of"):
+        non_matmul_flops("fa3", 1, 4, 2, 4)
+    with pytest.raises(ValueError, match="block_k must be"):
+        non_matmul_flops("fa1", 1, 4, 2, 0)
+
+
+def test_fa1_order_bad_input_is_a_clear_error():
+    q, k, v = random_qkv(1, 2, 2, 9, 5, 8)
+    with pytest.raises(ValueError, match="block_k must be"):
+        tiled_attention_forward_fa1(q, k, v, block_k=0)
+    with pytest.raises(ValueError, match="head_dim"):
+        tiled_attention_forward_fa1(q, k[..., :4], v)
+    with pytest.raises(ValueError, match="scale must be a finite real number > 0"):
+        tiled_attention_forward_fa1(q, k, v, scale=-1.0)

@@ -19,6 +19,13 @@ FULL_GH100_SMS = 144  # SMs on the full GH100 die; no H100 product enables all o
 # The H100 row of the GPU table the lecture borrows from a blog post: the full die's SM count next to the
 # PCIe card's bandwidth. Chapter 07 checks it against the driver and a measured copy.
 LECTURE_H100_ROW = {"sms": 144, "bandwidth_tb_s": 2.0}
+# Three sentences of the same blog post's GPU section, as issue #17 quotes them; chapter 07 names each one and
+# shows, with the numbers below, what is true instead.
+BLOG_CLAIMS = {
+    "warp": "1 warp equal 3 threads",  # a warp is WARP_SIZE = 32 threads
+    "sm": "1 SM – 1 thread block",  # an SM holds several resident blocks at once (resident_blocks)
+    "kernel": "threads (a.k.a. kernel)",  # a kernel is the function a grid of threads runs (launch_geometry)
+}
 
 
 @dataclass(frozen=True)
@@ -159,3 +166,160 @@ def measure_matmul_flops(n: int = 8192, dtype: torch.dtype = torch.bfloat16,
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = time_function(lambda: a @ b, warmup=3, repeats=repeats, device=device)
     return 2 * n**3 / seconds
+
+
+# --- what one SM can hold at once: resident blocks ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SMLimits:
+    """Per-SM and per-block limits of one compute capability (CUDA C++ Programming Guide, "Technical
+    Specifications per Compute Capability"). Sizes in the units named."""
+
+    compute_capability: int  # sm_80 -> 80
+    max_threads_per_sm: int  # resident threads (= 32 × resident warps)
+    max_blocks_per_sm: int  # resident thread blocks
+    max_threads_per_block: int
+    registers_per_sm: int  # 32-bit registers in one SM's register file
+    max_registers_per_thread: int
+    shared_memory_per_sm_kib: int  # the most shared memory an SM can give all its blocks together
+    shared_memory_per_block_kib: int  # the most one block may ask for (opt-in)
+    reserved_shared_per_block_bytes: int  # taken by CUDA itself from each block's share (1 KiB from sm_80 on)
+    register_allocation_unit: int = 256  # registers are handed to a warp in units of 256 (occupancy calculator)
+
+
+SM_LIMITS: dict[int, SMLimits] = {
+    75: SMLimits(75, 1024, 16, 1024, 65536, 255, 64, 64, 0),  # Turing (T4)
+    80: SMLimits(80, 2048, 32, 1024, 65536, 255, 164, 163, 1024),  # A100
+    90: SMLimits(90, 2048, 32, 1024, 65536, 255, 228, 227, 1024),  # H100, H200
+}
+
+
+@dataclass(frozen=True)
+class Residency:
+    """How many blocks of one launch an SM holds at once, and which resource stops it holding more."""
+
+    blocks: int  # resident blocks per SM: the smallest of ``limits``
+    limits: dict[str, int]  # resource -> how many blocks that resource alone would allow
+    threads_per_block: int
+
+    @property
+    def binding(self) -> str:
+        """The resource that sets :attr:`blocks` (the first one, where several tie)."""
+        return next(name for name, count in self.limits.items() if count == self.blocks)
+
+    @property
+    def threads(self) -> int:
+        """Resident threads per SM."""
+        return self.blocks * self.threads_per_block
+
+
+def resident_blocks(compute_capability: int, threads_per_block: int, registers_per_thread: int,
+                    shared_bytes_per_block: int) -> Residency:
+    """Blocks of one kernel launch that a single SM runs at the same time (a simplified occupancy calculator).
+
+    Four limits, each computed alone: the SM's thread slots, its block slots, its register file (registers are
+    allocated per warp in units of :attr:`SMLimits.register_allocation_unit`) and its shared memory (each block
+    also loses :attr:`SMLimits.reserved_shared_per_block_bytes` to CUDA); the SM holds the smallest. Shared
+    memory's own allocation granularity (128–256 bytes) is left out. A ``ValueError`` says why a block that
+    cannot launch at all (too many threads, registers or bytes) cannot.
+    """
+    if compute_capability not in SM_LIMITS:
+        raise ValueError(f"compute_capability must be one of {sorted(SM_LIMITS)}, got {compute_capability!r}")
+    limits = SM_LIMITS[compute_capability]
+    for name, value in (("threads_per_block", threads_per_block), ("registers_per_thread", registers_per_thread)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(shared_bytes_per_block, bool) or not isinstance(shared_bytes_per_block, int) or shared_bytes_per_block < 0:
+        raise ValueError(f"shared_bytes_per_block must be an integer >= 0, got {shared_bytes_per_block!r}")
+    if threads_per_block > limits.max_threads_per_block:
+        raise ValueError(f"threads_per_block must be at most {limits.max_threads_per_block} on sm_{compute_capability}, "
+                         f"got {threads_per_block}")
+    if registers_per_thread > limits.max_registers_per_thread:
+        raise ValueError(f"registers_per_thread must be at most {limits.max_registers_per_thread}, got {registers_per_thread}")
+    if shared_bytes_per_block > limits.shared_memory_per_block_kib * 1024:
+        raise ValueError(f"shared_bytes_per_block must be at most {limits.shared_memory_per_block_kib} KiB on "
+                         f"sm_{compute_capability}, got {shared_bytes_per_block} bytes")
+    warps = -(-threads_per_block // WARP_SIZE)  # a block is run as whole warps
+    unit = limits.register_allocation_unit
+    registers_per_warp = -(-registers_per_thread * WARP_SIZE // unit) * unit
+    shared_per_block = shared_bytes_per_block + limits.reserved_shared_per_block_bytes
+    by_resource = {
+        "threads": limits.max_threads_per_sm // (warps * WARP_SIZE),
+        "block slots": limits.max_blocks_per_sm,
+        "registers": (limits.registers_per_sm // registers_per_warp) // warps,
+        # a block that asks for no shared memory (and loses none to CUDA) is not limited by it
+        "shared memory": ((limits.shared_memory_per_sm_kib * 1024) // shared_per_block if shared_per_block
+                          else limits.max_blocks_per_sm),
+    }
+    return Residency(min(by_resource.values()), by_resource, threads_per_block)
+
+
+@dataclass(frozen=True)
+class LaunchGeometry:
+    """One kernel launch: one function, run by ``blocks × threads_per_block`` threads."""
+
+    elements: int
+    threads_per_block: int
+    elements_per_thread: int
+    blocks: int  # the grid
+    threads: int  # blocks × threads_per_block
+
+    def waves(self, sms: int, resident_blocks_per_sm: int) -> float:
+        """How many times over the card's resident block slots the grid fills (blocks / (SMs × resident per SM))."""
+        return self.blocks / (sms * resident_blocks_per_sm)
+
+
+def launch_geometry(elements: int, threads_per_block: int = 256, elements_per_thread: int = 1) -> LaunchGeometry:
+    """The grid of an elementwise kernel over ``elements`` values: each thread handles ``elements_per_thread``
+    of them, ``threads_per_block`` threads form a block, and ``⌈elements / (threads_per_block ·
+    elements_per_thread)⌉`` blocks form the grid. Every thread runs the same function: the kernel."""
+    for name, value in (("elements", elements), ("threads_per_block", threads_per_block),
+                        ("elements_per_thread", elements_per_thread)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    blocks = -(-elements // (threads_per_block * elements_per_thread))
+    return LaunchGeometry(elements, threads_per_block, elements_per_thread, blocks, blocks * threads_per_block)
+
+
+# --- the memory hierarchy the FlashAttention paper draws (and the blog copies) ----------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryLevel:
+    """One level of a memory hierarchy: its bandwidth and its size."""
+
+    name: str
+    bandwidth_bytes_s: float
+    capacity_bytes: float
+    where: str  # what the number describes
+
+
+FLASH_PAPER_FIGURE_1 = ("Dao et al., FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness "
+                        "(2022, arXiv:2205.14135), Figure 1 left: 'Memory Hierarchy with Bandwidth & Memory Size'")
+# The figure's three levels, for an A100 (40 GB) in a host with > 1 TB of DRAM.
+FLASH_PAPER_MEMORY_HIERARCHY = (
+    MemoryLevel("SRAM", 19e12, 20e6, "GPU on-chip shared memory / L1, all SMs together"),
+    MemoryLevel("HBM", 1.5e12, 40e9, "GPU device memory (A100 40 GB)"),
+    MemoryLevel("CPU DRAM", 12.8e9, 1e12, "main memory of the host (> 1 TB)"),
+)
+# Shared memory has 32 banks, each delivering 32 bits per clock (CUDA C++ Programming Guide, "Shared Memory",
+# compute capability 5.x and later): 128 bytes per clock per SM.
+SHARED_MEMORY_BYTES_PER_CLOCK_PER_SM = 32 * 4
+A100_BOOST_CLOCK_GHZ = 1.41  # NVIDIA A100 Tensor Core GPU Architecture whitepaper (2020), A100 SXM4 boost clock
+# Dense fp16 tensor-core multiply-adds per clock per A100 SM: 4 tensor cores × 256 FMA (same whitepaper).
+A100_TENSOR_FMA_PER_CLOCK_PER_SM = 4 * 256
+# FP32 lanes per A100 SM (same whitepaper: 64 FP32 cores per SM): the units that run everything that is not a
+# matrix product (exp, max, rescaling), at one fused multiply-add per lane per clock.
+A100_FP32_LANES_PER_SM = 64
+
+
+def shared_memory_bandwidth(sms: int, clock_ghz: float,
+                            bytes_per_clock_per_sm: int = SHARED_MEMORY_BYTES_PER_CLOCK_PER_SM) -> float:
+    """Aggregate shared-memory bandwidth in bytes/s: every SM's banks delivering ``bytes_per_clock_per_sm``
+    each clock — ``sms × bytes_per_clock_per_sm × clock``."""
+    check = int(sms) == sms and sms >= 1 and clock_ghz > 0 and bytes_per_clock_per_sm >= 1
+    if not check:
+        raise ValueError(f"sms must be a positive integer and clock_ghz, bytes_per_clock_per_sm positive; got "
+                         f"{sms!r}, {clock_ghz!r}, {bytes_per_clock_per_sm!r}")
+    return sms * bytes_per_clock_per_sm * clock_ghz * 1e9

@@ -53,6 +53,29 @@ def unfused_forward_kernels(n: int, d: int, batch_heads: int = 1, bytes_per_elem
     ]
 
 
+def fused_softmax_kernels(n: int, d: int, batch_heads: int = 1, bytes_per_element: int = 2,
+                          pv_in_same_kernel: bool = False) -> list[KernelCost]:
+    """The lecture slides' "fused kernel": QKᵀ, mask and softmax fused into one kernel that still writes the
+    weights ``A″ = softmax(mask(QKᵀ))`` (``N × N``) to HBM — which FlashAttention never does.
+
+    1. ``A″ = softmax(mask(Q Kᵀ · scale))``: reads Q, K (2Nd), writes A″ (N²); the mask is computed from the
+       positions inside the kernel, so no mask tensor is read.
+    2. ``O = A″ V``: reads A″ (N²) and V (Nd), writes O (Nd).
+
+    Total ``4Nd + 2N²`` elements. ``pv_in_same_kernel=True`` is the most generous reading — one kernel that
+    also multiplies by V and writes O beside A″ (reads Q, K, V; writes A″ and O): ``4Nd + N²``, still N².
+    """
+    _check(n, d, batch_heads, bytes_per_element)
+    e, bh = bytes_per_element, batch_heads
+    qk, pv = matmul_cost(n, n, d, e, batch=bh), matmul_cost(n, d, n, e, batch=bh)
+    softmax_flops = softmax_cost(bh * n, n, e).flops + bh * n * n  # + one compare per element for the mask
+    if pv_in_same_kernel:
+        return [KernelCost("QKᵀ+mask+softmax+PV, writes A″", qk.flops + softmax_flops + pv.flops,
+                           float(bh * 3 * n * d * e), float(bh * (n * n + n * d) * e))]
+    return [KernelCost("QKᵀ+mask+softmax, writes A″", qk.flops + softmax_flops, qk.bytes_read, qk.bytes_written),
+            KernelCost("O = A″V", pv.flops, pv.bytes_read, pv.bytes_written)]
+
+
 def unfused_backward_kernels(n: int, d: int, batch_heads: int = 1, bytes_per_element: int = 2,
                              mask_bytes_per_element: int = 1) -> list[KernelCost]:
     """Standard attention's backward from the saved P (N²), again one kernel per step.
@@ -129,11 +152,24 @@ def standard_forward_accesses_paper(n: int, d: int) -> int:
 def tiled_forward_bytes(n: int, d: int, block_q: int, batch_heads: int = 1, bytes_per_element: int = 2) -> int:
     """Bytes moved by :func:`attention_lab.flash.tiled.tiled_attention`'s loop order (outer loop over
     query blocks, as in FlashAttention-2): Q read once, O written once, K and V re-read once per query block
-    (``⌈N/Br⌉`` times), fp32 LSE written once."""
+    (``⌈N/Br⌉`` times), fp32 LSE written once — with no cache hits."""
     _check(n, d, batch_heads, bytes_per_element)
     check_positive_int("block_q", block_q)
     query_blocks = math.ceil(n / block_q)
     return batch_heads * ((2 * n * d + query_blocks * 2 * n * d) * bytes_per_element + 4 * n)
+
+
+def fa1_forward_bytes(n: int, d: int, block_k: int, batch_heads: int = 1, bytes_per_element: int = 2) -> int:
+    """Bytes moved by FlashAttention-1's loop order (:func:`attention_lab.flash.tiled.tiled_attention_forward_fa1`:
+    outer loop over key/value blocks): K and V read once (2Nd); for each of the ``⌈N/Bc⌉`` key blocks the inner
+    loop reads all of Q, reads and writes all of O (3Nd) and reads and writes the fp32 ℓ and m (16 bytes per
+    query) — with no cache hits. The paper's count (:func:`flash_forward_accesses_paper`) in bytes; like it,
+    it leaves out the initial write of O = 0, ℓ = 0, m = −inf."""
+    _check(n, d, batch_heads, bytes_per_element)
+    check_positive_int("block_k", block_k)
+    key_blocks = math.ceil(n / block_k)
+    e = bytes_per_element
+    return batch_heads * (2 * n * d * e + key_blocks * (3 * n * d * e + 4 * n * 4))
 
 
 def flash_backward_bytes(n: int, d: int, block_k: int, batch_heads: int = 1, bytes_per_element: int = 2) -> int:
@@ -193,7 +229,9 @@ def plot_kernel_steps(results: dict, ax=None):
     ax.set_xlabel("kernel")
     ax.set_ylabel("time (ms)")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend()
+    tallest = max(max(row["seconds"], row["predicted_seconds"]) for row in rows) * 1e3
+    ax.set_ylim(0, tallest * 1.3)  # headroom: the legend sits above the bars, not on them
+    ax.legend(loc="upper left", fontsize=10)
     return ax
 
 
@@ -234,5 +272,5 @@ def plot_chain_vs_fused(results: dict, ax=None):
     ax.set_xlabel("sequence length N (tokens)")
     ax.set_ylabel("time (ms)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=10)
     return ax

@@ -109,10 +109,10 @@ def plot_roofline(specs, kernels=(), ax=None, intensity_range=(0.05, 2000.0), me
     for intensity, names in names_at.items():
         ax.axvline(intensity, color="grey", lw=0.8, alpha=0.6)
         ax.text(intensity, bottom * 1.5, " " + ", ".join(names), rotation=90, va="bottom", ha="right",
-                fontsize=8, color="dimgrey")
+                fontsize=10, color="dimgrey")
     ax.set_xlabel("arithmetic intensity (FLOP / byte of device memory)")
     ax.set_ylabel("attainable (TFLOP/s)")
     ax.set_title("Roofline: dense 16-bit tensor peak vs memory bandwidth (dotted: ridge points)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=10, loc="upper left")
     return ax

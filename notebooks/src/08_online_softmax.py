@@ -9,16 +9,22 @@
 # calculation for softmax*, 2018) is what FlashAttention is built on.
 
 # %%
+import inspect
 import math
+import re
 
 import matplotlib.pyplot as plt
 import torch
 
+from attention_lab.flash import triton_attention
+from attention_lab.flash.tiled import tiled_attention_forward
+from attention_lab.kernels import common as kernel_common
 from attention_lab.flash.online_softmax import (TOY_KEYS, TOY_QUERY, TOY_VALUES, online_attention, online_softmax,
                                                 softmax_without_max, stream_plain, stream_with_max, toy_closed_form,
                                                 toy_scores)
 
 torch.set_num_threads(1)  # this chapter's tensors are small: one CPU thread beats several contending for them
+plt.rcParams.update({"font.size": 12})  # figures stay readable when projected
 
 # %% [markdown]
 # ## The toy
@@ -104,9 +110,75 @@ row = torch.tensor([[1000.0, 1001.0, 1002.0]])
 print("fp32 exp(x)/Σexp(x):", softmax_without_max(row).tolist(), "| online softmax:", online_softmax(row).tolist())
 
 # %% [markdown]
-# In fp16 — the format the T4 computes in — $e^x$ already overflows at $x \approx 11$; attention logits
-# of that size are routine. The max trick is not an optimisation; without it the kernel returns NaN.
+# ## What overflows where, in fp16
 #
+# fp16 is the format of the free T4 (it has no bf16), and the table above gives it by far the smallest
+# limit. But "in fp16 the kernel returns NaN" would overstate it: what breaks depends on *which* numbers are
+# held in fp16. Three ways to compute the same softmax, on a row whose largest score is just past the fp16
+# limit, and on one past the fp32 limit (fp16 stores both scores exactly):
+
+# %%
+fp16_limit = math.log(torch.finfo(torch.float16).max)
+fp32_limit = math.log(torch.finfo(torch.float32).max)
+rows16 = {f"largest score {math.ceil(fp16_limit)}": torch.tensor([[math.ceil(fp16_limit), 3.0, 0.0]], dtype=torch.float16),
+          f"largest score {math.ceil(fp32_limit)}": torch.tensor([[math.ceil(fp32_limit), 3.0, 0.0]], dtype=torch.float16)}
+ways = {"exp(s) / Σ exp(s), all in fp16": lambda row: softmax_without_max(row),
+        "exp(s) / Σ exp(s), statistics in fp32": lambda row: softmax_without_max(row.float()),
+        "running max subtracted, all in fp16": lambda row: online_softmax(row)}
+print(f"exp overflows above {fp16_limit:.2f} in fp16 and above {fp32_limit:.2f} in fp32\n")
+for label, row in rows16.items():
+    print(f"{label}: scores {row.tolist()[0]}")
+    for way, softmax in ways.items():
+        weights = softmax(row)
+        print(f"    {way:40}: {[round(w, 4) for w in weights.float().tolist()[0]]}"
+              f"{'  <- NaN' if torch.isnan(weights).any() else ''}")
+
+# %% [markdown]
+# So, precisely: **without** the max, $e^{s}$ overflows to $\infty$ in fp16 once a score passes the first limit
+# printed above, and the row becomes $\infty / \infty = $ NaN; a kernel that computes $e^s$ and keeps $m$ and
+# $\ell$ in fp32 would survive up to the fp32 limit. **With** the running max every exponent is $\le 0$,
+# so $e^{s - m} \le 1$ cannot overflow in any format. The book's kernels do both — they subtract the
+# running max *and* keep the statistics in fp32, even for fp16 inputs: chapter 09's tiled forward computes in
+# fp32 (its saved log-sum-exp comes back as fp32), and chapter 10's Triton kernel creates $m_i$, $\ell_i$
+# and the accumulator in fp32 and casts only $P$ down, for the $P V$ product. Its own source, read from the
+# library:
+
+# %%
+state_lines = [line.strip() for line in inspect.getsource(triton_attention).splitlines()
+               if re.match(r"\s+(m_i|l_i|acc) = tl\.zeros\(", line)]  # where the forward creates its state
+cast_lines = [line.strip() for line in inspect.getsource(kernel_common).splitlines()  # the update every kernel calls
+              if "p.to(values.dtype)" in line]
+for line in state_lines:
+    print("flash/triton_attention.py:", line)
+for line in cast_lines:
+    print("kernels/common.py:        ", line)
+if not (state_lines and cast_lines):
+    print("the kernel's source no longer has the lines this cell looks for: read attention_lab/flash/triton_attention.py")
+generator = torch.Generator().manual_seed(1)
+q16, k16, v16 = (torch.randn(1, 2, 40, 64, generator=generator).half() for _ in range(3))
+q16 = q16 * 30  # scores up to a few hundred: past the fp16 AND the fp32 limit of exp
+out16, lse16 = tiled_attention_forward(q16, k16, v16)
+largest = (q16.float() @ k16.float().transpose(-1, -2) * 64**-0.5).max().item()
+reference = torch.softmax(q16.double() @ k16.double().transpose(-1, -2) * 64**-0.5, -1) @ v16.double()
+print(f"\nchapter 09's tiled forward, fp16 inputs, largest scaled score {largest:.0f}: output {out16.dtype}, "
+      f"finite {torch.isfinite(out16).all().item()}, max error vs fp64 {(out16.double() - reference).abs().max():.1e} "
+      f"(fp16 spacing near 1: {torch.finfo(torch.float16).eps:.1e}); LSE kept in {lse16.dtype}")
+
+# %% [markdown]
+# There is a second reason to keep $\ell$ in fp32, and it is about precision, not range. $\ell = \sum_j
+# e^{s_j - m}$ can grow as large as the number of keys, and fp16 carries 11 significant bits: once a running
+# sum reaches $2^{11}$, adding 1 no longer changes it. A row of equal scores, folded in one key at a time:
+
+# %%
+for dtype in (torch.float16, torch.float32):
+    l_running = torch.zeros((), dtype=dtype)
+    for _ in range(4096):
+        l_running = l_running + torch.ones((), dtype=dtype)  # one key of weight exp(s − m) = 1
+    bits = round(-math.log2(torch.finfo(dtype).eps)) + 1  # significant bits, the implicit leading one included
+    print(f"{str(dtype):14}: ℓ after 4096 equal keys = {l_running.item():.0f} (should be 4096); {bits} significant "
+          f"bits -> adding 1 is lost once ℓ reaches 2^{bits} = {2 ** bits}")
+
+# %% [markdown]
 # ## Blocks and vectors
 #
 # Nothing above needed the keys to arrive one at a time. A **block** of keys updates the state at once:
@@ -143,21 +215,21 @@ row = torch.randn(64, generator=torch.Generator().manual_seed(3)) * 3
 steps = stream_with_max(row.tolist(), [0.0] * 64)
 block_size = 8
 block_ends = list(range(block_size - 1, 64, block_size))
-fig, (ax_m, ax_d) = plt.subplots(1, 2, figsize=(11, 3.5))
+fig, (ax_m, ax_d) = plt.subplots(1, 2, figsize=(14, 4.5))
 ax_m.plot(row.numpy(), ".", color="grey", label="logit s_j")
 ax_m.step(range(64), [s.m for s in steps], where="post", label="running max m (per key)")
 ax_m.plot(block_ends, [steps[j].m for j in block_ends], "o", label=f"m after each block of {block_size}")
 ax_m.set_title("Running maximum")
 ax_m.set_xlabel("keys seen")
 ax_m.set_ylabel("logit")
-ax_m.legend(fontsize=8)
+ax_m.legend(fontsize=10)
 ax_d.plot(range(64), [s.denominator for s in steps], label="D = Σ exp(s_j − m)")
 rescaled_at = [s.key_index for s in steps[1:] if s.rescale < 1]
 ax_d.plot(rescaled_at, [steps[j].denominator for j in rescaled_at], "v", label="a new max rescaled D")
 ax_d.set_title("Running denominator, relative to the running max")
 ax_d.set_xlabel("keys seen")
 ax_d.set_ylabel("D (dimensionless)")
-ax_d.legend(fontsize=8)
+ax_d.legend(fontsize=10)
 plt.tight_layout()
 plt.show()
 print(f"the maximum changed {len(rescaled_at)} times in 64 keys; final D = {steps[-1].denominator:.4f}, "
@@ -192,6 +264,10 @@ check_online_step(step)
 #   differences printed above — within $10^{-12}$.
 # * Without the max, scores of 1000 give $N = D = \infty$ and NaN; with it, the same answer as the toy,
 #   because softmax does not change when every score shifts by the same amount.
+# * fp16 precisely: without the max, $e^s$ overflows in fp16 past the limit printed above (and in fp32 past
+#   its own, larger one); with the max nothing overflows in either. The book's kernels subtract the max and
+#   keep $m$, $\ell$ and the accumulator in fp32 — so fp16 inputs with scores past both limits come out
+#   finite — and an fp16 $\ell$ would in any case stop counting at $2^{11}$ equal keys.
 # * The rescale $e^{m_{old}-m_{new}}$ must multiply **both** the old numerator and the old denominator.
 # * Blocks of any size — 1, 7, 16, the whole row — give the softmax to rounding error, masked keys and
 #   huge logits included. The state per query is two numbers and one vector: $O(d)$, never $O(N)$.
