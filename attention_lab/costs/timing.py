@@ -11,8 +11,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
-def time_function(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, device: torch.device | str | None = None) -> float:
-    """Median wall time of ``fn()`` in seconds (CUDA events on a GPU, perf_counter on the CPU)."""
+def run_times(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device | str | None,
+              cpu_clock: Callable[[], float]) -> list[float]:
+    """Seconds of each of ``repeats`` runs of ``fn()`` after ``warmup`` runs: CUDA events on a GPU, ``cpu_clock``
+    (``time.perf_counter`` for wall time, ``time.process_time`` for CPU time) on the CPU."""
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for _ in range(warmup):
         fn()
@@ -26,10 +28,15 @@ def time_function(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, d
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
-            t0 = time.perf_counter()
+            t0 = cpu_clock()
             fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            times.append(cpu_clock() - t0)
+    return times
+
+
+def time_function(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, device: torch.device | str | None = None) -> float:
+    """Median wall time of ``fn()`` in seconds (CUDA events on a GPU, perf_counter on the CPU)."""
+    return statistics.median(run_times(fn, warmup, repeats, device, time.perf_counter))
 
 
 class _PeakTracker(TorchDispatchMode):
@@ -92,23 +99,7 @@ def least_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     the minimum is the cleanest estimate of what ``fn`` itself costs. CPU: process CPU time (equal to wall
     time when torch uses one thread, as the chapters that time set); CUDA: CUDA events.
     """
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.process_time()
-            fn()
-            times.append(time.process_time() - t0)
-    return min(times)
+    return min(run_times(fn, warmup, repeats, device, time.process_time))
 
 
 def growth_exponent(sizes: list[float], values: list[float]) -> float:
