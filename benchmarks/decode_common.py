@@ -21,11 +21,18 @@ def kernel_plan(batch: int, n_kv_heads: int, n_heads: int, head_dim: int, contex
     return {**vars(config), "partition_size": partition, "partitions": parts}
 
 
-def timing_fields(times: dict[str, float], kv_bytes: int, copy_bytes_s: float) -> dict:
-    """Per implementation: milliseconds, KV-read TB/s, and that bandwidth as a fraction of the measured copy."""
-    return {"ms": {name: t * 1e3 for name, t in times.items()},
-            "tb_s": {name: kv_bytes / t / 1e12 for name, t in times.items()},
-            "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in times.items()}}
+def timing_fields(times: dict, kv_bytes: int, copy_bytes_s: float) -> dict:
+    """Per implementation: milliseconds, KV-read TB/s, and that bandwidth as a fraction of the measured copy.
+
+    ``times`` maps a name to seconds, or to a list of repeated runs (:func:`time_runs`): then the median is
+    reported and ``runs_ms`` / ``spread`` record every run and (max - min) / median."""
+    runs = {name: t if isinstance(t, list) else [t] for name, t in times.items()}
+    med = {name: statistics.median(r) for name, r in runs.items()}
+    return {"ms": {name: t * 1e3 for name, t in med.items()},
+            "tb_s": {name: kv_bytes / t / 1e12 for name, t in med.items()},
+            "of_copy": {name: kv_bytes / t / copy_bytes_s for name, t in med.items()},
+            "runs_ms": {name: [t * 1e3 for t in r] for name, r in runs.items()},
+            "spread": {name: (max(r) - min(r)) / med[name] for name, r in runs.items()}}
 
 
 def environment() -> dict:
@@ -110,6 +117,30 @@ def time_graph(calls: list, replays: int = 15, min_calls: int = 8) -> float:
     return statistics.median(times) / (rounds * len(calls))
 
 
+RUNS = 3  # every timed implementation is measured this many times (a new graph each), interleaved
+
+
+def time_runs(named_calls: dict, runs: int = RUNS, replays: int = 15) -> dict[str, list[float]]:
+    """Seconds per call of each implementation, ``runs`` times: {name: [run 1, run 2, ...]}.
+
+    ``named_calls`` maps a name to its list of calls (:func:`time_graph`). The runs are interleaved
+    (A, B, C, A, B, C, ...) so that a drift of the card's clock or temperature touches every
+    implementation alike; each run captures its own graph and reports the median of its replays.
+    """
+    times = {name: [] for name in named_calls}
+    for _ in range(runs):
+        for name, calls in named_calls.items():
+            times[name].append(time_graph(calls, replays=replays))
+    return times
+
+
+def summary(runs: list[float]) -> dict:
+    """Median and spread of repeated runs (seconds): what every result row records besides the median."""
+    median = statistics.median(runs)
+    return {"median": median, "min": min(runs), "max": max(runs), "spread": (max(runs) - min(runs)) / median,
+            "runs": list(runs)}
+
+
 def time_eager(call, repeats: int = 5) -> float:
     """Median seconds of ``call()`` with CUDA events (for calls that sync and cannot be captured)."""
     call()
@@ -139,27 +170,28 @@ def save_json(path: Path, payload: dict) -> None:
 
 
 def sweep(make_calls, context: int, kv_bytes: int, replays: int = 5) -> list[dict]:
-    """Time ``make_calls(config, partition_size)`` (a list of calls, one per rotated input set) over a few
-    kernel configs and partition sizes (for tuning).
+    """Time ``make_calls(config, partition_size, fused_merge)`` (a list of calls, one per rotated input set) over a
+    few kernel configs, partition sizes and both merges (for tuning).
 
     ``partition_size=None`` is the library's own choice. Failures are recorded, not raised.
     """
     from attention_lab.kernels.decode_attention import DecodeConfig
 
-    configs = [DecodeConfig(64, 4, 2), DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4), DecodeConfig(32, 4, 3),
-               DecodeConfig(128, 4, 3), DecodeConfig(128, 8, 3)]
+    configs = [DecodeConfig(128, 4, 3), DecodeConfig(64, 4, 3), DecodeConfig(128, 4, 2)]
     rows = []
     for config in configs:
-        for partition in (None, 256, 512, 1024, 2048, 4096):
-            if partition is not None and (partition % config.tile_n or partition > context):
+        for partition in (None, 128, 256, 512, 1024, 2048):
+            if partition is not None and (partition % config.tile_n or partition >= context):
                 continue
-            try:
-                seconds = time_graph(make_calls(config, partition), replays=replays)
-            except Exception as error:  # a config that does not compile or launch is reported, not fatal
-                rows.append({"config": vars(config), "partition": partition, "error": repr(error)[:200]})
-                continue
-            rows.append({"config": vars(config), "partition": partition, "ms": seconds * 1e3,
-                         "tb_s": kv_bytes / seconds / 1e12})
+            for fused in (True, False):
+                try:
+                    seconds = time_graph(make_calls(config, partition, fused), replays=replays)
+                except Exception as error:  # a config that does not compile or launch is reported, not fatal
+                    rows.append({"config": vars(config), "partition": partition, "fused": fused,
+                                 "error": repr(error)[:200]})
+                    continue
+                rows.append({"config": vars(config), "partition": partition, "fused": fused, "ms": seconds * 1e3,
+                             "tb_s": kv_bytes / seconds / 1e12})
     return rows
 
 

@@ -8,9 +8,11 @@ byte. The kernel therefore aims at one thing, reading the cache once at full ban
   times. The group's queries form the rows of a small matrix, padded to 16 for ``tl.dot``.
 * **Split-K.** Batch × KV heads alone may not fill the GPU (MQA at B=32 gives 32 programs for
   132 SMs), so the context is cut into partitions, each program computes an online-softmax partial
-  result over one partition, and a second kernel merges the partials (:mod:`attention_lab.kernels.split_k`).
-  :func:`choose_partition_size` picks the split, :func:`decode_config` the tile, both from a sweep
-  on an H100.
+  result over one partition, and the partials are merged (:mod:`attention_lab.kernels.split_k`) — by
+  default in the same launch: the program of a (sequence, KV head) that stores its partial last, as an
+  atomic counter tells, merges them all (``FUSED_MERGE``); a second merge kernel is the alternative.
+  :func:`choose_partition_size` picks the split, :func:`decode_config` the tile, both from sweeps
+  on an H100 and an H200.
 * **Paged or contiguous.** With ``PAGED`` each token's row is found through the block table
   (``block = table[n // PAGE_SIZE]``, ``row = n % PAGE_SIZE``); without it the cache is an ordinary
   ``(B, Hkv, N, D)`` tensor. Everything else is shared.
@@ -42,13 +44,15 @@ from attention_lab.validation import check_float_dtype, check_int_dtype, check_r
 from attention_lab.caches.paged import check_paged_inputs
 from attention_lab.kernels.common import LOG2_E, device_facts, dot_precision, head_offset, online_softmax_update
 from attention_lab.kernels.interpreter import interpreting, refuse_interpreted_bfloat16
-from attention_lab.kernels.split_k import merge_compile_job, merge_partitions, partial_buffers
+from attention_lab.kernels.split_k import (arrival_counters, arrive, merge_compile_job, merge_partitions, merge_rows,
+                                           partial_buffers)
 
 
 @triton.jit
 def _decode_partition_kernel(
     Q, K, V, BLOCK_TABLES, CONTEXT_LENS,  # inputs
     OUT, M_PART, L_PART, O_PART,  # outputs: final (one partition) or per-partition results
+    COUNTERS,  # (B · Hkv,) int32 arrival counters of the fused merge, zero between launches
     stride_qb, stride_qh,  # q (B, H, D)
     stride_kb, stride_kt, stride_kh,  # K: paged (blocks, PAGE_SIZE, Hkv, D) or contiguous (B, N, Hkv, D) strides
     stride_vb, stride_vt, stride_vh,  # V: same meaning as K
@@ -58,6 +62,7 @@ def _decode_partition_kernel(
     stride_mb, stride_mh,  # per-partition maxima M_PART and denominators L_PART (B, H, P), fp32, last dim contiguous
     qk_scale,  # softmax scale · log2(e)
     partition_size,  # tokens per partition (a multiple of TILE_N)
+    n_keys,  # every sequence's length when not HAS_LENS
     GROUP: tl.constexpr,  # query heads per KV head (H / Hkv)
     GROUP_PAD: tl.constexpr,  # GROUP rounded up to a power of two >= 16 (rows of the tl.dot)
     HEAD_DIM: tl.constexpr,
@@ -66,22 +71,33 @@ def _decode_partition_kernel(
     TILE_N: tl.constexpr,  # keys per loop iteration
     PAGED: tl.constexpr,
     SINGLE_PARTITION: tl.constexpr,  # True: write the normalised output directly, no reduction step
+    FUSED_MERGE: tl.constexpr,  # split-K: the last program of a (sequence, KV head) merges (else a merge kernel)
+    PARTS_PAD: tl.constexpr,  # number of partitions rounded up to a power of two (the fused merge)
+    HAS_LENS: tl.constexpr,  # lengths from CONTEXT_LENS (else every sequence has n_keys tokens)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (exact fp32 products), "tf32" (ignored) for 16-bit
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
-    length = tl.load(CONTEXT_LENS + seq)
+    if HAS_LENS:
+        length = tl.load(CONTEXT_LENS + seq)
+    else:
+        length = n_keys
     start = part * partition_size
-    if start >= length:  # this partition is past the end of a shorter sequence: nothing to do
-        return
-    end = tl.minimum(start + partition_size, length)
 
     first_head = kv_head * GROUP
     rows = tl.arange(0, GROUP_PAD)  # query heads of this group, padded, counted from its first
     row_ok = rows < GROUP
     d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = d < HEAD_DIM
+    out_rows = OUT + head_offset(seq, first_head, stride_ob, stride_oh) + rows[:, None] * stride_oh  # (GROUP_PAD, 1)
+    out_mask = row_ok[:, None] & d_ok[None, :]
+    if start >= length:  # this partition is past the end of a shorter sequence: nothing to do
+        if start == 0:  # an empty sequence: its output is zeros (no other program writes it)
+            tl.store(out_rows + d[None, :], tl.zeros((GROUP_PAD, HEAD_DIM_PAD), dtype=OUT.dtype.element_ty),
+                     mask=out_mask)
+        return
+    end = tl.minimum(start + partition_size, length)
     # 64-bit offset of the first head, 32-bit row offsets from it (2-D int64 offsets cost registers)
     q_rows = Q + head_offset(seq, first_head, stride_qb, stride_qh) + rows[:, None] * stride_qh  # (GROUP_PAD, 1)
     q = tl.load(q_rows + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (GROUP_PAD, HEAD_DIM_PAD)
@@ -116,17 +132,22 @@ def _decode_partition_kernel(
         scores = tl.where(n_ok[None, :], scores, float("-inf"))
         m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, v, DOT_PRECISION)  # acc += P V
 
-    out_mask = row_ok[:, None] & d_ok[None, :]
     out = acc / l_i[:, None]  # o = acc / l_i: the partition saw at least one key, so l_i > 0
     if SINGLE_PARTITION:
-        out_rows = OUT + head_offset(seq, first_head, stride_ob, stride_oh) + rows[:, None] * stride_oh  # (GROUP_PAD,1)
         tl.store(out_rows + d[None, :], out.to(OUT.dtype.element_ty), mask=out_mask)
     else:  # normalised, so it is safe in 16 bits: half the bytes of an fp32 acc to write and read back
-        base = head_offset(seq, first_head, stride_pb, stride_ph) + rows * stride_ph + part * stride_pp  # (GROUP_PAD,)
-        tl.store(O_PART + base[:, None] + d[None, :], out.to(O_PART.dtype.element_ty), mask=out_mask)
-        stat = head_offset(seq, first_head, stride_mb, stride_mh) + rows * stride_mh + part  # (GROUP_PAD,)
-        tl.store(M_PART + stat, m_i, mask=row_ok)
-        tl.store(L_PART + stat, l_i, mask=row_ok)
+        o_first = head_offset(seq, first_head, stride_pb, stride_ph) + rows * stride_ph  # partition 0 (GROUP_PAD,)
+        stat_first = head_offset(seq, first_head, stride_mb, stride_mh) + rows * stride_mh  # (GROUP_PAD,)
+        tl.store(O_PART + o_first[:, None] + part * stride_pp + d[None, :], out.to(O_PART.dtype.element_ty),
+                 mask=out_mask)
+        tl.store(M_PART + stat_first + part, m_i, mask=row_ok)
+        tl.store(L_PART + stat_first + part, l_i, mask=row_ok)
+        if FUSED_MERGE:  # the last of this (sequence, KV head)'s partitions to arrive merges them all
+            n_used = tl.cdiv(length, partition_size)  # partitions this sequence really used
+            if arrive(COUNTERS + seq * tl.num_programs(1) + kv_head, n_used):
+                merged = merge_rows(M_PART, L_PART, O_PART, stat_first, o_first, n_used, row_ok, d, d_ok, stride_pp,
+                                    GROUP_PAD, HEAD_DIM_PAD, PARTS_PAD)
+                tl.store(out_rows + d[None, :], merged.to(OUT.dtype.element_ty), mask=out_mask)
 
 
 # ---------------------------------------------------------------------- configuration
@@ -160,7 +181,7 @@ MAX_PARTITION = 4096  # the longest partition measured; at 32k context it was th
 
 
 def choose_partition_size(max_len: int, programs: int, group: int, tile_n: int, n_sms: int,
-                          max_extra_traffic: float = 1 / 16) -> int:
+                          max_extra_traffic: float | None = None, fused_merge: bool = False) -> int:
     """Tokens per split-K partition: as long as possible, as long as there is work for every SM.
 
     ``programs`` = B · Hkv before splitting. Splitting costs: every partition writes one output
@@ -169,22 +190,32 @@ def choose_partition_size(max_len: int, programs: int, group: int, tile_n: int, 
     attention_lab/results/decode_sweep.json) found the fastest split to be the fewest partitions
     giving about one program per SM, each at most :data:`MAX_PARTITION` tokens; many short
     partitions (16 programs per SM) were 2–10% slower. The extra traffic is capped at
-    ``max_extra_traffic``, and a partition is never shorter than 4 tiles.
+    ``max_extra_traffic`` (default 1/16), and a partition is never shorter than 4 tiles.
+
+    With ``fused_merge`` (the merge in the same launch, :mod:`attention_lab.kernels.split_k`) the partial
+    results are read back from L2 moments after they are written and no second kernel is launched, so
+    short contexts may be cut finer: extra traffic up to 1/4 and partitions of 2 tiles. On an H200
+    (attention_lab/results/decode_gqa.json, its sweep) MQA at B=32 and 1k context went from 13.7 µs
+    (2 partitions of 512) to 12.0 µs (4 of 256), SDPA 12.3 µs; every other shape there keeps its split.
     """
     if max_len <= 0:
         return tile_n
+    if max_extra_traffic is None:
+        max_extra_traffic = 1 / 4 if fused_merge else 1 / 16
+    min_tiles = 2 if fused_merge else 4
     parts = max(math.ceil(0.9 * n_sms / max(programs, 1)), math.ceil(max_len / MAX_PARTITION))
     parts = max(1, min(parts, int(max_extra_traffic * max_len / group)))
-    size = max(math.ceil(max_len / parts), 4 * tile_n)
+    size = max(math.ceil(max_len / parts), min_tiles * tile_n)
     return math.ceil(size / tile_n) * tile_n  # a whole number of tiles
 
 
 def launch_plan(batch: int, n_kv_heads: int, n_heads: int, head_dim: int, max_len: int, dtype: torch.dtype,
-                device: torch.device | str) -> tuple[DecodeConfig, int, int]:
+                device: torch.device | str, fused_merge: bool = True) -> tuple[DecodeConfig, int, int]:
     """The tile config, partition size and number of partitions the kernels use for this problem on ``device``."""
     facts = device_facts(device)
     config = decode_config(head_dim, torch.finfo(dtype).bits // 8, facts.capability)
-    partition = choose_partition_size(max_len, batch * n_kv_heads, n_heads // n_kv_heads, config.tile_n, facts.n_sms)
+    partition = choose_partition_size(max_len, batch * n_kv_heads, n_heads // n_kv_heads, config.tile_n, facts.n_sms,
+                                      fused_merge=fused_merge)
     return config, partition, max(1, math.ceil(max_len / partition))
 
 
@@ -192,7 +223,7 @@ def launch_plan(batch: int, n_kv_heads: int, n_heads: int, head_dim: int, max_le
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[int, int, int],
             v_strides: tuple[int, int, int], block_tables: torch.Tensor | None, context_lens: torch.Tensor,
             n_kv_heads: int, page_size: int, max_len: int, scale: float | None,
-            partition_size: int | None, config: DecodeConfig | None) -> torch.Tensor:
+            partition_size: int | None, config: DecodeConfig | None, fused_merge: bool = True) -> torch.Tensor:
     require_triton("the Triton decode kernel")
     if q.device.type != "cuda" and not interpreting():
         raise ValueError("the Triton decode kernel needs a CUDA GPU (or TRITON_INTERPRET=1 set before importing "
@@ -200,13 +231,14 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
     refuse_interpreted_bfloat16(q.dtype, "the Triton decode kernel")
     batch, n_heads, _, head_dim = q.shape
     group = n_heads // n_kv_heads
-    planned_config, planned_partition, _ = launch_plan(batch, n_kv_heads, n_heads, head_dim, max_len, q.dtype, q.device)
+    planned_config, planned_partition, _ = launch_plan(batch, n_kv_heads, n_heads, head_dim, max_len, q.dtype, q.device,
+                                                       fused_merge)
     if config is None:
         config = planned_config
         partition_size = planned_partition if partition_size is None else partition_size
     elif partition_size is None:
         partition_size = choose_partition_size(max_len, batch * n_kv_heads, group, config.tile_n,
-                                               device_facts(q.device).n_sms)
+                                               device_facts(q.device).n_sms, fused_merge=fused_merge)
     if not is_integer(partition_size) or partition_size < 1 or partition_size % config.tile_n != 0:
         raise ValueError(f"partition_size must be a positive multiple of tile_n={config.tile_n}, got {partition_size}")
     n_parts = max(1, math.ceil(max_len / partition_size))
@@ -215,34 +247,38 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
     q3 = q.reshape(batch, n_heads, head_dim)  # (B, H, D)
     if q3.stride(-1) != 1:
         q3 = q3.contiguous()
-    out = torch.empty_like(q3)  # (B, H, D)
+    out = torch.empty_like(q3)  # (B, H, D); an empty sequence's program 0 writes its zeros
     single = n_parts == 1
-    if single:  # a sequence of length 0 launches no work: start from zeros
-        out.zero_()
+    fused = fused_merge and not single
+    has_lens = context_lens is not None
     partials = partial_buffers(batch, n_heads, n_parts, head_dim, out)
-    tables = block_tables if block_tables is not None else context_lens  # unused when not paged
+    counters = arrival_counters(batch * n_kv_heads, q.device) if fused else out  # unused unless fused
+    lens = context_lens if has_lens else out  # unused without lengths
+    tables = block_tables if block_tables is not None else lens  # unused when not paged
     _decode_partition_kernel[(batch, n_kv_heads, n_parts)](
-        q3, k, v, tables, context_lens,
-        out, partials.m_part, partials.l_part, partials.o_part,
+        q3, k, v, tables, lens,
+        out, partials.m_part, partials.l_part, partials.o_part, counters,
         q3.stride(0), q3.stride(1),
         *k_strides, *v_strides,
         tables.stride(0),
         out.stride(0), out.stride(1),
         *partials.o_strides, *partials.m_strides,
-        scale * LOG2_E, partition_size,
+        scale * LOG2_E, partition_size, max_len,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), PAGE_SIZE=page_size, TILE_N=config.tile_n,
-        PAGED=block_tables is not None, SINGLE_PARTITION=single, DOT_PRECISION=dot_precision(q.dtype),
+        PAGED=block_tables is not None, SINGLE_PARTITION=single, FUSED_MERGE=fused,
+        PARTS_PAD=triton.next_power_of_2(n_parts), HAS_LENS=has_lens, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    if not single:
-        merge_partitions(partials, context_lens, out, partition_size, n_parts)
+    if not single and not fused:
+        merge_partitions(partials, context_lens if has_lens else max_len, out, partition_size, n_parts)
     return out.view(batch, n_heads, 1, head_dim)  # (B, H, 1, D)
 
 
 def paged_decode(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, partition_size: int | None = None,
-                 config: DecodeConfig | None = None, max_len: int | None = None) -> torch.Tensor:
+                 config: DecodeConfig | None = None, max_len: int | None = None, *,
+                 fused_merge: bool = True) -> torch.Tensor:
     """Decode attention through block tables (same contract as :func:`attention_lab.caches.paged.paged_attention_reference`).
 
     Args:
@@ -258,6 +294,8 @@ def paged_decode(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.
             whenever ``context_lens`` is on the CPU. The one case it cannot be checked is the CUDA-graph
             path itself, ``context_lens`` on the GPU with ``max_len`` given: there the caller vouches for
             ``max_len >= context_lens.max()`` and for the values of ``context_lens`` and ``block_tables``.
+        fused_merge: with split-K, merge the partitions in the same launch (the last program of a
+            (sequence, KV head) merges; the default) or, with False, in a second kernel (kept to compare).
 
     Returns:
         ``(B, H, 1, D)`` in q's dtype; a sequence of length 0 gets zeros.
@@ -280,17 +318,18 @@ def paged_decode(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.
     context_lens = context_lens.to(torch.int32).contiguous()
     max_len = int(context_lens.max()) if max_len is None else int(max_len)
     return _launch(q, key_blocks, value_blocks, key_blocks.stride()[:3], value_blocks.stride()[:3], block_tables,
-                   context_lens, key_blocks.shape[2], key_blocks.shape[1], max_len, scale, partition_size, config)
+                   context_lens, key_blocks.shape[2], key_blocks.shape[1], max_len, scale, partition_size, config,
+                   fused_merge)
 
 
 def contiguous_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context_lens: torch.Tensor | None = None,
                       scale: float | None = None, partition_size: int | None = None,
-                      config: DecodeConfig | None = None) -> torch.Tensor:
+                      config: DecodeConfig | None = None, *, fused_merge: bool = True) -> torch.Tensor:
     """Grouped decode attention on an ordinary cache: q ``(B, H, 1, D)``, k and v ``(B, Hkv, N, D)``.
 
     ``context_lens`` ``(B,)`` (default: all N) lets sequences use fewer of the N cached positions.
     The same kernel as :func:`paged_decode` with the block-table lookup switched off; each KV head
-    is read once for its whole query group. Returns ``(B, H, 1, D)``.
+    is read once for its whole query group; ``fused_merge`` as in :func:`paged_decode`. Returns ``(B, H, 1, D)``.
     """
     check_rank("q", q, 4, "(batch, n_heads, 1, head_dim)")
     check_rank("k", k, 4, "(batch, n_kv_heads, n_keys, head_dim)")
@@ -312,8 +351,7 @@ def contiguous_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context
         k, v = k.contiguous(), v.contiguous()
     n_keys = k.shape[2]
     if context_lens is None:
-        context_lens = torch.full((batch,), n_keys, dtype=torch.int32, device=q.device)
-        max_len = n_keys
+        max_len = n_keys  # every sequence holds all N: no lengths tensor to fill (and no launch to fill it)
     else:
         check_rank("context_lens", context_lens, 1, "(batch,)")
         check_int_dtype("context_lens", context_lens)  # 2.5 or True is not a length
@@ -326,7 +364,7 @@ def contiguous_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context
     k_strides = (k.stride(0), k.stride(2), k.stride(1))
     v_strides = (v.stride(0), v.stride(2), v.stride(1))
     return _launch(q, k, v, k_strides, v_strides, None, context_lens, k.shape[1], 1, max_len, scale,
-                   partition_size, config)
+                   partition_size, config, fused_merge)
 
 
 # ---------------------------------------------------------------------- compile check
@@ -341,11 +379,12 @@ def compile_jobs(capability: int) -> list:
     head_dim, group = 128, 32
     config = decode_config(head_dim, 2, capability)
     types = {"Q": "*fp16", "K": "*fp16", "V": "*fp16", "OUT": "*fp16", "O_PART": "*fp16", "BLOCK_TABLES": "*i32",
-             "CONTEXT_LENS": "*i32", "M_PART": "*fp32", "L_PART": "*fp32", "qk_scale": "fp32"}
+             "CONTEXT_LENS": "*i32", "M_PART": "*fp32", "L_PART": "*fp32", "COUNTERS": "*i32", "qk_scale": "fp32"}
     jobs = []
-    for paged in (True, False):
+    for paged in (True, False):  # split-K with the fused merge of up to 64 partitions: the largest variant
         constexprs = dict(GROUP=group, GROUP_PAD=group, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim, PAGE_SIZE=16,
-                          TILE_N=config.tile_n, PAGED=paged, SINGLE_PARTITION=False, DOT_PRECISION="tf32")
+                          TILE_N=config.tile_n, PAGED=paged, SINGLE_PARTITION=False, FUSED_MERGE=True, PARTS_PAD=64,
+                          HAS_LENS=paged, DOT_PRECISION="tf32")
         jobs.append(CompileJob(family="decode", kernel="paged" if paged else "contiguous", fn=_decode_partition_kernel,
                                constexprs=constexprs, types=types, num_warps=config.num_warps,
                                num_stages=config.num_stages, config={"TILE_N": config.tile_n},
