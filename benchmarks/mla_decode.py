@@ -12,6 +12,13 @@ Checks first (bf16 paths vs an fp32 run of the same layer), then times every con
 CUDA-graph replay, and eager time with Python launching each kernel), writes ``mla_decode.json`` and
 ``mla_decode.png`` and prints a table.
 
+Then the latent kernel alone (``kernel_rows``): :func:`attention_lab.kernels.latent_decode.latent_decode` on
+absorbed queries (B=4, 128 heads, d_c + d_R = 576) and a cache of each context, with the device's own tile and
+the 16-head tile (``--sweep``: more tiles), 3 interleaved runs each: the cache bytes read per second as a
+fraction of the copy bandwidth measured in the same run, and TFLOP/s (2·B·H·N·(2·d_c + d_R) FLOPs). At 128
+heads the kernel does ~240 FLOPs per cache byte, above the H100/H200 ridge point (~200), so its time is set
+by the tensor cores as much as by memory.
+
     python benchmarks/mla_decode.py                 # on a CUDA GPU; results -> attention_lab/results/
     python benchmarks/mla_decode.py --out $OUT      # on the lent device
     python benchmarks/mla_decode.py --quick         # CPU smoke test of the script on tiny sizes
@@ -178,6 +185,57 @@ def run(sizes: dict, contexts: list[int], batch: int, device: torch.device, path
     return {"rows": rows, "speedup_absorbed_over_naive": speedups, "layer_weight_bytes": weight_bytes}
 
 
+def kernel_configs(capability: int, sweep: bool) -> dict:
+    """The latent-kernel tiles to time: the library's choice for this device, the 16-head tile, more with ``sweep``."""
+    from attention_lab.kernels.latent_decode import LatentDecodeConfig, latent_decode_config
+
+    configs = {"library": latent_decode_config(capability), "block_h16": LatentDecodeConfig(16, 32, 4, 2)}
+    if sweep and capability >= 90:
+        configs.update({"h64_t32_w8_s3": LatentDecodeConfig(64, 32, 8, 3, True),
+                        "h64_t16_w8_s3": LatentDecodeConfig(64, 16, 8, 3, True),
+                        "h64_t32_w8_s2_queries_first": LatentDecodeConfig(64, 32, 8, 2, False),
+                        "h32_t32_w4_s2": LatentDecodeConfig(32, 32, 4, 2, True)})
+    return configs
+
+
+def time_kernel(sizes: dict, contexts: list[int], batch: int, sweep: bool) -> dict:
+    """The latent kernel alone, per tile and context: ms (median of 3 runs), cache TB/s, fraction of copy, TFLOP/s."""
+    from decode_common import copy_bandwidth, relative_error, summary, time_runs
+
+    from attention_lab.kernels.common import device_capability
+    from attention_lab.kernels.latent_decode import latent_decode
+
+    copy = copy_bandwidth()
+    n_heads, latent, rope = sizes["n_heads"], sizes["kv_latent_dim"], sizes["rope_dim"]
+    scale = (sizes["head_dim"] + rope) ** -0.5
+    configs = kernel_configs(device_capability("cuda"), sweep)
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for context in contexts:
+        cache_bytes = batch * context * (latent + rope) * 2
+        copies = max(1, -(-(256 * 2**20) // cache_bytes))
+        q = torch.randn(batch, n_heads, latent + rope, device="cuda", generator=g).bfloat16() * 0.05
+        caches = [torch.randn(batch, context, latent + rope, device="cuda", generator=g).bfloat16() for _ in range(copies)]
+        reference = torch.softmax(q.double() @ caches[0].double().transpose(1, 2) * scale, -1) @ caches[0].double()[..., :latent]
+        errors = {name: relative_error(latent_decode(q, caches[0], latent, scale, config=c), reference)
+                  for name, c in configs.items()}
+        times = time_runs({name: [lambda rows_=rows_, c=c: latent_decode(q, rows_, latent, scale, config=c)
+                                  for rows_ in caches] for name, c in configs.items()})
+        flops = 2 * batch * n_heads * context * (2 * latent + rope)
+        for name, runs in times.items():
+            stats = summary(runs)
+            rows.append(dict(context=context, config=name, tile=vars(configs[name]), ms=stats["median"] * 1e3,
+                             runs_ms=[t * 1e3 for t in runs], spread=stats["spread"], cache_bytes=cache_bytes,
+                             tb_s=cache_bytes / stats["median"] / 1e12, of_copy=cache_bytes / stats["median"] / copy,
+                             tflops=flops / stats["median"] / 1e12, relative_error=errors[name]))
+            print(f"latent kernel N={context:6d} {name:28s} {rows[-1]['ms']:.4f} ms ±{stats['spread']:.1%} "
+                  f"{rows[-1]['tb_s']:.2f} TB/s ({rows[-1]['of_copy']:.0%} of copy) {rows[-1]['tflops']:.0f} TFLOP/s "
+                  f"err {errors[name]:.1e}", flush=True)
+        del caches
+        torch.cuda.empty_cache()
+    return {"kernel_rows": rows, "kernel_copy_tb_s": copy / 1e12, "kernel_batch": batch}
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -185,7 +243,27 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, (ax_time, ax_speed) = plt.subplots(1, 2, figsize=(11, 4))
+    kernel_rows = result.get("kernel_rows", [])
+    fig, axes = plt.subplots(1, 3 if kernel_rows else 2, figsize=(16.5 if kernel_rows else 11, 4))
+    ax_time, ax_speed = axes[0], axes[1]
+    if kernel_rows:
+        ax = axes[2]
+        for name in dict.fromkeys(r["config"] for r in kernel_rows):
+            points = [r for r in kernel_rows if r["config"] == name]
+            tile = points[0]["tile"]
+            label = f"{name}: {tile['block_h']} heads, {tile['tile_n']} keys, {tile['num_warps']} warps"
+            ax.errorbar([r["context"] for r in points], [r["of_copy"] for r in points],
+                        yerr=[[r["of_copy"] - r["cache_bytes"] / (max(r["runs_ms"]) * 1e-3) / 1e12 / result["kernel_copy_tb_s"]
+                               for r in points],
+                              [r["cache_bytes"] / (min(r["runs_ms"]) * 1e-3) / 1e12 / result["kernel_copy_tb_s"] - r["of_copy"]
+                               for r in points]], fmt="D-", capsize=2, label=label)
+        ax.axhline(0.7, color="gray", lw=1, ls=":", label="target 70% of copy")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (cached tokens)")
+        ax.set_ylabel("cache bytes/s ÷ copy bandwidth")
+        ax.set_title(f"Latent kernel alone, B={result['kernel_batch']}, 128 heads")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
     labels = {"naive": "MLA naive (decompress cache)", "absorbed": "MLA absorbed, SDPA core",
               "absorbed_triton": "MLA absorbed, Triton split-K latent kernel",
               "mha_sdpa": "MHA attention core only, same heads, full K/V cache (SDPA)"}
@@ -228,6 +306,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and contexts (CPU smoke test)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON in --out")
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton latent-decode kernel")
+    parser.add_argument("--sweep", action="store_true", help="time more tiles of the latent kernel alone")
+    parser.add_argument("--kernel-only", action="store_true", help="only the latent kernel alone (tuning)")
     args = parser.parse_args()
     if args.plot_only:
         plot(json.loads((args.out / "mla_decode.json").read_text()), args.out / "mla_decode.png")
@@ -246,11 +326,21 @@ def main() -> None:
 
         env = {"card": "CPU (smoke test)", "torch": torch.__version__, "python": platform.python_version()}
     triton = not args.no_triton and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if args.kernel_only:
+        result = {"benchmark": "mla_decode_kernel", "environment": env, "sizes": sizes,
+                  **time_kernel(sizes, contexts, BATCH, args.sweep)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        from decode_common import save_json
+
+        save_json(args.out / "mla_kernel_sweep.json", result)
+        return
     correctness = check_correctness(sizes, device, context=contexts[1], triton=triton)
     paths = ["naive", "absorbed"] + (["absorbed_triton"] if triton and correctness["triton_error"] is None else [])
     result = {"benchmark": "mla_decode", "environment": env, "sizes": sizes, "batch": BATCH, "dtype": "bfloat16",
               "attention_backend": "torch (F.scaled_dot_product_attention)", "correctness": correctness}
     result.update(run(sizes, contexts, BATCH, device, paths))
+    if device.type == "cuda" and "absorbed_triton" in paths:
+        result.update(time_kernel(sizes, contexts, BATCH, args.sweep))
     result["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     from decode_common import save_json

@@ -305,6 +305,39 @@ def test_latent_decode_kernel_matches_float64(n_heads, latent_dim, rope_dim, n_k
     torch.testing.assert_close(half.double(), expected, **tolerance("interpreter_kernel_16bit"))
 
 
+@pytest.mark.parametrize("block_h,keys_first", [(64, True), (16, True), (64, False)])
+def test_latent_decode_tiles_of_every_layout_match_float64(block_h, keys_first):
+    """Hopper's tile (64 heads, scores computed keys-first so the queries stay in shared memory) and its
+    variants compute the same function: fewer heads than the block, a partial last tile, 3 partitions."""
+    from attention_lab.kernels.latent_decode import LatentDecodeConfig, latent_decode
+
+    g = torch.Generator().manual_seed(block_h)
+    q = torch.randn(2, 20, 40, generator=g)
+    rows = torch.randn(2, 70, 40, generator=g)
+    expected = _latent_reference(q, rows, 32, 0.3)
+    config = LatentDecodeConfig(block_h=block_h, tile_n=32, num_warps=8, num_stages=2, keys_first=keys_first)
+    for partition in (32, None):
+        out = latent_decode(q, rows, 32, 0.3, partition_size=partition, config=config)
+        torch.testing.assert_close(out.double(), expected, **tolerance(torch.float32))
+
+
+@pytest.mark.gpu
+def test_latent_decode_on_gpu_matches_float64_with_every_tile():
+    """DeepSeek-V2's sizes in bf16 and fp16: the device's own tile (sm_90: 64 heads, 8 warps, keys first) and the
+    16-head tile give the float64 answer, one partition or many."""
+    from attention_lab.kernels.latent_decode import LatentDecodeConfig, latent_decode
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16):
+        q = torch.randn(2, 128, 576, device="cuda", generator=g).to(dtype) * 0.1
+        rows = torch.randn(2, 3001, 576, device="cuda", generator=g).to(dtype)
+        expected = _latent_reference(q, rows, 512, 576 ** -0.5)
+        for config in (None, LatentDecodeConfig(16, 32, 4, 2)):
+            for partition in (None, 256, 3008):
+                out = latent_decode(q, rows, 512, 576 ** -0.5, partition_size=partition, config=config)
+                torch.testing.assert_close(out.double(), expected, **tolerance(dtype))
+
+
 def test_latent_decode_of_an_empty_cache_gives_zeros():
     """No cached row: every head sees no key, so zeros (DESIGN.md §3), not an error about partition_size."""
     from attention_lab.kernels.latent_decode import latent_decode

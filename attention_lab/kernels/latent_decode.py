@@ -54,6 +54,8 @@ def _latent_decode_kernel(
     TILE_N: tl.constexpr,  # keys per loop iteration
     SINGLE_PARTITION: tl.constexpr,  # True: write the normalised output directly, no reduction step
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" (ignored) for 16-bit ones
+    KEYS_FIRST: tl.constexpr = tl.constexpr(False),  # scores as (keys × heads) = C q̃ᵀ: the queries are the
+    # dot's second operand, which wgmma reads from shared memory (so they do not take registers)
 ):
     head_block = tl.program_id(0)  # fastest: the programs reading the same rows run together (L2 reuse)
     part = tl.program_id(1)
@@ -89,8 +91,13 @@ def _latent_decode_kernel(
         latent = tl.load(ROWS + row[:, None] + c[None, :], mask=latent_mask, other=0.0)  # (TILE_N, LATENT_PAD)
         rope_key = tl.load(ROWS + row[:, None] + LATENT + r[None, :], mask=n_ok[:, None] & r_ok[None, :],
                            other=0.0)  # (TILE_N, ROPE_PAD)
-        scores = tl.dot(q_latent, tl.trans(latent), input_precision=DOT_PRECISION)
-        scores += tl.dot(q_rope, tl.trans(rope_key), input_precision=DOT_PRECISION)
+        if KEYS_FIRST:  # Sᵀ = C q̃ᵀ + K^R q^Rᵀ: (TILE_N, BLOCK_H), then transposed in registers
+            scores_t = tl.dot(latent, tl.trans(q_latent), input_precision=DOT_PRECISION)
+            scores_t += tl.dot(rope_key, tl.trans(q_rope), input_precision=DOT_PRECISION)
+            scores = tl.trans(scores_t)
+        else:
+            scores = tl.dot(q_latent, tl.trans(latent), input_precision=DOT_PRECISION)
+            scores += tl.dot(q_rope, tl.trans(rope_key), input_precision=DOT_PRECISION)
         scores = scores * qk_scale  # S = (q̃ Cᵀ + q^R K^Rᵀ)·scale·log2 e: (BLOCK_H, TILE_N)
         scores = tl.where(n_ok[None, :], scores, float("-inf"))
         m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, scores, latent, DOT_PRECISION)  # acc += P C
@@ -110,12 +117,13 @@ def _latent_decode_kernel(
 
 @dataclass(frozen=True)
 class LatentDecodeConfig:
-    """Launch parameters: heads per program, keys per loop iteration, warps, pipelining depth."""
+    """Launch parameters: heads per program, keys per loop iteration, warps, pipelining depth, score layout."""
 
     block_h: int
     tile_n: int
     num_warps: int
     num_stages: int
+    keys_first: bool = False  # scores computed as (keys × heads): the queries stay in shared memory
 
 
 def latent_decode_config(capability: int | None) -> LatentDecodeConfig:
@@ -123,18 +131,30 @@ def latent_decode_config(capability: int | None) -> LatentDecodeConfig:
 
     A latent tile is ``tile_n × d_c`` (32 × 512 bf16 = 32 KiB at DeepSeek-V2's size); the kernel also
     keeps the queries and a second layout of the tile (it is used as keys and as values) in shared
-    memory: 55 KiB on sm_90 with 32 keys and 2 stages. A T4 (sm_75, 64 KiB) does not fit even 16 keys
+    memory: 55 KiB on sm_90 for 16 heads, 32 keys and 2 stages. A T4 (sm_75, 64 KiB) does not fit even 16 keys
     at d_c = 512 (68 KiB), so the kernel needs sm_80 or newer. 16 heads per program keep the
-    ``16 × d_c`` fp32 accumulator in registers. :mod:`attention_lab.kernels.compile_check` compiles the choice for
-    sm_80, sm_89 and sm_90 and checks its shared memory (``tests/test_ch12_mla.py``)."""
+    ``16 × d_c`` fp32 accumulator in registers.
+
+    Hopper (sm_90) gets 64 heads per program and 8 warps: each latent tile read from memory then serves
+    4× more heads, and a 64-row ``tl.dot`` is what ``wgmma`` (Hopper's warpgroup matrix instruction) needs;
+    with 16 rows Triton falls back to ``mma.sync``. Its ``64 × d_c`` fp32 accumulator is 128 registers a
+    thread over 8 warps, so the queries must not take registers too: with ``keys_first`` the scores are
+    computed as ``C q̃ᵀ`` (keys × heads), the queries being the operand ``wgmma`` reads from shared memory
+    (ptxas: 0 bytes spilled, against 320 with the queries first). ``P C`` runs on ``wgmma`` (m64n256);
+    the 32-key score product stays ``mma.sync``. Three stages (148 KiB of shared memory) measured best on an
+    H200 from 4k to 32k (B=4, 128 heads: 0.312 ms at 32k against 0.379 with two stages and 0.487 with the
+    16-head tile; attention_lab/results/mla_kernel_sweep.json). :mod:`attention_lab.kernels.compile_check` compiles the choice
+    for sm_80, sm_89 and sm_90 and checks its shared memory (``tests/test_ch12_mla.py``)."""
     if capability is not None and capability < 80:
         raise ValueError(f"the Triton latent decode kernel needs compute capability 8.0 or newer (its tile does not fit "
                          f"the shared memory of sm_{capability}); use triton_decode=False there")
+    if capability is not None and capability >= 90:
+        return LatentDecodeConfig(block_h=64, tile_n=32, num_warps=8, num_stages=3, keys_first=True)
     return LatentDecodeConfig(block_h=16, tile_n=32, num_warps=4, num_stages=2)
 
 
 def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: float,
-                  partition_size: int | None = None) -> torch.Tensor:
+                  partition_size: int | None = None, config: LatentDecodeConfig | None = None) -> torch.Tensor:
     """One decode step of absorbed MLA: ``softmax(q · rowsᵀ · scale) · rows[..., :latent_dim]`` per head.
 
     Args:
@@ -143,6 +163,7 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
         latent_dim: ``d_c``; the value of row j is its first ``d_c`` entries.
         scale: the softmax scale, ``1/√(d_h + d_h^R)`` for MLA.
         partition_size: keys per split-K partition (default: enough partitions to fill the GPU once).
+        config: the tile (default: :func:`latent_decode_config` of the device; another one for tuning).
 
     Returns:
         ``(B, H, d_c)`` in q's dtype: each head's weighted sum of latents.
@@ -176,7 +197,7 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
         rows = rows.contiguous()
     n_keys = rows.shape[1]
     facts = device_facts(q.device)
-    config = latent_decode_config(facts.capability)
+    config = latent_decode_config(facts.capability) if config is None else config
     head_blocks = math.ceil(n_heads / config.block_h)
     if partition_size is None:  # one wave: batch × head blocks × partitions ≈ SMs, partitions of >= 4 tiles
         parts = max(1, min(math.ceil(facts.n_sms / (batch * head_blocks)), math.ceil(n_keys / (4 * config.tile_n))))
@@ -195,12 +216,11 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
         LATENT=latent_dim, LATENT_PAD=max(16, triton.next_power_of_2(latent_dim)),
         ROPE=rope_dim, ROPE_PAD=max(16, triton.next_power_of_2(rope_dim)),
         BLOCK_H=config.block_h, TILE_N=config.tile_n, SINGLE_PARTITION=single,
-        DOT_PRECISION=dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype), KEYS_FIRST=config.keys_first,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not single:
-        context_lens = torch.full((batch,), n_keys, device=q.device, dtype=torch.int32)
-        merge_partitions(partials, context_lens, out, partition_size, n_parts)
+        merge_partitions(partials, n_keys, out, partition_size, n_parts)  # every sequence has n_keys rows
     return out
 
 
@@ -219,11 +239,12 @@ def compile_jobs(capability: int) -> list:
         return [CompileJob(family="latent", kernel="latent", fn=None, constexprs={}, types={}, num_warps=4,
                            num_stages=2, head_dim=latent, skipped=str(refused))]
     constexprs = dict(LATENT=latent, LATENT_PAD=latent, ROPE=rope, ROPE_PAD=rope, BLOCK_H=config.block_h,
-                      TILE_N=config.tile_n, SINGLE_PARTITION=False, DOT_PRECISION="tf32")
+                      TILE_N=config.tile_n, SINGLE_PARTITION=False, DOT_PRECISION="tf32", KEYS_FIRST=config.keys_first)
     types = {"Q": "*fp16", "ROWS": "*fp16", "OUT": "*fp16", "O_PART": "*fp16", "M_PART": "*fp32", "L_PART": "*fp32",
              "qk_scale": "fp32"}
     return [CompileJob(family="latent", kernel="latent", fn=_latent_decode_kernel, constexprs=constexprs, types=types,
                        num_warps=config.num_warps, num_stages=config.num_stages,
-                       config={"BLOCK_H": config.block_h, "TILE_N": config.tile_n}, head_dim=latent,
+                       config={"BLOCK_H": config.block_h, "TILE_N": config.tile_n, "KEYS_FIRST": config.keys_first},
+                       head_dim=latent,
                        aligned=("partition_size",)),
             merge_compile_job("latent", latent)]
