@@ -84,16 +84,32 @@ def measure(method, batch, heads, n, head_dim, causal, dtype, mode):
         torch.cuda.empty_cache()
 
 
-def throughput_rows(methods, head_dim: int, n: int, causal: bool, dtype) -> list[dict]:
-    """One row per mode (forward, forward+backward) and method at one shape: ms and TFLOP/s (None if it failed)."""
+def throughput_rows(methods, head_dim: int, n: int, causal: bool, dtype, modes=("fwd", "fwd_bwd"),
+                    runs: int = 1) -> list[dict]:
+    """One row per mode (forward, forward+backward) and method at one shape: ms and TFLOP/s (None if it failed).
+
+    With ``runs`` > 1 every method is measured that many times, interleaved (A, B, ..., A, B, ...): the row
+    gives the median of the runs, ``runs_ms`` every run and ``spread`` (max - min) / median."""
+    import statistics
+
     batch, heads = TOKENS // n, HIDDEN // head_dim
     rows = []
-    for mode in ("fwd", "fwd_bwd"):
+    for mode in modes:
+        times = {method: [] for method in methods}
+        for _ in range(runs):
+            for method in methods:
+                if times[method] is not None:
+                    seconds = measure(method, batch, heads, n, head_dim, causal, dtype, mode)
+                    times[method] = None if seconds is None else times[method] + [seconds]
+        flops = br.attention_flops(batch, heads, n, head_dim, causal, mode)
         for method in methods:
-            seconds = measure(method, batch, heads, n, head_dim, causal, dtype, mode)
-            flops = br.attention_flops(batch, heads, n, head_dim, causal, mode)
-            rows.append(dict(head_dim=head_dim, n=n, batch=batch, heads=heads, causal=causal, mode=mode,
-                             method=method, ms=seconds and seconds * 1e3, tflops=seconds and flops / seconds / 1e12))
+            seconds = statistics.median(times[method]) if times[method] else None
+            row = dict(head_dim=head_dim, n=n, batch=batch, heads=heads, causal=causal, mode=mode,
+                       method=method, ms=seconds and seconds * 1e3, tflops=seconds and flops / seconds / 1e12)
+            if runs > 1:
+                row["runs_ms"] = [t * 1e3 for t in times[method]] if times[method] else None
+                row["spread"] = (max(times[method]) - min(times[method])) / seconds if times[method] else None
+            rows.append(row)
     return rows
 
 

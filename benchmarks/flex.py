@@ -26,7 +26,19 @@ import flash as fb  # benchmarks/flash.py: inputs, timing, precompilation, the o
 from attention_lab.book.results import RESULTS_DIR, load as load_result
 from attention_lab.flash import benchmark_report as br
 
-METHODS = ("sdpa_flash", "sdpa_cudnn", "flex", "triton")
+METHODS = ("sdpa_flash", "sdpa_cudnn", "flex", "triton", "triton_scaled")
+RUNS = 3  # every method measured 3 times per shape, interleaved; the median of the runs is reported
+
+
+def triton_scaled(q, k, v, causal):
+    """The same Triton kernel with the scores scaled before the max (RAW_MAX_SOFTMAX off): the A/B of the FMA."""
+    from attention_lab.flash import triton_attention as ta
+
+    ta.RAW_MAX_SOFTMAX = False
+    try:
+        return ta.flash_attention(q, k, v, causal=causal)
+    finally:
+        ta.RAW_MAX_SOFTMAX = True
 
 
 def flex_method():
@@ -53,51 +65,60 @@ def flex_method():
     return run
 
 
-def max_error_vs_flash(batch, heads, n, head_dim, causal, dtype) -> float:
-    """Max |FlexAttention − SDPA-flash| on the benchmark inputs: both compute the same attention."""
+def max_error_vs_flash(batch, heads, n, head_dim, causal, dtype, method: str = "flex") -> float:
+    """Max |method − SDPA-flash| on the benchmark inputs: both compute the same attention."""
     q, k, v = fb.make_inputs(batch, heads, n, head_dim, dtype, seed=1)
     with torch.no_grad():
-        return (fb.METHODS["flex"](q, k, v, causal).float() - fb.METHODS["sdpa_flash"](q, k, v, causal).float()
+        return (fb.METHODS[method](q, k, v, causal).float() - fb.METHODS["sdpa_flash"](q, k, v, causal).float()
                 ).abs().max().item()
 
 
 def report(results: dict) -> None:
     env = results["environment"]
     print(f"\n{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | {results['dtype']}")
-    for mode in ("fwd", "fwd_bwd"):
+    modes = list(dict.fromkeys(r["mode"] for r in results["rows"]))
+    for mode in modes:
         print(f"\nTFLOP/s, {mode}:\n{br.table(results, mode)}")
-    for mode in ("fwd", "fwd_bwd"):
+    for mode in modes:
         for head_dim in sorted({r["head_dim"] for r in results["rows"]}):
-            for baseline in ("flex", "sdpa_flash", "sdpa_cudnn"):
+            for baseline in ("flex", "sdpa_flash", "sdpa_cudnn", "triton_scaled"):
                 span = br.ratio_range(results, head_dim, mode, baseline=baseline)
                 if span:
                     print(f"triton / {baseline:10}, {mode:7}, D={head_dim:3}, every N: {span[0]:.2f}–{span[1]:.2f}×")
     print("max |flex − sdpa_flash| (forward): {:.3g}".format(max(e["flex_vs_flash"] for e in results["errors"])))
+    if all("triton_vs_flash" in e for e in results["errors"]):
+        print("max |triton − sdpa_flash| (forward): {:.3g}".format(max(e["triton_vs_flash"] for e in results["errors"])))
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N in {1024, 4096} only")
     parser.add_argument("--head-dims", type=int, nargs="+", default=[128, 64])  # the headline D first
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd_bwd"], choices=["fwd", "fwd_bwd"])
+    parser.add_argument("--name", default="flash_flex", help="results file name (NAME.json, NAME.png)")
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON in --out (no GPU)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "flash_flex.json"
+    path = out_dir / f"{args.name}.json"
     if args.plot_only:
-        plot(load_result("flash_flex", out_dir), out_dir)
+        plot(load_result(args.name, out_dir), out_dir, args.name)
         return
     dtype = fb.half_dtype()
     ns = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
     fb.METHODS["flex"] = flex_method()
+    fb.METHODS["triton_scaled"] = triton_scaled
     started = time.perf_counter()
     fb.precompile_all(args.head_dims, dtype)  # this kernel's autotune configs, in parallel processes
     print(f"precompiled in {time.perf_counter() - started:.0f} s", flush=True)
 
     results = {"environment": fb.environment(), "dtype": str(dtype).replace("torch.", ""), "tokens": fb.TOKENS,
                "hidden": fb.HIDDEN, "flops": "fwd 4·B·H·N²·D (÷2 causal), fwd_bwd 3.5 × fwd",
-               "timing": "triton.testing.do_bench median, L2 flushed; FlexAttention compiled before timing",
+               "timing": f"triton.testing.do_bench median, L2 flushed; FlexAttention compiled before timing; "
+                         f"{RUNS} interleaved runs per shape, median of the runs",
+               "methods_note": "triton: max on raw scores, one FMA per exponent (RAW_MAX_SOFTMAX); triton_scaled: "
+                               "the same kernel scaling the scores first (the version before)",
                "rows": [], "errors": []}
     for head_dim in args.head_dims:
         heads = fb.HIDDEN // head_dim
@@ -106,22 +127,25 @@ def main(argv=None) -> None:
             for causal in (False, True):
                 results["errors"].append(dict(head_dim=head_dim, n=n, causal=causal,
                                               flex_vs_flash=max_error_vs_flash(batch, heads, n, head_dim, causal,
-                                                                               dtype)))
-                results["rows"] += fb.throughput_rows(METHODS, head_dim, n, causal, dtype)
+                                                                               dtype),
+                                              triton_vs_flash=max_error_vs_flash(batch, heads, n, head_dim, causal,
+                                                                                 dtype, "triton")))
+                results["rows"] += fb.throughput_rows(METHODS, head_dim, n, causal, dtype, modes=args.modes,
+                                                      runs=RUNS)
             results["seconds"] = round(time.perf_counter() - started)
             path.write_text(json.dumps(results, indent=1))  # after every shape: a cut-off run keeps what it did
             print(f"D={head_dim} N={n} done at {results['seconds']} s", flush=True)
-    plot(results, out_dir)
+    plot(results, out_dir, args.name)
     report(results)
 
 
-def plot(results: dict, out_dir: Path) -> None:
+def plot(results: dict, out_dir: Path, name: str = "flash_flex") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     axes = br.plot_tflops(results)
-    axes[0][0].figure.savefig(out_dir / "flash_flex.png", dpi=110)
+    axes[0][0].figure.savefig(out_dir / f"{name}.png", dpi=110)
     plt.close("all")
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 METHODS = {"naive": "naive (reference, N×N in fp32)", "sdpa_flash": "PyTorch SDPA, flash backend",
            "sdpa_cudnn": "PyTorch SDPA, cuDNN backend", "flex": "PyTorch FlexAttention (torch.compile)",
-           "triton": "this chapter's Triton kernel"}
+           "triton": "this chapter's Triton kernel",
+           "triton_scaled": "the same, scores scaled before the max (before the FMA)"}
 STEPS = {"two_pass": "1. two passes over K (safe softmax)", "online": "2. online softmax: one pass, all blocks masked",
          "skip": "3. + skip hidden blocks, unmasked interior", "tuned": "4. + autotuned tiles"}
 
@@ -63,9 +64,11 @@ def plot_tflops(results: dict, axes=None):
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
+    modes = [m for m in ("fwd", "fwd_bwd") if rows(results, mode=m)]  # a forward-only run has one row of panels
     if axes is None:
-        _, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), sharex=True, squeeze=False)
-    for row, mode in enumerate(("fwd", "fwd_bwd")):
+        _, axes = plt.subplots(len(modes), len(panels), figsize=(4.2 * len(panels), 3.5 * len(modes)), sharex=True,
+                               squeeze=False)
+    for row, mode in enumerate(modes):
         for col, (head_dim, causal) in enumerate(panels):
             ax = axes[row][col]
             for method, label in METHODS.items():
@@ -89,9 +92,9 @@ def plot_tflops(results: dict, axes=None):
     return axes
 
 
-MARKERS = {"naive": "s", "sdpa_flash": "o", "sdpa_cudnn": "^", "flex": "D", "triton": "*"}
+MARKERS = {"naive": "s", "sdpa_flash": "o", "sdpa_cudnn": "^", "flex": "D", "triton": "*", "triton_scaled": "x"}
 COLORS = {"naive": "tab:blue", "sdpa_flash": "tab:orange", "sdpa_cudnn": "tab:green", "flex": "tab:purple",
-          "triton": "tab:red"}
+          "triton": "tab:red", "triton_scaled": "tab:brown"}
 
 
 def _memory_panel(results: dict, mode: str, ax) -> None:

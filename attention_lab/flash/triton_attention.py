@@ -36,7 +36,8 @@ from attention_lab.kernels.optional_triton import require_triton, tl, triton
 from attention_lab.attention import check_qkv, check_scale
 from attention_lab.validation import is_integer
 from attention_lab.flash import triton_configs
-from attention_lab.kernels.common import LOG2_E, device_capability, head_offset, online_softmax_update
+from attention_lab.kernels.common import (LOG2_E, device_capability, head_offset, online_softmax_update,
+                                         online_softmax_update_raw)
 from attention_lab.kernels.interpreter import interpreting, refuse_interpreted_bfloat16  # also fixes Triton ≤3.6's interpreter loop bounds
 
 MAX_HEAD_DIM = 128
@@ -178,23 +179,29 @@ def _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_s
                     offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr,
-                    start, stop, MASKED: tl.constexpr):
+                    start, stop, MASKED: tl.constexpr, RAW_MAX: tl.constexpr = tl.constexpr(False)):
     """Stream the key/value blocks [start, stop) through the online softmax of one query block.
 
-    The forward calls it three times, differing only in the last three arguments (passed by keyword):
-    the block range, and ``MASKED`` — whether these blocks need bounds checks and the element-wise mask.
-    Returns the new ``(m_i, l_i, acc)``.
+    The forward calls it three times, differing in the block range and ``MASKED`` (passed by keyword) —
+    whether these blocks need bounds checks and the element-wise mask. ``RAW_MAX``: take the max on the raw
+    scores and compute each exponent as one FMA (:func:`~attention_lab.kernels.common.online_softmax_update_raw`),
+    one multiply per score fewer; the same function. Returns the new ``(m_i, l_i, acc)``.
     """
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n                                                            # key indices (BLOCK_N,)
         k = load_rows(K_ptrs + row_offset(start_n, stride_kn, WIDE), cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         v = load_rows(V_ptrs + row_offset(start_n, stride_vn, WIDE), cols, n_keys, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale                                             # S_j·log2 e (BLOCK_M, BLOCK_N)
+        qk = tl.dot(q, tl.trans(k))                                                        # S_j (BLOCK_M, BLOCK_N)
+        if not RAW_MAX:
+            qk = qk * qk_scale                                                             # S_j·scale·log2 e
         if MASKED:
             allowed = may_attend(offs_m[:, None], cols[None, :], n_queries, n_keys, window,
                                  M_ptr, stride_mm, stride_mn, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE)
             qk = tl.where(allowed, qk, float("-inf"))
-        m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, qk, v)  # fp32 dots stay tf32 here (Triton's default)
+        if RAW_MAX:
+            m_i, l_i, acc = online_softmax_update_raw(m_i, l_i, acc, qk, v, qk_scale)  # max first, then one FMA
+        else:
+            m_i, l_i, acc = online_softmax_update(m_i, l_i, acc, qk, v)  # fp32 dots stay tf32 here (Triton's default)
     return m_i, l_i, acc
 
 
@@ -205,7 +212,8 @@ def _attn_fwd(Q, K, V, O, LSE, M,
               stride_mb, stride_mh, stride_mm, stride_mn,
               n_heads, n_queries, n_keys, group, window, qk_scale, q_bucket, k_bucket,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr):
+              CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr,
+              RAW_MAX: tl.constexpr = tl.constexpr(True)):
     """One program = BLOCK_M queries of one (batch, head): O = softmax(Q Kᵀ·scale) V and the rows' log2-sum-exp.
 
     Q, O ``(B, H, Nq, D)``; K, V ``(B, Hkv, Nk, D)``; LSE ``(B, H, Nq)`` fp32; M an optional uint8 mask.
@@ -242,17 +250,17 @@ def _attn_fwd(Q, K, V, O, LSE, M,
         m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                         offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
                                         HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
-                                        start=lo, stop=mid_lo, MASKED=True)
+                                        start=lo, stop=mid_lo, MASKED=True, RAW_MAX=RAW_MAX)
     # blocks every row sees completely: no mask, no bounds checks
     m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
                                     HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
-                                    start=mid_lo, stop=mid_hi, MASKED=False)
+                                    start=mid_lo, stop=mid_hi, MASKED=False, RAW_MAX=RAW_MAX)
     # the causal diagonal, the last partial block, or everything under an explicit mask
     m_i, l_i, acc = _attn_fwd_inner(m_i, l_i, acc, q, K_ptrs, V_ptrs, stride_kn, stride_vn, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
                                     HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
-                                    start=mid_hi, stop=hi, MASKED=True)
+                                    start=mid_hi, stop=hi, MASKED=True, RAW_MAX=RAW_MAX)
 
     # Epilogue: O = acc / l (once, not per block); a row that saw no key (l = 0) gives 0 and lse = +inf.
     empty = l_i == 0.0
@@ -563,6 +571,10 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 _compile_only = False  # True inside precompile(): kernels are compiled (in parallel) but not launched
+# The forward takes each row's max on the raw scores and computes every exponent as one FMA
+# (kernels.common.online_softmax_update_raw); False: scale first, then chapter 08's update (what a replaced
+# step of chapter 10's exercise receives, so online_softmax_step_replaced switches it off).
+RAW_MAX_SOFTMAX = True
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
 
@@ -658,7 +670,8 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None):
     if out.numel() == 0:
         return out, lse
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
-                 HAS_MASK=mask is not None, WIDE=needs_wide_offsets(q, k, v, out, mask_tensor if mask is not None else None))
+                 HAS_MASK=mask is not None, WIDE=needs_wide_offsets(q, k, v, out, mask_tensor if mask is not None else None),
+                 RAW_MAX=RAW_MAX_SOFTMAX)
     grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
     _launch(_attn_fwd_tuned, _attn_fwd, grid, args, flags, tile)
     return out, lse
@@ -724,12 +737,13 @@ def online_softmax_step_replaced(step):
     from triton.runtime.interpreter import InterpretedFunction
 
     module = globals()  # _attn_fwd_inner looks the name up here, at every call under the interpreter
-    saved = module["online_softmax_update"]
+    saved, saved_raw = module["online_softmax_update"], module["RAW_MAX_SOFTMAX"]
     module["online_softmax_update"] = InterpretedFunction(getattr(step, "fn", step))
+    module["RAW_MAX_SOFTMAX"] = False  # the step receives scaled scores, as chapter 08's update does
     try:
         yield
     finally:
-        module["online_softmax_update"] = saved
+        module["online_softmax_update"], module["RAW_MAX_SOFTMAX"] = saved, saved_raw
 
 
 class FlashAttentionFunction(torch.autograd.Function):
@@ -816,7 +830,8 @@ def compile_jobs(capability: int) -> list:
                     jobs.append(CompileJob(constexprs={}, skipped="pruned at every head_dim", **common))
                     continue
                 constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-                                  CAUSAL=True, HAS_WINDOW=masked, HAS_MASK=masked, WIDE=False, **config.kwargs)
+                                  CAUSAL=True, HAS_WINDOW=masked, HAS_MASK=masked, WIDE=False, **config.kwargs,
+                                  **({"RAW_MAX": RAW_MAX_SOFTMAX} if kernel == "forward" else {}))
                 estimate = triton_configs.estimated_shared_memory(kernel, config, head_dim, 2, capability, masked)
                 jobs.append(CompileJob(constexprs=constexprs, estimate=estimate, **common))
     jobs.append(CompileJob(family="flash", kernel="delta", fn=_attn_bwd_delta, types=types, num_warps=4, num_stages=3,

@@ -9,6 +9,8 @@ online-softmax update and the head-pointer arithmetic.
   :func:`shared_memory_limit` — the shared memory one block may use on a capability.
 * :func:`online_softmax_update` — chapter 08's update for a block of query rows, in the paper's names
   ``(m_i, l_i, acc)``; the FlashAttention forward, the decode kernel and the latent (MLA) kernel call it.
+  :func:`online_softmax_update_raw` — the same on unscaled scores (max first, then one FMA per weight),
+  which the FlashAttention forward uses on a GPU.
 * :func:`head_offset` — where one (batch, head) starts in a ``(B, H, ...)`` tensor, in 64-bit arithmetic.
 """
 
@@ -100,6 +102,25 @@ def online_softmax_update(m_i, l_i, acc, scores, values, DOT_PRECISION: tl.const
     l_i = l_i * alpha + tl.sum(p, 1)                          # l_new = alpha·l_i + rowsum(P)
     acc = tl.dot(p.to(values.dtype), values, acc * alpha[:, None],
                  input_precision=DOT_PRECISION)               # acc_new = alpha·acc + P V
+    return m_new, l_i, acc
+
+
+@triton.jit
+def online_softmax_update_raw(m_i, l_i, acc, raw_scores, values, qk_scale):
+    """:func:`online_softmax_update` on raw scores ``q·k``: the max is taken before scaling, and each weight's
+    exponent ``s·qk_scale − m`` is one fused multiply-add instead of a multiply and then a subtraction.
+
+    Because ``qk_scale = scale · log2 e > 0``, ``max(s)·qk_scale = max(s·qk_scale)``: ``m_i`` keeps the same
+    meaning (log2 units) and the result is the same function; only the rounding differs (one rounding in the
+    FMA instead of two). Masked scores are -inf: ``-inf · qk_scale − m = -inf`` and ``2^-inf = 0``, and a row
+    that has seen no key yet keeps the same guard as before.
+    """
+    m_new = tl.maximum(m_i, tl.max(raw_scores, 1) * qk_scale)     # m_new = max(m_i, rowmax(S)·scale·log2 e)
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)          # a row that has seen no key yet: avoid -inf - -inf
+    alpha = tl.exp2(m_i - m_ref)                                  # rescales the old state
+    p = tl.exp2(raw_scores * qk_scale - m_ref[:, None])           # P = 2^(S·scale·log2 e - m_new): one FMA
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(values.dtype), values, acc * alpha[:, None])  # acc_new = alpha·acc + P V
     return m_new, l_i, acc
 
 
