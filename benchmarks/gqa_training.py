@@ -1,0 +1,247 @@
+"""GPU benchmark: GQA/MQA training attention (fewer key/value heads than query heads), forward and backward.
+
+    export PYTHONPATH=$PWD; python3 benchmarks/gqa_training.py        # on a CUDA GPU
+
+The other flash benchmarks give q, k and v the same head count; training a GQA/MQA model does not. Here
+H = 16 query heads of D = 128 (H·D = 2048, as in benchmarks/flash.py) share Hkv ∈ {16, 4, 1} key/value
+heads (MHA, GQA-4, MQA), causal, bf16, at B·N = 32k tokens (B=8, N=4k) and at a batch of one (B=1, N=4k),
+where the dK/dV kernel has the fewest programs (it owns the keys of one kv head: B·Hkv·N/BLOCK_N programs,
+32 for MQA at B=1 on 132 SMs). Compared, in one process on the same inputs:
+
+* ``triton`` — :func:`attention_lab.flash.triton_attention.flash_attention` (k, v with Hkv heads, no copy);
+* ``sdpa_gqa`` — ``F.scaled_dot_product_attention(..., enable_gqa=True)``, PyTorch's own choice of backend;
+* ``sdpa_flash_gqa`` / ``sdpa_cudnn_gqa`` — the same forced to its FlashAttention-2 / cuDNN backend (a
+  backend that refuses GQA is recorded as missing);
+* ``flex`` — FlexAttention (``torch.compile(flex_attention)``, ``enable_gqa=True``, a causal block mask).
+
+Each time is the median of ``triton.testing.do_bench`` (L2 flushed), measured in 3 interleaved runs (median
+of the runs reported, every run recorded). TFLOP/s count 4·B·H·N²·D/2 for the causal forward and 3.5× that
+for forward+backward. Writes ``attention_lab/results/gqa_training.json`` and ``gqa_training.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from attention_lab.book.results import RESULTS_DIR  # noqa: E402
+from attention_lab.flash import benchmark_report as br  # noqa: E402
+from attention_lab.flash import triton_attention as ta  # noqa: E402
+from decode_common import environment, half_dtype, save_json  # noqa: E402
+
+HEADS, HEAD_DIM = 16, 128
+KV_HEADS = [16, 4, 1]
+SHAPES = [(8, 4096), (1, 4096)]  # (batch, n)
+RUNS = 3
+
+
+def sdpa(backend=None):
+    def run(q, k, v):
+        if backend is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return run
+
+
+def flex_method():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 256)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    masks = {}
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    def run(q, k, v):
+        n = q.shape[-2]
+        if n not in masks:
+            masks[n] = create_block_mask(causal, None, None, n, n, device=q.device)
+        return compiled(q, k, v, block_mask=masks[n], enable_gqa=True)
+    return run
+
+
+METHODS = {
+    "triton": lambda q, k, v: ta.flash_attention(q, k, v, causal=True),
+    "sdpa_gqa": sdpa(),
+    "sdpa_flash_gqa": sdpa(SDPBackend.FLASH_ATTENTION),
+    "sdpa_cudnn_gqa": sdpa(SDPBackend.CUDNN_ATTENTION),
+}
+
+
+def inputs(batch, n, n_kv_heads, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(batch, HEADS, n, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(batch, n_kv_heads, n, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(batch, n_kv_heads, n, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
+    return [t.requires_grad_(True) for t in (q, k, v)]
+
+
+def step_fn(method, q, k, v, grad_out, mode):
+    fn = METHODS[method]
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(q, k, v)
+    else:
+        def step():
+            fn(q, k, v).backward(grad_out)
+    return step
+
+
+def errors_vs_sdpa(batch, n, n_kv_heads, dtype) -> dict:
+    """Max |method − SDPA's own choice| of out, dq, dk, dv on one shape (every method in ``dtype``)."""
+    q, k, v = inputs(batch, n, n_kv_heads, dtype, seed=1)
+    grad_out = torch.randn_like(q)
+    results = {}
+    for method in METHODS:
+        try:
+            out = METHODS[method](q, k, v)
+            grads = torch.autograd.grad(out, (q, k, v), grad_out)
+            results[method] = [out.float()] + [g.float() for g in grads]
+        except RuntimeError:
+            continue
+    ref = results["sdpa_gqa"]
+    return {method: {name: (a - b).abs().max().item() for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref)}
+            for method, got in results.items() if method != "sdpa_gqa"}
+
+
+def main(argv=None) -> None:
+    from triton.testing import do_bench
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument("--no-flex", action="store_true")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not torch.cuda.is_available():
+        sys.exit("gqa_training.py needs a CUDA GPU; the committed results are in attention_lab/results/")
+    if not args.no_flex:
+        METHODS["flex"] = flex_method()
+    dtype = half_dtype()
+    started = time.perf_counter()
+    import flash as fb  # benchmarks/flash.py: compile every autotune config in parallel processes first
+
+    fb.precompile_all([HEAD_DIM], dtype)
+    print(f"precompiled in {time.perf_counter() - started:.0f} s", flush=True)
+    results = {"benchmark": "gqa_training", "environment": environment(), "dtype": str(dtype).replace("torch.", ""),
+               "heads": HEADS, "head_dim": HEAD_DIM, "causal": True,
+               "flops": "fwd 4·B·H·N²·D ÷ 2 (causal), fwd_bwd 3.5 × fwd",
+               "timing": f"triton.testing.do_bench median, L2 flushed; {RUNS} interleaved runs, median of runs",
+               "rows": [], "errors": []}
+    for batch, n in SHAPES:
+        for n_kv_heads in KV_HEADS:
+            results["errors"].append(dict(batch=batch, n=n, n_kv_heads=n_kv_heads,
+                                          max_abs_vs_sdpa=errors_vs_sdpa(batch, n, n_kv_heads, dtype)))
+            q, k, v = inputs(batch, n, n_kv_heads, dtype)
+            grad_out = torch.randn_like(q)
+            for mode in ("fwd", "fwd_bwd"):
+                runs = {m: [] for m in METHODS}
+                failed = set()
+                for _ in range(RUNS):
+                    for method in METHODS:
+                        if method in failed:
+                            continue
+                        try:
+                            runs[method].append(do_bench(step_fn(method, q, k, v, grad_out, mode), warmup=25, rep=100,
+                                                         grad_to_none=[q, k, v], return_mode="median") / 1e3)
+                        except RuntimeError as error:  # a backend that refuses GQA (or this shape)
+                            failed.add(method)
+                            print(f"  {method} B={batch} N={n} Hkv={n_kv_heads} {mode}: {str(error)[:100]}")
+                flops = br.attention_flops(batch, HEADS, n, HEAD_DIM, True, mode)
+                for method in METHODS:
+                    times = None if method in failed else runs[method]
+                    ms = statistics.median(times) * 1e3 if times else None
+                    results["rows"].append(dict(batch=batch, n=n, n_kv_heads=n_kv_heads, group=HEADS // n_kv_heads,
+                                                mode=mode, method=method, ms=ms,
+                                                runs_ms=[t * 1e3 for t in times] if times else None,
+                                                spread=(max(times) - min(times)) / statistics.median(times) if times else None,
+                                                tflops=flops / (ms * 1e-3) / 1e12 if ms else None))
+                torch.cuda.empty_cache()
+            print(f"B={batch} N={n} Hkv={n_kv_heads} done at {time.perf_counter() - started:.0f} s", flush=True)
+            save_json(out_dir / "gqa_training.json", results)
+            del q, k, v, grad_out
+    results["seconds"] = round(time.perf_counter() - started)
+    save_json(out_dir / "gqa_training.json", results)
+    plot(results, out_dir / "gqa_training.png")
+    report(results)
+
+
+def report(results: dict) -> None:
+    env = results["environment"]
+    print(f"\n{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | {results['dtype']}")
+    methods = list(dict.fromkeys(r["method"] for r in results["rows"]))
+    for mode in ("fwd", "fwd_bwd"):
+        print(f"\nTFLOP/s, {mode}, causal, H={results['heads']}, D={results['head_dim']} (spread of runs in %)")
+        print(f"{'B':>3} {'N':>6} {'Hkv':>4} | " + " | ".join(f"{m:>16}" for m in methods))
+        keys = list(dict.fromkeys((r["batch"], r["n"], r["n_kv_heads"]) for r in results["rows"]))
+        for key in keys:
+            cells = []
+            for m in methods:
+                r = next(r for r in results["rows"] if (r["batch"], r["n"], r["n_kv_heads"]) == key
+                         and r["mode"] == mode and r["method"] == m)
+                cells.append(f"{r['tflops']:9.0f} ±{r['spread']:4.1%}" if r["tflops"] else f"{'—':>16}")
+            print(f"{key[0]:>3} {key[1]:>6} {key[2]:>4} | " + " | ".join(cells))
+    for mode in ("fwd", "fwd_bwd"):
+        for base in ("sdpa_gqa", "flex", "sdpa_cudnn_gqa"):
+            ratios = []
+            for r in results["rows"]:
+                if r["mode"] == mode and r["method"] == "triton" and r["ms"]:
+                    b = next((x for x in results["rows"] if x["method"] == base and x["mode"] == mode
+                              and (x["batch"], x["n"], x["n_kv_heads"]) == (r["batch"], r["n"], r["n_kv_heads"])), None)
+                    if b and b["ms"]:
+                        ratios.append(b["ms"] / r["ms"])
+            if ratios:
+                print(f"triton speed / {base:15} {mode:7}: {min(ratios):.2f}–{max(ratios):.2f}×")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(dict.fromkeys(r["method"] for r in results["rows"]))
+    keys = list(dict.fromkeys((r["batch"], r["n"], r["n_kv_heads"]) for r in results["rows"]))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=False)
+    width = 0.8 / len(methods)
+    for ax, mode in zip(axes, ("fwd", "fwd_bwd")):
+        x = np.arange(len(keys))
+        for i, m in enumerate(methods):
+            rows = [next(r for r in results["rows"] if (r["batch"], r["n"], r["n_kv_heads"]) == key
+                         and r["mode"] == mode and r["method"] == m) for key in keys]
+            values = [r["tflops"] or 0.0 for r in rows]
+            flops = [r["tflops"] * r["ms"] if r["tflops"] else 0.0 for r in rows]  # TFLOP/s · ms = const per shape
+            low = [v - f / max(r["runs_ms"]) if r["tflops"] else 0.0 for v, f, r in zip(values, flops, rows)]
+            high = [f / min(r["runs_ms"]) - v if r["tflops"] else 0.0 for v, f, r in zip(values, flops, rows)]
+            ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, yerr=[low, high], capsize=2, label=m)
+        ax.set_xticks(x, [f"B={b}\nHkv={h}" for b, _, h in keys])
+        ax.set_title(f"{'forward' if mode == 'fwd' else 'forward + backward'}, causal, N={keys[0][1]}, "
+                     f"H={results['heads']}, D={results['head_dim']}")
+        ax.set_ylabel("TFLOP/s")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    env = results["environment"]
+    fig.suptitle(f"GQA/MQA training attention: {env['card']}, torch {env['torch']}, triton {env['triton']}, "
+                 f"{results['dtype']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
