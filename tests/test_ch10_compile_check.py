@@ -61,7 +61,7 @@ def test_pruning_estimate_bounds_the_real_allocation(compiled):
 def test_pruning_rule_drops_what_a_t4_cannot_hold():
     forward_t4 = triton_configs.configs_for("forward", 128, 2, 75)
     forward_h100 = triton_configs.configs_for("forward", 128, 2, 90)
-    assert len(forward_h100) == len(triton_configs.FORWARD_CONFIGS)  # 227 KiB holds every candidate
+    assert len(forward_h100) == len(triton_configs.TENSOR_CORE_CONFIGS["forward"])  # 227 KiB holds every one
     assert all(c.kwargs["BLOCK_M"] <= 64 for c in forward_t4)
     assert triton_configs.shared_memory_limit(86) == triton_configs.shared_memory_limit(89) == 99 * 1024
     # an fp32 (4-byte) tile needs twice the shared memory: fewer configs fit
@@ -92,7 +92,37 @@ def test_the_autotuner_prunes_by_the_mask_too(monkeypatch):
     q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
     with_mask = prune(triton_configs.FORWARD_CONFIGS, {"Q": q}, BLOCK_D=128, HAS_MASK=True)
     without = prune(triton_configs.FORWARD_CONFIGS, {"Q": q}, BLOCK_D=128, HAS_MASK=False)
-    assert len(without) == len(triton_configs.FORWARD_CONFIGS) and triton_configs.FORWARD_CONFIGS[0] not in with_mask
+    tensor_core = triton_configs.TENSOR_CORE_CONFIGS["forward"]
+    assert len(without) == len(tensor_core) and tensor_core[0] not in with_mask
+
+
+@pytest.mark.parametrize("capability", [75, 80, 89, 90])
+def test_the_autotuner_gets_the_t4_tiles_on_a_t4_and_only_there(monkeypatch, capability):
+    """On sm_75 the pruning hook keeps exactly the T4's one tile for the head_dim, fp16 or fp32 (one stage: nothing
+    is pipelined there); on sm_80+ exactly what the shared-memory rule keeps of the tensor-core configs, as before."""
+    import torch
+
+    monkeypatch.setattr(triton_configs, "device_capability", lambda device: capability)
+    key = lambda c: (c.kwargs, c.num_warps, c.num_stages, c.maxnreg)  # noqa: E731
+    for kernel, configs in triton_configs.CONFIGS.items():
+        prune = triton_configs.make_pruner(kernel)
+        for block_d in (16, 32, 64, 128):
+            for dtype in (torch.float16, torch.float32):
+                for has_mask in (False, True):
+                    q = torch.empty(1, dtype=dtype)
+                    try:
+                        kept = prune(configs, {"Q": q}, BLOCK_D=block_d, HAS_MASK=has_mask)
+                    except ValueError:  # nothing fits (e.g. fp32 with a mask at head_dim 128 on an L4)
+                        kept = []
+                    if capability == 75:
+                        expected = [triton_configs.T4_CONFIGS[kernel][block_d]]
+                        assert [key(c) for c in kept] == [key(c) for c in expected]
+                        assert kept[0].num_stages == 1 and kept[0].maxnreg == triton_configs.T4_MAXNREG
+                    else:
+                        expected = [c for c in triton_configs.TENSOR_CORE_CONFIGS[kernel] if triton_configs.fits(
+                            kernel, c, block_d, q.element_size(), capability, has_mask)]
+                        assert [key(c) for c in kept] == [key(c) for c in expected]
+                        assert all(c.num_stages > 1 and c.maxnreg is None for c in kept)
 
 
 def test_a_fixed_tile_that_cannot_fit_is_refused_before_launch():

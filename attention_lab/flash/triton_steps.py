@@ -25,7 +25,9 @@ from attention_lab.kernels.interpreter import interpreting
 
 STEPS = ("two_pass", "online", "skip", "tuned")
 STEP_TILE = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}  # steps 1-3 share one tile (sm_80+)
-SMALL_TILE = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}  # fits a T4's 64 KiB
+# A T4 (sm_75): tl.dot on FMA units, nothing pipelined (one stage); small enough that no step spills registers
+# at any head_dim, fp16 or fp32, with Triton 3.6 (Colab's) and 3.9 (ptxas -v: tests/test_ch10_t4_spills.py)
+SMALL_TILE = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
 INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 

@@ -163,13 +163,17 @@ class DecodeConfig:
 def decode_config(head_dim: int, element_size: int, capability: int | None) -> DecodeConfig:
     """The tile for a device of compute ``capability`` (sm_90 -> 90; None: the interpreter).
 
-    K and V tiles of ``tile_n × head_dim`` are kept ``num_stages`` deep in shared memory, so a T4
-    (sm_75, 64 KiB) gets 32-key tiles and 2 stages, Ampere/Ada 64 keys and 3 stages, and Hopper
-    (227 KiB) 128 keys, which an H100 sweep found best or within 2% of the best for bf16 at D=128
-    (attention_lab/results/decode_sweep.json). Every choice is compiled and its shared memory checked
+    K and V tiles of ``tile_n × head_dim`` are kept ``num_stages`` deep in shared memory, so Ampere/Ada get
+    64 keys and 3 stages, and Hopper (227 KiB) 128 keys, which an H100 sweep found best or within 2% of the
+    best for bf16 at D=128 (attention_lab/results/decode_sweep.json). On a T4 (sm_75) Triton runs ``tl.dot``
+    on the FMA units and pipelines nothing: 16 keys per step, one stage, 8 warps (16 in fp32), so that no
+    value spills from registers at any head_dim up to 128 and query group up to 64 (``ptxas -v``,
+    ``tests/test_ch10_t4_spills.py``). Every choice is compiled and its shared memory checked
     per architecture by :mod:`attention_lab.kernels.compile_check` (``tests/test_ch11_decode_compile.py``)."""
-    if capability is None or capability < 80:
+    if capability is None:
         return DecodeConfig(tile_n=32, num_warps=4, num_stages=2)
+    if capability < 80:  # a T4: FMA products, no pipelining, no spills
+        return DecodeConfig(tile_n=16, num_warps=8 if element_size <= 2 else 16, num_stages=1)
     if head_dim * element_size > 256:  # D > 128 in 16-bit (or fp32 at D=128): a smaller tile
         return DecodeConfig(tile_n=32, num_warps=4, num_stages=3)
     if capability >= 90:

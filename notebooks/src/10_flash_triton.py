@@ -260,16 +260,23 @@ plt.show()
 # tiles — `num_stages` copies of every streamed K and V tile. A launch that asks for more shared memory
 # than the GPU has fails, so `triton_configs` lists a few candidate tiles per kernel and a documented
 # pruning rule drops those that cannot fit *before* `@triton.autotune` times the rest on the first call
-# (each new sequence-length bucket, head dimension and mask kind is tuned once). A Colab T4 (sm_75) has
-# the least shared memory and no bf16; an H100 (sm_90) the most (on the T4 tiles differing only in
-# `num_stages` would be the same compiled code, since nothing is pipelined there):
+# (each new sequence-length bucket, head dimension and mask kind is tuned once). An H100 (sm_90) has the
+# most shared memory. A Colab T4 (sm_75) is different in kind, not only smaller (64 KiB, no bf16): its
+# `tl.dot` runs on the FMA units, where each thread holds its rows of both operands in registers (at most
+# 255), and nothing is pipelined. So a T4 gets exactly one tile per head dimension, with one stage (more
+# would be the same compiled code, timed twice), chosen so that no value spills from registers to local
+# memory at any head dimension, fp16 or fp32 — CI compiles every one for sm_75 and reads `ptxas -v`
+# (`tests/test_ch10_t4_spills.py`):
 
 # %%
 for capability, gpu in ((75, "T4"), (80, "A100"), (89, "L4"), (90, "H100")):
     kept = triton_configs.configs_for("forward", 128, 2, capability)
     tiles = ", ".join(f"{c.kwargs['BLOCK_M']}×{c.kwargs['BLOCK_N']}/{c.num_warps}w/{c.num_stages}st" for c in kept)
+    meant = triton_configs.candidates("forward", 128, 2, capability)
     print(f"sm_{capability} {gpu:5} {triton_configs.shared_memory_limit(capability) // 1024:3} KiB: forward tiles at "
-          f"D=128 kept {len(kept)}/{len(triton_configs.FORWARD_CONFIGS)}: {tiles}")
+          f"D=128 kept {len(kept)}/{len(meant)}: {tiles}")
+print("T4 tile per head dim (forward):", ", ".join(
+    f"D={d}: {c.kwargs['BLOCK_M']}×{c.kwargs['BLOCK_N']}/{c.num_warps}w" for d, c in triton_configs.T4_CONFIGS["forward"].items()))
 try:
     ta.check_dtype_supported(torch.bfloat16, 75)
 except ValueError as error:
@@ -639,7 +646,7 @@ else:
 #   with the same forward memory and less for forward + backward (no fp32 dQ buffer); slower than cuDNN, whose Hopper kernel overlaps the softmax of one tile with the matrix
 #   products of the next using warp-specialised warpgroups and the TMA copy engine (the FlashAttention-3
 #   recipe, Shah et al., 2024) — the next step for this kernel.
-# * The same code runs on a Colab T4 in fp16 (smaller tiles chosen by the pruning rule) — correct and
+# * The same code runs on a Colab T4 in fp16 (small tiles of its own, none spilling a register) — correct and
 #   readable there, not fast: Triton runs its `tl.dot` on the T4's FMA units while SDPA uses its tensor
 #   cores — and, without a GPU, under Triton's interpreter, which is how this chapter's exercise and tests
 #   run. Without triton at all (macOS, Windows) the chapter takes its PyTorch path and still shows the
