@@ -264,15 +264,30 @@ def flex_paragraph(results: dict, env: Environment, shared: bool) -> str:
 def paged_paragraph(results: dict, env: Environment, shared: bool) -> str:
     """Chapter 11's paged decode kernel: fraction of copy bandwidth and speed against contiguous SDPA."""
     rows = results["rows"]
-    of_copy = [r["of_copy"]["paged_triton"] for r in rows]
-    speed = [r["paged_vs_sdpa_speed"] for r in rows]
+
+    def measured(group: list[dict]) -> str:
+        of_copy = [r["of_copy"]["paged_triton"] for r in group]
+        speed = [r["paged_vs_sdpa_speed"] for r in group]
+        return (f"{fmt_range(min(of_copy) * 100, max(of_copy) * 100, '{:.0f}', ' %')} of the copy bandwidth at "
+                f"{fmt_range(min(speed), max(speed), unit='×')} the speed of SDPA decode on a contiguous cache")
+
+    by_heads = {}
+    for r in rows:
+        by_heads.setdefault(r.get("n_kv_heads", single(rows, "heads")), []).append(r)
+    shared_kv = [h for h in by_heads if h == 1]  # MQA: a step reads little, so launch and merge overheads weigh
+    full = [r for h, group in by_heads.items() if h not in shared_kv for r in group]
+    heads = sorted((h for h in by_heads if h not in shared_kv), reverse=True)
+    parts = [f"with {' and '.join(map(str, heads))} kv heads it reads **{measured(full)}**"] if full else []
+    if shared_kv:
+        mqa = by_heads[1]
+        small = min(mqa, key=lambda r: r["kv_bytes"])
+        parts.append(f"with one kv head (MQA; {small['kv_bytes'] / 1e6:.0f} MB per step at "
+                     f"{tokens(small['context'])} context, so fixed costs weigh) {measured(mqa)}")
     return wrap(
         f"**Paged decode (chapter 11)** — `python3 benchmarks/paged_decode.py`, {on(env, shared)}. "
         f"B = {single(rows, 'batch')}, H = {single(rows, 'heads')}, D = {single(rows, 'head_dim')}, "
-        f"{short_dtype(single(rows, 'dtype'))}, blocks of {single(rows, 'block_size')}: the paged Triton kernel reads "
-        f"**{fmt_range(min(of_copy) * 100, max(of_copy) * 100, '{:.0f}', ' %')} of the measured copy bandwidth "
-        f"({results['copy_tb_s']:.1f} TB/s)** and runs at {fmt_range(min(speed), max(speed), unit='×')} the speed "
-        f"of SDPA decode on a contiguous cache.")
+        f"{short_dtype(single(rows, 'dtype'))}, blocks of {single(rows, 'block_size')}, measured copy bandwidth "
+        f"{results['copy_tb_s']:.1f} TB/s: {'; '.join(parts)}.")
 
 
 def gqa_paragraph(results: dict, env: Environment, shared: bool) -> str:
