@@ -133,6 +133,9 @@ def mean_sd(values: Iterable[float]) -> MeanSD:
     return MeanSD(statistics.fmean(values), sd, len(values))
 
 
+RESOLVED_RATIO = 2.0  # a difference counts when it is at least twice the seed-to-seed spread
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Variant ``a`` against variant ``b`` on one metric, seed by seed (see :func:`compare`)."""
@@ -155,8 +158,13 @@ class Comparison:
 
     @property
     def resolved(self) -> bool:
-        """Whether the difference is larger than the seed-to-seed spread."""
-        return self.ratio > 1.0
+        """Whether the difference is at least :data:`RESOLVED_RATIO` (2) times the seed-to-seed spread."""
+        return self.ratio >= RESOLVED_RATIO - 1e-9
+
+    @property
+    def hint(self) -> bool:
+        """Larger than the spread but under :data:`RESOLVED_RATIO` times it: a hint, not a result, at these seeds."""
+        return 1.0 < self.ratio and not self.resolved
 
     @property
     def sentence(self) -> str:
@@ -166,15 +174,17 @@ class Comparison:
         unit = f" {self.unit}" if self.unit else ""
         head = (f"{self.what + ': ' if self.what else ''}{self.a} − {self.b} = {d.mean:+.{k}f} ± {d.sd:.{k}f}{unit} "
                 f"over {d.n} seeds (seed-to-seed spread {self.spread:.{k}f})")
-        if not self.resolved:
+        if self.ratio <= 1.0:
             return f"{head}: within the spread — no difference at this budget"
-        better = (d.mean > 0) == self.higher_is_better
+        better = "better" if (d.mean > 0) == self.higher_is_better else "worse"
         ratio = "more than 100×" if self.ratio > 100 else f"{self.ratio:.1f}×"
-        return f"{head}: {ratio} the spread — {self.a} is {'better' if better else 'worse'}"
+        if self.hint:
+            return f"{head}: {ratio} the spread — a hint that {self.a} is {better}, not resolved over {d.n} seeds"
+        return f"{head}: {ratio} the spread — {self.a} is {better}"
 
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "difference": self.difference.to_dict(), "spread": self.spread,
-                "ratio": self.ratio if math.isfinite(self.ratio) else None, "resolved": self.resolved,
+                "ratio": self.ratio if math.isfinite(self.ratio) else None, "resolved": self.resolved, "hint": self.hint,
                 "unit": self.unit, "higher_is_better": self.higher_is_better, "what": self.what,
                 "sentence": self.sentence}
 
@@ -185,7 +195,7 @@ def compare(a: str, values_a: Sequence[float], b: str, values_b: Sequence[float]
 
     The difference is the mean ± sd of the per-seed differences; the yardstick is the seed-to-seed
     spread, the larger of the two variants' sd over seeds. The difference counts (:attr:`Comparison.resolved`)
-    when it is larger than that spread. Needs at least 2 seeds.
+    when it is at least twice that spread; between one and two spreads it is only a hint. Needs at least 2 seeds.
     """
     if len(values_a) != len(values_b):
         raise ValueError(f"values_a and values_b must hold one number per seed each, got {len(values_a)} and {len(values_b)}")

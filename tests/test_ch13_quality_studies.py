@@ -94,6 +94,9 @@ def test_conclusion_wording_within_the_spread_and_for_accuracy():
                      what="recall accuracy")
     assert better.sentence.startswith("recall accuracy: MHA − window 8 = +0.480 ± 0.017 over 3 seeds (seed-to-seed spread 0.010)")
     assert better.sentence.endswith("48.0× the spread — MHA is better")
+    hint = compare("MLA", [1.235, 1.215, 1.225], "MHA", [1.20, 1.22, 1.21], unit="nats")
+    assert not hint.resolved and hint.hint and hint.ratio == pytest.approx(1.5)
+    assert hint.sentence.endswith("1.5× the spread — a hint that MLA is worse, not resolved over 3 seeds")
     same = compare("a", [1.0, 1.0], "b", [1.0, 1.0])
     assert same.ratio == 0.0 and not same.resolved
     assert compare("a", [1.0, 1.0], "b", [0.9, 0.9]).sentence.endswith("more than 100× the spread — a is worse")
