@@ -914,6 +914,53 @@ def merge_reports(parts: Sequence[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# What a chapter prints about a committed study
+# ----------------------------------------------------------------------------------------------------------
+
+
+def study_header(report: dict) -> str:
+    """One line saying what a study is and where it ran: title, seeds, budget, tokenizer, machine, versions."""
+    env = report["environment"]
+    where = env.get("gpu") or env.get("processor") or env.get("machine", "?")
+    if "steps" in report:
+        budget = ", ".join(f"{objective} {n:,} steps" for objective, n in report["steps"].items())
+    else:  # the uptraining study
+        budget = f"MHA checkpoint {report['base_steps']:,} steps, uptraining α of it"
+    tokenizer = next((o["tokenizer"] for o in report["objectives"].values() if "tokenizer" in o), None)
+    return (f"{report['title']} — over {len(report['seeds'])} seeds {report['seeds']}, {budget}"
+            f"{f', tokenizer {tokenizer}' if tokenizer else ''}; run on {where} ({env['device']}), torch {env['torch']}"
+            f"{' — a smoke run: its numbers mean nothing' if report.get('smoke') else ''}")
+
+
+def study_table(report: dict) -> str:
+    """The committed numbers of :func:`run_study`, one row per (objective, variant): parameters (and the MLP
+    width that matched them), the final metric as mean ± sd over the seeds, and for recall the steps to 90 %
+    accuracy (with how many seeds got there)."""
+    lines = []
+    for objective, settings in report["objectives"].items():
+        metric = settings["metric"]
+        lines.append(f"{objective} ({METRIC_NAMES[metric]}, mean ± sd over {len(report['seeds'])} seeds):")
+        for variant, entry in report["summary"][objective].items():
+            shape = report["variants"][objective][variant]
+            match = (f"MLP width {shape['mlp_hidden']}, {shape['relative_difference']:+.1%}"
+                     if report.get("parameters_matched") else "no weights changed")
+            line = (f"  {variant:<12} {entry['parameters']:>9,} parameters ({match})  "
+                    f"{MeanSD(**entry[metric]).format()}")
+            if "steps_to_90" in entry:
+                reach = entry["steps_to_90"]
+                line += (f"   90 % reached on {reach['reached']}/{reach['of']} seeds"
+                         + (f", after {reach['mean']:,.0f} ± {reach['sd']:,.0f} steps" if reach["reached"] else ""))
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def study_conclusion_lines(report: dict, objective: str | None = None) -> list[str]:
+    """The committed conclusions (every variant against the baseline, with the seeds' spread as the yardstick),
+    as printed sentences; ``objective`` keeps one objective's."""
+    return [c["sentence"] for c in report["conclusions"] if objective is None or c["objective"] == objective]
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Figures for the chapters
 # ----------------------------------------------------------------------------------------------------------
 

@@ -261,3 +261,28 @@ def test_a_live_run_takes_a_subset_of_variants_and_the_figures_draw_it():
     assert [line.get_label() for line in ax.lines] == ["MHA", "window 8"]
     with pytest.raises(ValueError, match="subset"):
         run_chapter_study("ch13", smoke=True, variants=["MHA", "Mamba"], progress=False)
+
+
+@pytest.mark.parametrize("name", ["ch04", "ch05", "ch12", "ch13"])
+def test_the_committed_studies_print_what_their_numbers_say(name):
+    """The committed JSON (package data) of each study: 3 seeds, parameters matched within 2 % where the study
+    matches them, and the table and conclusions a chapter prints are the numbers of its runs."""
+    from attention_lab.book import results
+    from attention_lab.quality import study_conclusion_lines, study_header, study_table
+
+    report = results.load(f"quality_{name}")
+    assert report is not None and report["seeds"] == [0, 1, 2] and not report["smoke"]
+    assert "over 3 seeds [0, 1, 2]" in study_header(report)
+    table = study_table(report)
+    for objective, by_variant in report["summary"].items():
+        metric = report["objectives"][objective]["metric"]
+        for variant, entry in by_variant.items():
+            values = [r["final"][metric] for r in report["runs"] if (r["objective"], r["variant"]) == (objective, variant)]
+            assert len(values) == 3 and entry[metric]["mean"] == pytest.approx(sum(values) / 3)
+            assert f"{variant:<12} {entry['parameters']:>9,} parameters" in table
+            if report["parameters_matched"]:
+                assert abs(report["variants"][objective][variant]["relative_difference"]) <= 0.02
+    lines = study_conclusion_lines(report)
+    assert lines and all("over 3 seeds" in line for line in lines)
+    recomputed = quality.study_conclusions(report)
+    assert [c["sentence"] for c in recomputed] == lines  # the committed sentences follow from the runs
