@@ -398,12 +398,47 @@ def _state_in_the_old_order(acc, m_i, l_i, qk, v):  # the (acc, m_i, l_i) order 
     return acc, m_new, l_i
 
 
+@triton.jit
+def _no_max_subtracted(m_i, l_i, acc, qk, v):  # right for small scores, inf/inf = NaN for large ones
+    p = tl.exp2(qk)
+    l_i = l_i + tl.sum(p, 1)
+    acc = acc + tl.dot(p.to(v.dtype), v)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _block_max_only(m_i, l_i, acc, qk, v):  # exact algebra, but alpha = exp2(m_i - m_block) can overflow
+    m_new = tl.max(qk, 1)
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _old_max_subtracted(m_i, l_i, acc, qk, v):  # subtracts the maximum before this block (-inf at the start)
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_i[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
 def test_exercise_checker_passes_the_solution():
     assert check_online_softmax_step(_solution)
 
 
 @pytest.mark.parametrize("wrong", [_stub, _acc_not_rescaled, _exp_instead_of_exp2, _sum_not_rescaled,
-                                   _state_in_the_old_order])
+                                   _state_in_the_old_order, _no_max_subtracted, _block_max_only, _old_max_subtracted])
 def test_exercise_checker_rejects_the_stub_and_wrong_steps(wrong):
     with pytest.raises(ExerciseError):
         check_online_softmax_step(wrong)
+
+
+def test_a_step_without_the_maximum_is_told_why_it_fails_on_large_scores():
+    """Issue #17: no max subtraction passed on small inputs; at input scale 10 it returns NaN, and the
+    message says that the running maximum is what keeps exp2 finite."""
+    with pytest.raises(ExerciseError, match=r"inputs × 10.*(NaN|differ).*running maximum"):
+        check_online_softmax_step(_no_max_subtracted)

@@ -23,12 +23,19 @@ import torch
 from attention_lab.attention import scaled_dot_product_attention
 from attention_lab.exercises.core import ExerciseError, exercise_check, expect_close, random_generator
 
-# (batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal): odd lengths cross block edges
-_CASES = [(1, 2, 2, 21, 21, 16, False), (1, 2, 1, 9, 37, 16, True)]
+# (batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, input scale): odd lengths cross block
+# edges; at input scale 10 the scores reach hundreds in log2 units, so exp2 overflows fp32 (past 2^128) unless
+# the running maximum is subtracted first — chapter 08's point, which a step without it must fail
+_CASES = [(1, 2, 2, 21, 21, 16, False, 2.0), (1, 2, 1, 9, 37, 16, True, 2.0), (1, 2, 1, 17, 45, 16, True, 10.0)]
 _TILE = {"BLOCK_M": 16, "BLOCK_N": 16}
 _HINT = ("m_new = max(m_i, rowmax(qk)); alpha = exp2(m_i - m_new) rescales BOTH l_i and acc; "
          "p = exp2(qk - m_new) (the scores are already in log2 units: exp2, not exp); "
          "l_i = alpha·l_i + rowsum(p); acc = alpha·acc + p @ v; return (m_new, l_i, acc).")
+
+
+_LARGE_HINT = ("These scores are large (inputs × 10): exp2 of a raw score overflows fp32 to inf, and inf/inf is "
+               "NaN. Subtract the running maximum m_new = max(m_i, rowmax(qk)) — the maximum over every block so "
+               "far, not this block's alone — before exp2, and rescale the old state by exp2(m_i - m_new) <= 1.")
 
 
 def run_forward_with_step(step: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -45,9 +52,9 @@ def check_step_interpreted(step: Callable) -> None:
     """Check ``step`` in this process, which runs Triton's interpreter (``TRITON_INTERPRET=1``): the library's
     forward with ``step`` as its update must equal the reference attention on odd shapes, causal and not."""
     generator = random_generator(10)
-    for batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal in _CASES:
-        q = torch.randn(batch, n_heads, n_queries, head_dim, generator=generator) * 2
-        k = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=generator) * 2
+    for batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, scale in _CASES:
+        q = torch.randn(batch, n_heads, n_queries, head_dim, generator=generator) * scale
+        k = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=generator) * scale
         v = torch.randn(batch, n_kv_heads, n_keys, head_dim, generator=generator)
         try:
             out = run_forward_with_step(step, q, k, v, causal)
@@ -56,9 +63,11 @@ def check_step_interpreted(step: Callable) -> None:
                 raise NotImplementedError("the step") from None
             raise ExerciseError(f"online-softmax step: the kernel failed with your step: {error!r}. "
                                 f"Return a tuple (m_i, l_i, acc) with the shapes of the docstring.") from None
-        expected = scaled_dot_product_attention(q, k, v, causal=causal)
-        expect_close(out, expected, f"attention with your step (Nq={n_queries}, Nk={n_keys}, causal={causal})",
-                     hint=_HINT, atol=1e-4, rtol=1e-4)
+        expected = scaled_dot_product_attention(q.double(), k.double(), v.double(), causal=causal).float()
+        large = scale > 2.0
+        what = f"attention with your step (Nq={n_queries}, Nk={n_keys}, causal={causal}, inputs × {scale:g})"
+        hint = (_LARGE_HINT + " " + _HINT) if large else _HINT
+        expect_close(out, expected, what, hint=hint, atol=1e-4, rtol=1e-4)
 
 
 def _check_in_subprocess(step: Callable) -> None:

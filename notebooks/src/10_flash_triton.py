@@ -197,7 +197,9 @@ for causal in (False, True):
 # (masked entries are $-\infty$), `v` the `(BLOCK_N, D)` value tile. Use `tl.maximum`, `tl.max(x, 1)`,
 # `tl.exp2`, `tl.sum(x, 1)`, `tl.dot(a, b)` and broadcasting with `x[:, None]`; cast `p` to `v.dtype` before
 # the `tl.dot`. The checker plugs your function into the library's real kernel in place of its own update
-# and runs it under the interpreter on odd shapes, causal and not.
+# and runs it under the interpreter on odd shapes, causal and not, and once with inputs ten times larger —
+# scores of hundreds in log2 units, where an update that skips the running maximum overflows to NaN
+# (chapter 08's point; the message says so).
 
 # %%
 @triton.jit
