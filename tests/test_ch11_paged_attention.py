@@ -276,8 +276,50 @@ def test_engine_errors(model):
     with pytest.raises(ValueError, match="full causal MultiHeadAttention"):
         ServingEngine(windowed, 8, 4)
     mla = TinyGPT(TinyGPTConfig(vocab_size=40, context_length=32, d_model=32, n_heads=4, attention="mla"))
-    with pytest.raises(ValueError, match="cannot serve attention='mla'"):
-        ServingEngine(mla, 8, 4)
+    with pytest.raises(ValueError, match="no paged kernel for MLA"):
+        ServingEngine(mla, 8, 4, decode="triton")
+    mixed = TinyGPT(TinyGPTConfig(vocab_size=40, context_length=32, d_model=32, n_heads=4, attention="mla"))
+    mixed.blocks[1].attn = model.blocks[1].attn
+    with pytest.raises(ValueError, match="all MLA or all MultiHeadAttention"):
+        ServingEngine(mixed, 8, 4)
+
+
+@pytest.fixture(scope="module", params=["naive", "absorbed"])
+def mla_model(request):
+    """An MLA TinyGPT (decoupled RoPE) in each inference mode; generate() uses the mode, the engine always
+    attends over the latent rows (the absorbed path) — both must give the same tokens."""
+    from attention_lab.mla import MLASettings, set_mode
+
+    torch.manual_seed(1)
+    config = TinyGPTConfig(vocab_size=40, context_length=64, d_model=32, n_layers=2, n_heads=4, attention="mla",
+                           settings=MLASettings(kv_latent_dim=12, rope_dim=4))
+    return set_mode(TinyGPT(config).eval(), request.param)
+
+
+@pytest.mark.parametrize("num_blocks", [64, 16])  # 16 blocks of 4: preemption and re-prefill of latent rows
+def test_mla_served_equals_mla_generated(mla_model, num_blocks):
+    """Issue #18: served == generated for MLA too — greedy and sampled, forked samples sharing the prompt's
+    latent rows (copy-on-write), preemption; the pool stores one row of d_c + d_R numbers per token and
+    layer, keys only."""
+    requests = _requests(6, seed=num_blocks)
+    engine = ServingEngine(mla_model, num_blocks=num_blocks, block_size=4)
+    attn = mla_model.blocks[0].attn
+    assert tuple(engine.cache.keys.shape[-2:]) == (1, attn.kv_latent_dim + attn.rope_dim)
+    assert engine.cache.values.numel() == 0 and engine.decode == "reference"
+    result = engine.run(requests)
+    for i, request in enumerate(requests):
+        for sample in range(request.n_samples):
+            assert result.outputs[i][sample] == _alone(mla_model, request, sample), (i, sample)
+    assert (result.stats[-1].preemptions > 0) == (num_blocks == 16) and result.copies > 0
+    assert engine.cache.allocator.num_used == 0
+    engine.cache.check_invariants()
+
+
+def test_mla_pool_block_is_the_latent_row_not_per_head_keys_and_values(mla_model):
+    engine = ServingEngine(mla_model, num_blocks=8, block_size=4)
+    attn = mla_model.blocks[0].attn
+    element = engine.cache.keys.element_size()
+    assert engine.cache.block_bytes == len(mla_model.blocks) * 4 * (attn.kv_latent_dim + attn.rope_dim) * element
 
 
 @pytest.mark.gpu

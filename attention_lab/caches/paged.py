@@ -111,15 +111,20 @@ class PagedKVCache:
     """
 
     def __init__(self, n_layers: int, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 value_dim: int | None = None) -> None:
+        """``value_dim``: width of each stored value (default ``head_dim``). ``0`` stores keys only — MLA's
+        pool, whose one row per token ``[c^KV ; k^R]`` is the key and whose first ``d_c`` entries are the value
+        (the serving engine reads them as a view of the keys, so nothing is stored twice)."""
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer number of tokens per block, got {block_size!r}")
         for name, value in (("n_layers", n_layers), ("num_blocks", num_blocks),
                             ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
             check_positive_int(name, value)
+        value_dim = head_dim if value_dim is None else check_positive_int("value_dim", value_dim, minimum=0)
         shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, num_blocks, block_size, Hkv, D)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)  # (L, num_blocks, block_size, Hkv, D)
+        self.values = torch.zeros(shape[:-1] + (value_dim,), device=device, dtype=dtype)  # (L, …, Hkv, Dv)
         self.block_size = block_size
         self.allocator = BlockAllocator(num_blocks)
         self.block_tables: dict[int, list[int]] = {}  # sequence id -> physical block ids
@@ -196,7 +201,7 @@ class PagedKVCache:
         return check_int_range("layer", layer, 0, self.keys.shape[0])
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store keys and values ``(n_tokens, Hkv, D)`` of ``layer`` at pool rows ``slots`` ``(n_tokens,)``.
+        """Store keys ``(n_tokens, Hkv, D)`` and values ``(n_tokens, Hkv, Dv)`` of ``layer`` at pool rows ``slots`` ``(n_tokens,)``.
 
         ``layer`` lies in ``[0, n_layers)``; ``slots`` is an integer tensor of rows in
         ``[0, num_blocks · block_size)`` (as :meth:`append` returns them); k and v are floating point.
@@ -205,26 +210,29 @@ class PagedKVCache:
         check_rank("slots", slots, 1, "(n_tokens,)")
         check_int_dtype("slots", slots)
         n_kv_heads, head_dim = self.keys.shape[-2:]
-        expected = (slots.shape[0], n_kv_heads, head_dim)
-        for name, t in (("k", k), ("v", v)):
+        value_dim = self.values.shape[-1]
+        for name, t, width in (("k", k, head_dim), ("v", v, value_dim)):
+            expected = (slots.shape[0], n_kv_heads, width)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
-                raise ValueError(f"{name} must have shape (n_tokens, n_kv_heads, head_dim) = {expected}, "
+                dims = "head_dim" if name == "k" else "value_dim"
+                raise ValueError(f"{name} must have shape (n_tokens, n_kv_heads, {dims}) = {expected}, "
                                  f"got {tuple(getattr(t, 'shape', ())) or type(t).__name__}")
             check_float_dtype(name, t)
         check_values_in_range("slots (pool rows)", slots, 0, self.allocator.num_blocks * self.block_size)
         slots = slots.to(self.keys.device)
         self.keys[layer].view(-1, n_kv_heads, head_dim)[slots] = k.to(self.keys.dtype)
-        self.values[layer].view(-1, n_kv_heads, head_dim)[slots] = v.to(self.values.dtype)
+        if value_dim:  # a keys-only pool (MLA's) stores no values
+            self.values[layer].view(-1, n_kv_heads, value_dim)[slots] = v.to(self.values.dtype)
 
     # ------------------------------------------------------------------ reading
     def gather(self, layer: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``seq``'s keys and values of ``layer`` in order, each ``(Hkv, length, D)`` (a copy)."""
+        """``seq``'s keys ``(Hkv, length, D)`` and values ``(Hkv, length, Dv)`` of ``layer`` in order (copies)."""
         self._check_layer(layer)
         table = torch.tensor(self._table(seq), dtype=torch.long, device=self.keys.device)
         length = self.lengths[seq]
         k = self.keys[layer][table].flatten(0, 1)[:length]  # (length, Hkv, D)
-        v = self.values[layer][table].flatten(0, 1)[:length]  # (length, Hkv, D)
-        return k.transpose(0, 1), v.transpose(0, 1)  # (Hkv, length, D)
+        v = self.values[layer][table].flatten(0, 1)[:length]  # (length, Hkv, Dv)
+        return k.transpose(0, 1), v.transpose(0, 1)  # (Hkv, length, D), (Hkv, length, Dv)
 
     def batch_tables(self, seqs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Block tables ``(B, max_blocks)`` int32 (padded with 0) and context lengths ``(B,)`` int32."""
@@ -261,8 +269,8 @@ class PagedKVCache:
     @property
     def block_bytes(self) -> int:
         """Bytes of one block across all layers, keys and values."""
-        per_layer = self.keys[0, 0].numel() * self.keys.element_size()
-        return 2 * self.keys.shape[0] * per_layer
+        per_layer = (self.keys[0, 0].numel() + self.values[0, 0].numel()) * self.keys.element_size()
+        return self.keys.shape[0] * per_layer
 
     def tokens_stored(self) -> int:
         """Filled slots in the pool, a shared block counted once."""
@@ -305,7 +313,8 @@ class PagedKVCache:
 
 # ---------------------------------------------------------------------- reference paged attention
 def check_paged_inputs(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: torch.Tensor,
-                       block_tables: torch.Tensor, context_lens: torch.Tensor, check_values: bool = True) -> None:
+                       block_tables: torch.Tensor, context_lens: torch.Tensor, check_values: bool = True,
+                       value_dim_may_differ: bool = False) -> None:
     """Validate the decode inputs of the reference and the Triton kernel (shapes: :func:`paged_attention_reference`).
 
     Shapes, dtypes (q and the pools one float dtype; block tables and lengths integer, never bool or float),
@@ -314,6 +323,8 @@ def check_paged_inputs(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: 
     ``ceil(context_lens[b] / block_size)`` of row ``b``) in ``[0, num_blocks)``; the padding after them is
     never read and may hold anything. ``check_values=False`` skips these two value checks, which read the
     tensors back from the GPU (a sync that a CUDA graph cannot capture): the caller then vouches for them.
+    ``value_dim_may_differ`` (the reference): values may be ``(num_blocks, block_size, Hkv, Dv)`` with their own
+    ``Dv >= 1`` (MLA's latent values); the Triton kernel needs ``Dv == D``.
     """
     check_rank("q", q, 4, "(batch, n_heads, 1, head_dim)")
     check_rank("key_blocks", key_blocks, 4, "(num_blocks, block_size, n_kv_heads, head_dim)")
@@ -328,7 +339,11 @@ def check_paged_inputs(q: torch.Tensor, key_blocks: torch.Tensor, value_blocks: 
         raise ValueError(f"q must hold one query token per sequence, shape (B, H, 1, D), got {tuple(q.shape)}")
     if batch < 1 or n_heads < 1 or head_dim < 1:
         raise ValueError(f"q must have shape (B, H, 1, D) with B, H, D >= 1, got {tuple(q.shape)}")
-    if tuple(value_blocks.shape) != tuple(key_blocks.shape):
+    if value_dim_may_differ:
+        if tuple(value_blocks.shape[:3]) != tuple(key_blocks.shape[:3]) or value_blocks.shape[3] < 1:
+            raise ValueError(f"value_blocks must have shape (num_blocks, block_size, n_kv_heads, Dv >= 1) = "
+                             f"{tuple(key_blocks.shape[:3])} + (Dv,), got {tuple(value_blocks.shape)}")
+    elif tuple(value_blocks.shape) != tuple(key_blocks.shape):
         raise ValueError(f"value_blocks must have the shape of key_blocks {tuple(key_blocks.shape)}, "
                          f"got {tuple(value_blocks.shape)}")
     if key_blocks.shape[-1] != head_dim:
@@ -398,16 +413,17 @@ def paged_attention_reference(q: torch.Tensor, key_blocks: torch.Tensor, value_b
     Args:
         q: the newest token's queries ``(B, H, 1, D)``.
         key_blocks, value_blocks: one layer's pool ``(num_blocks, block_size, Hkv, D)``; ``Hkv`` divides ``H``.
+            The values may have their own width ``Dv`` (MLA's latent values, ``(…, Hkv, d_c)``).
         block_tables: ``(B, max_blocks)`` integer, physical block of each logical block (padding ignored).
         context_lens: ``(B,)`` tokens each sequence may attend to (the query is the last of them).
         attend: the attention function used after the gather (the reference by default).
 
     Returns:
-        ``(B, H, 1, D)``; a sequence of length 0 gets zeros.
+        ``(B, H, 1, Dv)``; a sequence of length 0 gets zeros.
     """
-    check_paged_inputs(q, key_blocks, value_blocks, block_tables, context_lens)
+    check_paged_inputs(q, key_blocks, value_blocks, block_tables, context_lens, value_dim_may_differ=True)
     k, v, valid = gather_kv(key_blocks, value_blocks, block_tables, context_lens)  # (B, Hkv, N_max, D)
     mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, N_max): padding masked out
     if k.shape[2] == 0:
-        return torch.zeros_like(q)
+        return q.new_zeros(q.shape[:3] + (v.shape[-1],))
     return attend(q, k, v, mask=mask, scale=scale)  # (B, H, 1, D)

@@ -18,7 +18,9 @@ Requests finish and join at any step, so the batch never waits for its slowest m
 outputs equal generating each request alone with the contiguous cache
 (:func:`attention_lab.generate.generate` with the same seed), which the tests check token by token, for
 MHA, GQA and MQA models with or without RoPE (the decode step rotates each sequence's query and key by
-that sequence's own position).
+that sequence's own position), and for MLA models (``attention='mla'``), whose pool holds one latent row
+``[c^KV ; k^R]`` per token and layer — keys only, the values being the rows' first ``d_c`` entries — and
+whose decode step attends over those rows through the block tables (the absorbed path of chapter 12).
 
 Every request is checked before anything is allocated, and an error raised while serving (a kernel that
 cannot run, an interrupt) gives back every block taken since the run began: after an error the engine,
@@ -36,6 +38,7 @@ from attention_lab.validation import check_int_range, check_positive_int, is_int
 from attention_lab.generate import check_sampling, sample_next
 from attention_lab.model import ModelCache, TinyGPT
 from attention_lab.caches.paged import OutOfBlocksError, PagedKVCache, blocks_needed, paged_attention_reference
+from attention_lab.mla import LatentCache, MultiHeadLatentAttention, absorb_query, expand_values
 
 
 @dataclass
@@ -114,6 +117,25 @@ class _PrefillLayer:
         return keys.unsqueeze(0), values.unsqueeze(0)
 
 
+class _PrefillLatentLayer(LatentCache):
+    """One MLA layer's view of one paged sequence, with the ``update(latent, rope_key)`` interface of
+    :class:`~attention_lab.mla.LatentCache` (which MLA's forward calls): rows go to the pool's keys."""
+
+    def __init__(self, cache: PagedKVCache, layer: int, seq_id: int, slots: torch.Tensor, latent_dim: int,
+                 rope_dim: int) -> None:  # no buffer of its own: the pool is the storage
+        self.cache, self.layer, self.seq_id, self.slots = cache, layer, seq_id, slots
+        self.latent_dim, self.rope_dim, self.length = latent_dim, rope_dim, 0
+
+    def update(self, latent: torch.Tensor, rope_key: torch.Tensor) -> torch.Tensor:
+        """Store rows ``[latent ; rope_key]`` ``(1, T, d_c + d_R)`` in the reserved slots; return all of the
+        sequence's rows ``(1, length, d_c + d_R)``."""
+        rows = torch.cat([latent, rope_key], dim=-1)[0, :, None]  # (T, 1, d_c + d_R): one "kv head"
+        self.cache.write(self.layer, self.slots, rows, rows.new_zeros(rows.shape[0], 1, 0))
+        keys, _ = self.cache.gather(self.layer, self.seq_id)  # (1, length, d_c + d_R)
+        self.length = keys.shape[1]
+        return keys
+
+
 class ServingEngine:
     """Continuous batching with TinyGPT on a :class:`~attention_lab.caches.paged.PagedKVCache` of ``num_blocks`` blocks.
 
@@ -132,14 +154,23 @@ class ServingEngine:
         if not isinstance(share_prompt, bool):
             raise ValueError(f"share_prompt must be True or False, got {share_prompt!r}")
         param = model.token_embedding.weight
+        attn = model.blocks[0].attn
+        self.latent = isinstance(attn, MultiHeadLatentAttention)
         if decode == "auto":
-            decode = "triton" if param.device.type == "cuda" else "reference"
+            decode = "triton" if param.device.type == "cuda" and not self.latent else "reference"
         if decode == "triton":
+            if self.latent:
+                raise ValueError("decode='triton' has no paged kernel for MLA's latent rows (the latent kernel of "
+                                 "chapter 12 reads a contiguous cache); use decode='reference' for attention='mla'")
             _check_triton_decode(param.device)
         self.model, self.decode, self.max_batch, self.share_prompt = model, decode, max_batch, share_prompt
-        attn = model.blocks[0].attn
-        self.cache = PagedKVCache(len(model.blocks), num_blocks, block_size, attn.n_kv_heads, attn.head_dim,
-                                  device=param.device, dtype=param.dtype)
+        if self.latent:  # one row [c^KV ; k^R] per token and layer, as one "kv head"; no separate values
+            self.cache = PagedKVCache(len(model.blocks), num_blocks, block_size, 1,
+                                      attn.kv_latent_dim + attn.rope_dim, device=param.device, dtype=param.dtype,
+                                      value_dim=0)
+        else:
+            self.cache = PagedKVCache(len(model.blocks), num_blocks, block_size, attn.n_kv_heads, attn.head_dim,
+                                      device=param.device, dtype=param.dtype)
 
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
@@ -289,7 +320,11 @@ class ServingEngine:
         """Feed ``tokens`` to a new paged sequence through TinyGPT's own forward; returns the last logits (1, vocab)."""
         device = self.model.token_embedding.weight.device
         slots = self.cache.append(seq_id, len(tokens))
-        views = ModelCache([_PrefillLayer(self.cache, i, seq_id, slots, 0) for i in range(len(self.model.blocks))])
+        if self.latent:
+            views = ModelCache([_PrefillLatentLayer(self.cache, i, seq_id, slots, b.attn.kv_latent_dim, b.attn.rope_dim)
+                                for i, b in enumerate(self.model.blocks)])
+        else:
+            views = ModelCache([_PrefillLayer(self.cache, i, seq_id, slots, 0) for i in range(len(self.model.blocks))])
         logits, _ = self.model(torch.tensor([tokens], device=device), cache=views)  # (1, T, vocab)
         return logits[:, -1]  # (1, vocab)
 
@@ -304,11 +339,14 @@ class ServingEngine:
         x = model.token_embedding(tokens) + model.position_embedding(positions)[:, None]  # (B, 1, d_model)
         for layer, block in enumerate(model.blocks):
             attn = block.attn
-            q, k, v = attn.project_qkv(block.ln1(x))  # q (B, H, 1, D); k, v (B, Hkv, 1, D)
-            if attn.rotary is not None:  # RoPE: each sequence's token turns by its own position (keys cached turned)
-                q, k = _rotate_each(attn.rotary, q, positions), _rotate_each(attn.rotary, k, positions)
-            self.cache.write(layer, slot_rows, k[:, :, 0], v[:, :, 0])  # (B, Hkv, D)
-            context = self._attend(q, layer, tables, lengths)  # (B, H, 1, D)
+            if self.latent:
+                context = self._attend_latent(attn, block.ln1(x), positions, layer, slot_rows, tables, lengths)
+            else:
+                q, k, v = attn.project_qkv(block.ln1(x))  # q (B, H, 1, D); k, v (B, Hkv, 1, D)
+                if attn.rotary is not None:  # RoPE: each sequence's token turns by its own position (keys cached turned)
+                    q, k = _rotate_each(attn.rotary, q, positions), _rotate_each(attn.rotary, k, positions)
+                self.cache.write(layer, slot_rows, k[:, :, 0], v[:, :, 0])  # (B, Hkv, D)
+                context = self._attend(q, layer, tables, lengths)  # (B, H, 1, D)
             context = context.transpose(1, 2).reshape(len(batch), 1, attn.n_heads * attn.head_dim)  # (B, 1, H·D)
             x = x + block.dropout(attn.out_proj(context))  # (B, 1, d_model)
             x = x + block.mlp(block.ln2(x))
@@ -323,6 +361,27 @@ class ServingEngine:
 
             return paged_decode(q, keys, values, tables, lengths)
         return paged_attention_reference(q, keys, values, tables, lengths)
+
+    def _attend_latent(self, attn: MultiHeadLatentAttention, h: torch.Tensor, positions: torch.Tensor, layer: int,
+                       slot_rows: torch.Tensor, tables: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """One MLA decode step for B sequences at their own positions: h ``(B, 1, d_model)`` -> ``(B, H, 1, d_h)``.
+
+        The projections act on each token alone, so the batch axis can stand in for the token axis
+        (``(1, B, d_model)`` with ``positions`` ``(B,)``): every sequence's RoPE turns by its own position.
+        The new row is stored, then the absorbed queries ``[W^UKᵀ q^C ; q^R]`` attend over each sequence's
+        rows through the block tables, the values being the rows' first ``d_c`` entries (a view of the keys).
+        """
+        tokens_as_time = h.transpose(0, 1)  # (1, B, d_model)
+        q_content, q_rot = attn.project_queries(tokens_as_time, positions)  # (1, H, B, d_h), (1, H, B, d_R)
+        latent, rope_key = attn.compress(tokens_as_time, positions)  # (1, B, d_c), (1, B, d_R)
+        rows = torch.cat([latent, rope_key], dim=-1)[0, :, None]  # (B, 1, d_c + d_R)
+        self.cache.write(layer, slot_rows, rows, rows.new_zeros(rows.shape[0], 1, 0))
+        q_latent = absorb_query(q_content.transpose(0, 2), attn.k_up.weight)  # (B, H, 1, d_c)
+        queries = torch.cat([q_latent, q_rot.transpose(0, 2)], dim=-1)  # (B, H, 1, d_c + d_R)
+        pool = self.cache.keys[layer]  # (num_blocks, block_size, 1, d_c + d_R)
+        latent_context = paged_attention_reference(queries, pool, pool[..., :attn.kv_latent_dim], tables, lengths,
+                                                   scale=attn.scale)  # (B, H, 1, d_c)
+        return expand_values(latent_context, attn.v_up.weight)  # (B, H, 1, d_h)
 
     def _sample(self, seq: _Sequence, logits: torch.Tensor) -> None:
         request = self._requests[seq.request]
@@ -360,21 +419,26 @@ def _rotate_each(rotary, x: torch.Tensor, positions: torch.Tensor) -> torch.Tens
 def check_servable(model: TinyGPT) -> None:
     """Raise ``ValueError`` unless :class:`ServingEngine` can serve ``model`` exactly.
 
-    It serves TinyGPT with full causal :class:`~attention_lab.attention.MultiHeadAttention` in every layer:
-    MHA, GQA or MQA, with or without RoPE. Refused: a sliding ``window`` (the pool keeps every token and
-    the decode step masks nothing), and ``attention='mla'``, whose cache is one latent row per token that
-    this pool of per-head keys and values does not hold (serve MLA with ``generate`` and its LatentCache).
+    It serves TinyGPT with full causal :class:`~attention_lab.attention.MultiHeadAttention` in every layer
+    (MHA, GQA or MQA, with or without RoPE) or causal :class:`~attention_lab.mla.MultiHeadLatentAttention`
+    in every layer (``attention='mla'``). Refused: a sliding ``window`` (the pool keeps every token and the
+    decode step masks nothing) and a model mixing the two kinds of layer.
     """
     from attention_lab.attention import MultiHeadAttention
-    from attention_lab.mla import MultiHeadLatentAttention
 
     if not isinstance(model, TinyGPT):
         raise ValueError(f"model must be a TinyGPT, got {type(model).__name__}")
+    kinds = {type(block.attn) for block in model.blocks}
+    if MultiHeadLatentAttention in kinds:
+        if kinds != {MultiHeadLatentAttention}:
+            raise ValueError(f"ServingEngine serves models whose layers are all MLA or all MultiHeadAttention, got "
+                             f"{sorted(k.__name__ for k in kinds)}")
+        for index, block in enumerate(model.blocks):
+            if not block.attn.causal:
+                raise ValueError(f"ServingEngine needs causal attention, but MLA layer {index} is not causal")
+        return
     for index, block in enumerate(model.blocks):
         attn = block.attn
-        if isinstance(attn, MultiHeadLatentAttention):
-            raise ValueError("ServingEngine cannot serve attention='mla': its paged pool holds per-head keys and "
-                             "values, not MLA's latent rows; use generate() (with its LatentCache) for MLA models")
         if not isinstance(attn, MultiHeadAttention):
             raise ValueError(f"ServingEngine serves TinyGPT with MultiHeadAttention layers (attention='mha'); "
                              f"layer {index} is {type(attn).__name__}")
