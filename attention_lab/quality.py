@@ -808,14 +808,15 @@ def make_objectives(spec: StudySpec, smoke: bool = False, tokenizer: str = "auto
 def run_chapter_study(name: str, smoke: bool = False, device: torch.device | str = "cpu",
                       seeds: Sequence[int] | None = None, steps: dict[str, int] | None = None,
                       variants: Sequence[str] | None = None, tokenizer: str = "auto", corpus: str = "synthetic",
-                      progress: bool = True) -> dict:
+                      progress: bool = True, uptraining: dict | None = None) -> dict:
     """Run study ``name`` of :data:`STUDIES` (``smoke``: its tiny version) and return the JSON-ready report:
     ``study, title, smoke, environment`` (machine, versions, threads, device), ``model``, ``seconds`` and
     what :func:`run_study` or :func:`uptraining_study` returns.
 
     ``seeds``, ``steps`` and ``variants`` (a subset of the study's, the baseline first) override the
     spec's — a chapter's small live run, e.g. ``run_chapter_study("ch05", seeds=[0], variants=["MHA",
-    "MQA"], steps={"corpus": 300, "recall": 600})``.
+    "MQA"], steps={"corpus": 300, "recall": 600})``; ``uptraining`` overrides arguments of the uptraining
+    study (chapter 06: ``{"groups": (1,), "alphas": (0.0, 0.25)}``).
     """
     if name not in STUDIES:
         raise ValueError(f"name must be one of {list(STUDIES)}, got {name!r}")
@@ -825,6 +826,13 @@ def run_chapter_study(name: str, smoke: bool = False, device: torch.device | str
         if unknown or not variants:
             raise ValueError(f"variants must be a non-empty subset of {list(spec.variants)}, got {list(variants)}")
         spec = replace(spec, variants={v: spec.variants[v] for v in variants})
+    if uptraining is not None:
+        if spec.uptraining is None:
+            raise ValueError(f"study {name!r} is not an uptraining study: uptraining= applies to 'ch06' only")
+        unknown = sorted(set(uptraining) - set(spec.uptraining))
+        if unknown:
+            raise ValueError(f"uptraining may override {sorted(spec.uptraining)}, got {unknown}")
+        spec = replace(spec, uptraining={**spec.uptraining, **uptraining})
     seeds = list(spec.seeds if seeds is None else seeds)
     steps = {**spec.steps, **(steps or {})}
     started = time.perf_counter()
@@ -960,6 +968,28 @@ def study_conclusion_lines(report: dict, objective: str | None = None) -> list[s
     return [c["sentence"] for c in report["conclusions"] if objective is None or c["objective"] == objective]
 
 
+def uptraining_table(report: dict) -> str:
+    """The committed numbers of :func:`uptraining_study`: one row per (G, α) with the validation loss (mean ± sd
+    over the seeds) of every conversion method after uptraining, of the same G trained from scratch for the same
+    total steps, and of the MHA checkpoint trained the same extra steps."""
+    cells = {(c["kind"], c["n_groups"], c["method"], c["alpha"]): c for c in report["summary"]}
+    heads = report["config"]["n_heads"]
+    methods = report["methods"]
+    header = (f"{'model':<7} {'α':>5} {'+steps':>6} {'total':>6} | "
+              + " ".join(f"{m + ' (uptrained)':>16}" for m in methods)
+              + f" | {'from scratch':>14} | {'MHA + same steps':>16}")
+    lines = [f"validation loss (nats / token), mean ± sd over {len(report['seeds'])} seeds", header, "-" * len(header)]
+    for n_groups in report["groups"]:
+        for alpha in report["alphas"]:
+            mha = cells[("mha", heads, None, alpha)]
+            ups = [MeanSD(**cells[("uptrained", n_groups, m, alpha)]["val_loss"]).format() for m in methods]
+            scratch = MeanSD(**cells[("scratch", n_groups, None, alpha)]["val_loss"]).format()
+            lines.append(f"{kv_variant_name(n_groups, heads):<7} {alpha:>5g} {report['uptrain_steps'][str(alpha)]:>6} "
+                         f"{mha['total_steps']:>6} | " + " ".join(f"{u:>16}" for u in ups)
+                         + f" | {scratch:>14} | {MeanSD(**mha['val_loss']).format():>16}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Figures for the chapters
 # ----------------------------------------------------------------------------------------------------------
@@ -1007,6 +1037,31 @@ def plot_recall_by_distance(report: dict, variants: Sequence[str] | None = None,
     ax.set_ylabel("recall accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Associative recall, mean ± sd over {len(report['seeds'])} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_uptraining(report: dict, n_groups: int, ax=None):
+    """Validation loss against the extra steps α · base_steps for one G of :func:`uptraining_study`: each
+    conversion method uptrained, the same G from scratch at the same total steps, and the MHA checkpoint
+    trained on; mean over seeds with ± sd error bars. Returns the matplotlib ``Axes``."""
+    import matplotlib.pyplot as plt
+
+    ax = plt.subplots(figsize=(6.5, 4))[1] if ax is None else ax
+    heads = report["config"]["n_heads"]
+    cells = {(c["kind"], c["n_groups"], c["method"], c["alpha"]): c for c in report["summary"]}
+    steps = [report["uptrain_steps"][str(a)] for a in report["alphas"]]
+    series = [(f"{m}, uptrained", ("uptrained", n_groups, m), "o-") for m in report["methods"]]
+    series += [(f"{kv_variant_name(n_groups, heads)} from scratch, same total steps", ("scratch", n_groups, None), "s--"),
+               ("MHA checkpoint + the same steps", ("mha", heads, None), "k:")]
+    for label, (kind, g, method), style in series:
+        values = [cells[(kind, g, method, a)]["val_loss"] for a in report["alphas"]]
+        ax.errorbar(steps, [v["mean"] for v in values], yerr=[v["sd"] for v in values], fmt=style, capsize=3,
+                    label=label, markersize=4)
+    ax.set_xlabel(f"extra training steps (α × {report['base_steps']:,} checkpoint steps)")
+    ax.set_ylabel("validation loss (nats / token)")
+    ax.set_title(f"{kv_variant_name(n_groups, heads)} from an MHA checkpoint, mean ± sd over {len(report['seeds'])} seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax

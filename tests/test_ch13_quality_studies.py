@@ -286,3 +286,24 @@ def test_the_committed_studies_print_what_their_numbers_say(name):
     assert lines and all("over 3 seeds" in line for line in lines)
     recomputed = quality.study_conclusions(report)
     assert [c["sentence"] for c in recomputed] == lines  # the committed sentences follow from the runs
+
+
+def test_a_small_live_uptraining_study_and_its_table_and_figure():
+    """Chapter 06's live run: the uptraining study with fewer groups and α values; the table prints every
+    (G, α) row with the numbers of the summary; the figure draws one line per method plus scratch and MHA."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    report = run_chapter_study("ch06", smoke=True, seeds=[0, 1], uptraining={"groups": (1,), "alphas": (0.0, 0.5)},
+                               tokenizer="char", progress=False)
+    assert report["groups"] == [1] and report["alphas"] == [0.0, 0.5]
+    table = quality.uptraining_table(report)
+    assert table.count("\nMQA ") == 2 and "GQA" not in table
+    cell = next(c for c in report["summary"] if (c["kind"], c["alpha"]) == ("scratch", 0.5))
+    assert f"{cell['val_loss']['mean']:.3f} ± {cell['val_loss']['sd']:.3f}" in table  # the summary's numbers
+    ax = quality.plot_uptraining(report, 1)
+    assert len(ax.containers) == len(report["methods"]) + 2
+    with pytest.raises(ValueError, match="uptraining may override"):
+        run_chapter_study("ch06", smoke=True, uptraining={"steps": 3})
+    with pytest.raises(ValueError, match="not an uptraining study"):
+        run_chapter_study("ch05", smoke=True, uptraining={"alphas": (0.0,)})
