@@ -543,10 +543,14 @@ def window_recall_summary(report: dict, variant: str, objective: str = "recall")
 # ----------------------------------------------------------------------------------------------------------
 
 
+UPTRAINING_PARTS = ("uptrained", "scratch")  # what uptraining_study(parts=...) can run apart
+
+
 def uptraining_study(base: TinyGPTConfig, objective: CorpusObjective, base_steps: int, seeds: Sequence[int],
                      groups: Sequence[int] = (1, 2), methods: Sequence[str] = CONVERSION_METHODS,
                      alphas: Sequence[float] = (0.0, 0.05, 0.1, 0.25, 0.5), uptrain_lr: float = 1e-3,
-                     device: torch.device | str = "cpu", progress: bool = True, desc: str = "uptraining") -> dict:
+                     device: torch.device | str = "cpu", progress: bool = True, desc: str = "uptraining",
+                     parts: Sequence[str] = UPTRAINING_PARTS) -> dict:
     """The GQA paper's recipe on TinyGPT, once per seed.
 
     Per seed: an MHA checkpoint trained ``base_steps`` steps (``base``; its learning curve is kept); for
@@ -556,11 +560,17 @@ def uptraining_study(base: TinyGPTConfig, objective: CorpusObjective, base_steps
     G-kv-head model trained **from scratch** for ``base_steps + α · base_steps`` steps — the same total as
     the uptrained one (α = 0: the same steps as the checkpoint).
 
+    ``parts`` runs a subset: ``"uptrained"`` (the checkpoint, MHA + α and the conversions) and/or
+    ``"scratch"`` (the from-scratch models, which need no checkpoint), so one seed can be split over two
+    processes and put back together by :func:`merge_reports`.
+
     Returns a JSON-ready dict: ``rows`` (one per seed, kind, G, method, α: ``val_loss``, ``total_steps``,
     ``parameters``; kind is ``"mha"``, ``"uptrained"`` or ``"scratch"``), ``base_curves``, ``summary``
     (:func:`summarize_uptraining`) and ``conclusions`` (:func:`uptraining_conclusions`).
     """
-    seeds, alphas = list(seeds), sorted(alphas)
+    seeds, alphas, parts = list(seeds), sorted(alphas), [p for p in UPTRAINING_PARTS if p in parts]
+    if not parts or set(parts) != set(parts) & set(UPTRAINING_PARTS) or len(parts) != len(set(parts)):
+        raise ValueError(f"parts must be a non-empty subset of {UPTRAINING_PARTS}, got {tuple(parts)}")
     if any(not 0.0 <= a <= 1.0 for a in alphas) or 0.0 not in alphas:
         raise ValueError(f"alphas must lie in [0, 1] and include 0 (the converted model before training), got {alphas}")
     for method in methods:
@@ -568,8 +578,8 @@ def uptraining_study(base: TinyGPTConfig, objective: CorpusObjective, base_steps
             raise ValueError(f"methods must be among {CONVERSION_METHODS}, got {method!r}")
     config = objective.model_config(base, base.vocab_size)
     extra = {a: uptrain_steps(base_steps, a) if a > 0 else 0 for a in alphas}
-    per_seed = (base_steps + sum(extra.values()) * (1 + len(groups) * len(methods))
-                + len(groups) * sum(base_steps + e for e in extra.values()))
+    per_seed = (("uptrained" in parts) * (base_steps + sum(extra.values()) * (1 + len(groups) * len(methods)))
+                + ("scratch" in parts) * len(groups) * sum(base_steps + e for e in extra.values()))
     bar = tqdm(total=per_seed * len(seeds), desc=desc, unit="step", leave=True, disable=not progress)
     counted = _StepCountingData(objective.data, bar)
     rows, base_curves = [], []
@@ -585,32 +595,34 @@ def uptraining_study(base: TinyGPTConfig, objective: CorpusObjective, base_steps
         return model
 
     for seed in seeds:
-        bar.set_description(f"{desc}: MHA checkpoint, seed {seed}")
-        mha, curve = train_variant(config, objective, base_steps, seed, device, bar)
-        base_curves.append({"seed": seed, **curve})
-        bar.set_description(f"{desc}: MHA + α, seed {seed}")
-        for alpha in alphas:
-            record(seed, "mha", config.n_heads, None, alpha, mha if alpha == 0 else continue_training(mha, alpha, seed))
+        if "uptrained" in parts:
+            bar.set_description(f"{desc}: MHA checkpoint, seed {seed}")
+            mha, curve = train_variant(config, objective, base_steps, seed, device, bar)
+            base_curves.append({"seed": seed, **curve})
+            bar.set_description(f"{desc}: MHA + α, seed {seed}")
+            for alpha in alphas:
+                record(seed, "mha", config.n_heads, None, alpha, mha if alpha == 0 else continue_training(mha, alpha, seed))
         for n_groups in groups:
-            for method in methods:
+            for method in (methods if "uptrained" in parts else ()):
                 bar.set_description(f"{desc}: G={n_groups} {method}, seed {seed}")
                 converted = convert_to_gqa(mha, n_groups, method, seed=seed)
                 for alpha in alphas:
                     model = converted if alpha == 0 else continue_training(converted, alpha, seed)
                     record(seed, "uptrained", n_groups, method, alpha, model)
-            for alpha in alphas:
+            for alpha in (alphas if "scratch" in parts else ()):
                 bar.set_description(f"{desc}: G={n_groups} from scratch, {base_steps + extra[alpha]} steps, seed {seed}")
                 scratch, _ = train_variant(replace(config, n_kv_heads=n_groups), objective, base_steps + extra[alpha],
                                            seed, device, bar)
                 record(seed, "scratch", n_groups, None, alpha, scratch)
     bar.set_description(desc)
     bar.close()
-    report = {"seeds": seeds, "base_steps": base_steps, "groups": list(groups), "methods": list(methods),
+    report = {"seeds": seeds, "parts": parts, "base_steps": base_steps, "groups": list(groups), "methods": list(methods),
               "alphas": alphas, "uptrain_steps": {str(a): extra[a] for a in alphas}, "uptrain_lr": uptrain_lr,
               "objectives": {objective.name: objective.describe()}, "config": config_to_dict(config),
               "base_curves": base_curves, "rows": rows}
+    complete = len(parts) == len(UPTRAINING_PARTS)
     report["summary"] = summarize_uptraining(report)
-    report["conclusions"] = uptraining_conclusions(report)
+    report["conclusions"] = uptraining_conclusions(report) if complete else []
     return report
 
 
@@ -721,7 +733,8 @@ STUDIES: dict[str, StudySpec] = {
         "ch06", "Uptraining an MHA checkpoint to GQA/MQA: conversions, an α sweep, and from scratch at equal steps",
         {**_BOOK_MODEL, "n_heads": 8}, {"MHA": {}}, objectives=("corpus",), steps={"corpus": 2000},
         match_parameters=False,
-        uptraining=dict(groups=(1, 2), methods=CONVERSION_METHODS, alphas=(0.0, 0.05, 0.1, 0.25, 0.5))),
+        uptraining=dict(groups=(1, 2), methods=CONVERSION_METHODS, alphas=(0.0, 0.05, 0.1, 0.25, 0.5),
+                        parts=UPTRAINING_PARTS)),
     "ch12": StudySpec(
         "ch12", "Compressing against sharing: MHA, GQA-2, MQA and MLA at several latent ranks, one parameter count",
         {**_BOOK_MODEL, "n_heads": 4, "settings": ROPE},
@@ -904,15 +917,22 @@ def merge_reports(parts: Sequence[dict]) -> dict:
         for key in same:
             if part.get(key) != first.get(key):
                 raise ValueError(f"reports differ in {key!r}: only runs of one study with one setting can be merged")
-    seeds = [seed for part in parts for seed in part["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"reports share seeds {seeds}: each seed must come from one report only")
+    runs = [(seed, kind) for part in parts for seed in part["seeds"] for kind in part.get("parts", ["all"])]
+    if len(set(runs)) != len(runs):
+        raise ValueError(f"reports share seeds {sorted({s for s, _ in runs})}: each seed (and, for the uptraining "
+                         "study, each part of it) must come from one report only")
+    seeds = sorted({seed for seed, _ in runs}, key=[s for s, _ in runs].index)
     merged = {**copy.deepcopy(first), "seeds": seeds, "seconds": sum(part["seconds"] for part in parts)}
     if "rows" in first:  # uptraining_study
+        kinds = {seed: {k for s, k in runs if s == seed} for seed in seeds}
+        if any(k != set(UPTRAINING_PARTS) for k in kinds.values()) and len({frozenset(k) for k in kinds.values()}) > 1:
+            raise ValueError(f"every seed needs the same parts of the uptraining study, got {kinds}")
+        merged["parts"] = sorted(set.union(*kinds.values()), key=UPTRAINING_PARTS.index)
         merged["rows"] = [row for part in parts for row in part["rows"]]
         merged["base_curves"] = [curve for part in parts for curve in part["base_curves"]]
+        merged["base_curves"].sort(key=lambda curve: seeds.index(curve["seed"]))
         merged["summary"] = summarize_uptraining(merged)
-        merged["conclusions"] = uptraining_conclusions(merged)
+        merged["conclusions"] = uptraining_conclusions(merged) if len(merged["parts"]) == len(UPTRAINING_PARTS) else []
     else:
         merged["runs"] = [run for part in parts for run in part["runs"]]
         merged["summary"] = summarize(merged)

@@ -74,7 +74,7 @@ def train(model: torch.nn.Module, data: TokenDataset, steps: int, batch_size: in
     running, count = 0.0, 0
     start = time.perf_counter()
     model.train()
-    bar = tqdm(range(1, steps + 1), disable=not progress, desc="training", leave=False)
+    bar = tqdm(range(1, steps + 1), disable=not progress, desc="training", leave=True)  # kept: ends at 100 %
     for step in bar:
         x, y = data.batch("train", batch_size, generator, device)
         _, loss = model(x, y)

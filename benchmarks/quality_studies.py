@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default="auto", choices=["auto", "bpe", "char"])
     parser.add_argument("--out", help="folder for the JSON (default: attention_lab/results/)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--groups", type=int, nargs="+", help="ch06: the G values to convert to (default 1 2)")
+    parser.add_argument("--part", choices=["uptrained", "scratch"],
+                        help="ch06: run one part of each seed (merge the parts with attention_lab.quality.merge_reports)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -106,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs > 1:
             report = run_in_processes(name, args)
         else:
+            uptraining = {key: value for key, value in (("groups", args.groups and tuple(args.groups)),
+                                                         ("parts", args.part and (args.part,))) if value}
             report = run_chapter_study(name, smoke=args.smoke, device=args.device, seeds=args.seeds,
-                                       tokenizer=args.tokenizer, progress=not args.no_progress)
+                                       tokenizer=args.tokenizer, progress=not args.no_progress,
+                                       uptraining=uptraining or None)
         report["wall_seconds"] = time.perf_counter() - started
         report["environment"]["git_commit"] = git_commit()
         report["command"] = " ".join(["python", "benchmarks/quality_studies.py", *(argv if argv is not None else sys.argv[1:])])

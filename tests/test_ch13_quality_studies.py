@@ -307,3 +307,23 @@ def test_a_small_live_uptraining_study_and_its_table_and_figure():
         run_chapter_study("ch06", smoke=True, uptraining={"steps": 3})
     with pytest.raises(ValueError, match="not an uptraining study"):
         run_chapter_study("ch05", smoke=True, uptraining={"alphas": (0.0,)})
+
+
+def test_the_uptraining_study_split_in_parts_gives_the_numbers_of_one_run():
+    """A seed's checkpoint-and-conversions part and its from-scratch part can run apart (two processes, or a
+    GPU's time split) and merge into the numbers and conclusions of one run; a part alone concludes nothing."""
+    options = dict(smoke=True, seeds=[0, 1], tokenizer="char", progress=False)
+    whole = run_chapter_study("ch06", uptraining={"groups": (1,)}, **options)
+    halves = [run_chapter_study("ch06", uptraining={"groups": (1,), "parts": (p,)}, **options)
+              for p in ("scratch", "uptrained")]
+    assert all(h["conclusions"] == [] for h in halves) and halves[0]["base_curves"] == []
+    merged = quality.merge_reports(halves)
+    assert merged["parts"] == ["uptrained", "scratch"] and merged["seeds"] == [0, 1]
+    key = lambda c: (c["kind"], c["n_groups"], str(c["method"]), c["alpha"])  # noqa: E731
+    for a, b in zip(sorted(whole["summary"], key=key), sorted(merged["summary"], key=key)):
+        assert key(a) == key(b) and a["val_loss"]["mean"] == pytest.approx(b["val_loss"]["mean"], rel=1e-6)
+    assert [c["sentence"] for c in merged["conclusions"]] == [c["sentence"] for c in whole["conclusions"]]
+    with pytest.raises(ValueError, match="each seed"):
+        quality.merge_reports([halves[0], halves[0]])
+    with pytest.raises(ValueError, match="parts must be"):
+        run_chapter_study("ch06", uptraining={"parts": ("both",)}, **options)
