@@ -22,7 +22,7 @@ by the tensor cores as much as by memory.
     python benchmarks/mla_decode.py                 # on a CUDA GPU; results -> attention_lab/results/
     python benchmarks/mla_decode.py --out $OUT      # on the lent device
     python benchmarks/mla_decode.py --quick         # CPU smoke test of the script on tiny sizes
-    python benchmarks/mla_decode.py --plot-only     # redraw mla_decode.png from mla_decode.json
+    python benchmarks/mla_decode.py --plot-only     # redraw mla_decode.png from mla_decode.json (+ mla_kernel_sweep.json)
 """
 
 from __future__ import annotations
@@ -236,68 +236,15 @@ def time_kernel(sizes: dict, contexts: list[int], batch: int, sweep: bool) -> di
     return {"kernel_rows": rows, "kernel_copy_tb_s": copy / 1e12, "kernel_batch": batch}
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path, kernel: dict | None = None) -> None:
+    """Save the figure of :func:`attention_lab.mla_study.plot_mla_decode` (the one chapter 12 draws) as a PNG;
+    ``kernel``: a separate latent-kernel sweep (``mla_kernel_sweep.json``) for its third panel."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from attention_lab.mla_study import plot_mla_decode
 
-    rows = result["rows"]
-    kernel_rows = result.get("kernel_rows", [])
-    fig, axes = plt.subplots(1, 3 if kernel_rows else 2, figsize=(16.5 if kernel_rows else 11, 4))
-    ax_time, ax_speed = axes[0], axes[1]
-    if kernel_rows:
-        ax = axes[2]
-        for name in dict.fromkeys(r["config"] for r in kernel_rows):
-            points = [r for r in kernel_rows if r["config"] == name]
-            tile = points[0]["tile"]
-            label = f"{name}: {tile['block_h']} heads, {tile['tile_n']} keys, {tile['num_warps']} warps"
-            ax.errorbar([r["context"] for r in points], [r["of_copy"] for r in points],
-                        yerr=[[r["of_copy"] - r["cache_bytes"] / (max(r["runs_ms"]) * 1e-3) / 1e12 / result["kernel_copy_tb_s"]
-                               for r in points],
-                              [r["cache_bytes"] / (min(r["runs_ms"]) * 1e-3) / 1e12 / result["kernel_copy_tb_s"] - r["of_copy"]
-                               for r in points]], fmt="D-", capsize=2, label=label)
-        ax.axhline(0.7, color="gray", lw=1, ls=":", label="target 70% of copy")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context (cached tokens)")
-        ax.set_ylabel("cache bytes/s ÷ copy bandwidth")
-        ax.set_title(f"Latent kernel alone, B={result['kernel_batch']}, 128 heads")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    labels = {"naive": "MLA naive (decompress cache)", "absorbed": "MLA absorbed, SDPA core",
-              "absorbed_triton": "MLA absorbed, Triton split-K latent kernel",
-              "mha_sdpa": "MHA attention core only, same heads, full K/V cache (SDPA)"}
-    for kind, style in (("naive", "o-"), ("absorbed", "s-"), ("absorbed_triton", "D-"), ("mha_sdpa", "^--")):
-        points = [r for r in rows if r["path"] == kind]
-        if not points:
-            continue
-        ax_time.plot([r["context"] for r in points], [r["graph_ms"] for r in points], style, label=labels[kind])
-    ax_time.set_xscale("log", base=2)
-    ax_time.set_yscale("log")
-    ax_time.set_xlabel("context (cached tokens)")
-    ax_time.set_ylabel("time per decode step (ms, one layer)")
-    ax_time.set_title("Decode step, DeepSeek-V2 attention sizes, bf16")
-    ax_time.grid(alpha=0.3, which="both")
-    ax_time.legend(fontsize=8)
-    contexts = sorted({r["context"] for r in rows})
-    speedups = result["speedup_absorbed_over_naive"]
-    for key, style, label in (("graph", "s-", "SDPA core, GPU time (CUDA graph)"), ("eager", "s--", "SDPA core, eager"),
-                              ("triton_graph", "D-", "Triton kernel, GPU time (CUDA graph)"),
-                              ("triton_eager", "D--", "Triton kernel, eager")):
-        if key in speedups[str(contexts[0])]:
-            ax_speed.plot(contexts, [speedups[str(c)][key] for c in contexts], style, label=label)
-    ax_speed.axhline(3, color="gray", lw=1, ls=":", label="target 3×")
-    ax_speed.set_xscale("log", base=2)
-    ax_speed.set_yscale("log")
-    ax_speed.set_xlabel("context (cached tokens)")
-    ax_speed.set_ylabel("speed-up, naive time / absorbed time (×)")
-    ax_speed.set_title("Absorbed over naive")
-    ax_speed.grid(alpha=0.3, which="both")
-    ax_speed.legend(fontsize=8)
-    card = result["environment"].get("card", "CPU")
-    fig.suptitle(f"MLA decode, batch {result['batch']} — {card}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    plot_mla_decode(result, kernel).savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -310,7 +257,9 @@ def main() -> None:
     parser.add_argument("--kernel-only", action="store_true", help="only the latent kernel alone (tuning)")
     args = parser.parse_args()
     if args.plot_only:
-        plot(json.loads((args.out / "mla_decode.json").read_text()), args.out / "mla_decode.png")
+        sweep = args.out / "mla_kernel_sweep.json"
+        plot(json.loads((args.out / "mla_decode.json").read_text()), args.out / "mla_decode.png",
+             json.loads(sweep.read_text()) if sweep.exists() else None)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.quick:

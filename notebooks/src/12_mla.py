@@ -13,27 +13,34 @@
 # 3. **weight absorption**: attending over the cached latents directly, with identical outputs;
 # 4. why ordinary RoPE would break the absorption, and the **decoupled** rotary key that fixes it;
 # 5. cache per token for MHA, GQA, MQA and MLA — from real cache tensors — at DeepSeek-V2's sizes, and the
-#    paper's 93.3% claim checked against its baseline;
-# 6. TinyGPT with MHA, GQA, MQA and MLA trained at one parameter budget: validation loss against cache size;
-# 7. generation from the latent cache, and the decode speed of both paths on an H100.
+#    paper's headline cache reduction checked against its baseline;
+# 6. TinyGPT with MHA, GQA, MQA and MLA at several latent ranks, trained at one parameter budget over several
+#    seeds (committed study) beside a small live run: corpus loss and associative recall against the rank;
+# 7. generation from the latent cache, and the decode speed of both paths on a GPU (committed benchmark).
 
 # %%
 import copy
 import dataclasses
-import json
+import warnings
+
+# Without ipywidgets (as where the book is built) tqdm draws text bars instead of widgets: all we need.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 import matplotlib.pyplot as plt
 import torch
+from tqdm.auto import tqdm
 
-from attention_lab import MHASettings, MultiHeadAttention, TinyGPT, TinyGPTConfig
-from attention_lab.book.results import load as load_results, result_path
-from attention_lab.costs.gpu_facts import detect_device
+from attention_lab import MHASettings, MultiHeadAttention, TinyGPT, TinyGPTConfig, quality
+from attention_lab.book.results import load as load_results
+from attention_lab.costs.gpu_facts import detect_device, spec_for_name
 from attention_lab.caches.sizes import ModelShape, format_bytes
 from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
 from attention_lab.generate import generate
-from attention_lab.mla import DEEPSEEK_V2, MLASettings, MultiHeadLatentAttention, set_mode
+from attention_lab.mla import DEEPSEEK_V2, MultiHeadLatentAttention, set_mode
+from attention_lab.mla_study import (KERNEL_TARGET, LEARNED, cache_numbers_per_token, latent_rank_findings,
+                                     latent_rank_summary, plot_latent_rank_cost, plot_mla_decode,
+                                     plot_recall_curves_by_seed)
 from attention_lab.rope import apply_rope, rotation_matrix
-from attention_lab.train import train
 
 if device.type == "cpu":
     # Tiny models gain nothing from a second CPU thread, and on a shared 2-core machine (like CI) the
@@ -69,12 +76,15 @@ base = TinyGPTConfig(vocab_size=tokenizer.vocab_size, context_length=64, d_model
                      settings=MHASettings(rope=True))
 STEPS, BATCH = 100, 16  # a short run, cheap on a CPU
 
+corpus = quality.CorpusObjective(data, batch_size=BATCH, eval_every=STEPS)  # the studies' training loop
+
 torch.manual_seed(0)
 mha = TinyGPT(base).to(device)
 mha_at_init = copy.deepcopy(mha)
-mha_result = train(mha, data, steps=STEPS, batch_size=BATCH, eval_every=STEPS, seed=0, progress=False)
-print(f"MHA baseline: {mha.num_parameters():,} parameters, validation loss {mha_result.final_val_loss:.3f} "
-      f"after {STEPS} steps ({mha_result.seconds:.1f} s)")
+with tqdm(total=STEPS, desc="MHA baseline", unit="step") as bar:  # a kept bar, advanced once per step
+    mha_curve = corpus.train(mha, STEPS, seed=0, bar=bar)
+print(f"MHA baseline: {mha.num_parameters():,} parameters, validation loss {mha_curve['val_loss'][-1]:.3f} "
+      f"after {STEPS} steps ({mha_curve['seconds']:.1f} s)")
 
 
 # %%
@@ -84,7 +94,10 @@ def stacked_kv(model: TinyGPT, layer: int) -> torch.Tensor:
     return torch.cat([attn.k_proj.weight, attn.v_proj.weight]).detach().cpu().double()
 
 
-def energy_rank(singular_values: torch.Tensor, fraction: float = 0.9) -> int:
+ENERGY = 0.9  # the share of the squared Frobenius norm counted below
+
+
+def energy_rank(singular_values: torch.Tensor, fraction: float = ENERGY) -> int:
     """Fewest directions holding `fraction` of the squared Frobenius norm."""
     energy = singular_values.pow(2).cumsum(0) / singular_values.pow(2).sum()
     return int((energy < fraction).sum()) + 1
@@ -96,7 +109,7 @@ for layer in range(base.n_layers):
         s = torch.linalg.svdvals(stacked_kv(model, layer))
         ax.plot(range(1, len(s) + 1), s / s[0], style, label=f"layer {layer}, {name}")
         print(f"layer {layer} {name:8}: [W^K; W^V] is {tuple(stacked_kv(model, layer).shape)}, "
-              f"90% of its energy in {energy_rank(s)} of {len(s)} directions")
+              f"{ENERGY:.0%} of its energy in {energy_rank(s)} of {len(s)} directions")
 ax.set_yscale("log")
 ax.set_title("Singular values of the stacked key/value projections")
 ax.set_xlabel("index (largest first)")
@@ -263,7 +276,7 @@ with torch.device("meta"):
     }
 formulas = {"MHA": "2·n_h·d_h", "GQA, 8 groups": "2·n_g·d_h", "MQA": "2·d_h", "MLA": "d_c + d_h^R"}
 per_token = {}
-print(f"\n{'attention':14} {'formula':12} {'numbers/token/layer':>20} {'bf16 bytes':>11} {'× 60 layers':>12}")
+print(f"\n{'attention':14} {'formula':12} {'numbers/token/layer':>20} {'bf16 bytes':>11} {'× ' + str(ds['n_layers']) + ' layers':>12}")
 for name, module in layers.items():
     cache = module.make_cache(1, 1, "cpu", torch.bfloat16)
     per_token[name] = cache.nbytes // 2  # bf16: 2 bytes a number
@@ -274,116 +287,151 @@ print(f"\nMLA caches {per_token['MLA']} = {per_token['MLA'] / ds['head_dim']}·d
       f"{groups:.2f} groups, {per_token['MHA'] / per_token['MLA']:.1f}× less than MHA with the same {ds['n_heads']} heads")
 
 # %% [markdown]
-# **The 93.3% claim.** The paper's abstract says that compared with DeepSeek 67B, DeepSeek-V2 "reduces the
-# KV cache by 93.3%". The baseline is DeepSeek LLM 67B (DeepSeek-AI 2024, arXiv 2401.02954, Table 2:
-# 95 layers, 64 query heads, GQA with 8 key/value heads of size 128), whose cache is bf16. The comparison is
-# of deployed models: §3.2.3 (inference efficiency) says DeepSeek-V2's KV cache is quantised "into 6 bits on
-# average" per element. Per token, over all layers:
+# **The paper's headline number.** The abstract says that compared with DeepSeek 67B, DeepSeek-V2 "reduces the
+# KV cache by" a percentage, printed below as `PAPER_CLAIM`. The baseline is DeepSeek LLM 67B (DeepSeek-AI
+# 2024, arXiv 2401.02954, Table 2; its shape is printed below: GQA, fewer key/value heads than query heads),
+# whose cache is bf16. The comparison is of deployed models: §3.2.3 (inference efficiency) says DeepSeek-V2's
+# KV cache is quantised to a few bits per element on average (`CACHE_BITS` below, the paper's figure). Per
+# token, over all layers:
 
 # %%
+PAPER_CLAIM = 0.933  # arXiv 2405.04434, abstract: "reduces the KV cache by 93.3%" against DeepSeek 67B
+CACHE_BITS = 6  # §3.2.3: the deployed KV cache is quantised "into 6 bits on average"
 deepseek_67b = ModelShape("DeepSeek LLM 67B", n_layers=95, n_heads=64, n_kv_heads=8, head_dim=128,
                           source="DeepSeek-AI 2024, arXiv 2401.02954, Table 2")
+print(f"{deepseek_67b.name}: {deepseek_67b.n_layers} layers, {deepseek_67b.n_heads} query heads, "
+      f"{deepseek_67b.n_kv_heads} key/value heads of {deepseek_67b.head_dim} ({deepseek_67b.source})")
 baseline_bytes = deepseek_67b.cache_bytes(tokens=1, bytes_per_element=2)  # bf16
 v2_numbers = ds["n_layers"] * per_token["MLA"]
 v2_bf16_bytes = v2_numbers * 2
-v2_6bit_bytes = v2_numbers * 6 / 8
-print(f"DeepSeek 67B (GQA-8, bf16):     {baseline_bytes:>9,.0f} bytes/token ({format_bytes(baseline_bytes)})")
-print(f"DeepSeek-V2 (MLA, bf16):        {v2_bf16_bytes:>9,.0f} bytes/token -> {1 - v2_bf16_bytes / baseline_bytes:.1%} less")
-print(f"DeepSeek-V2 (MLA, 6-bit cache): {v2_6bit_bytes:>9,.0f} bytes/token -> {1 - v2_6bit_bytes / baseline_bytes:.1%} less")
-print(f"architecture alone (same 60 layers and heads, MHA -> MLA): {1 - per_token['MLA'] / per_token['MHA']:.1%} less")
+v2_quantised_bytes = v2_numbers * CACHE_BITS / 8
+saving_bf16, saving_quantised = 1 - v2_bf16_bytes / baseline_bytes, 1 - v2_quantised_bytes / baseline_bytes
+print(f"DeepSeek 67B (GQA-{deepseek_67b.n_kv_heads}, bf16):     {baseline_bytes:>9,.0f} bytes/token ({format_bytes(baseline_bytes)})")
+print(f"DeepSeek-V2 (MLA, bf16):        {v2_bf16_bytes:>9,.0f} bytes/token -> {saving_bf16:.1%} less")
+print(f"DeepSeek-V2 (MLA, {CACHE_BITS}-bit cache): {v2_quantised_bytes:>9,.0f} bytes/token -> {saving_quantised:.1%} less "
+      f"(the paper: {PAPER_CLAIM:.1%}; equal to the digit: {round(saving_quantised, 3) == PAPER_CLAIM})")
+print(f"layers: DeepSeek-V2 {ds['n_layers']}, DeepSeek 67B {deepseek_67b.n_layers}")
+print(f"architecture alone (same {ds['n_layers']} layers and heads, MHA -> MLA): {1 - per_token['MLA'] / per_token['MHA']:.1%} less")
 
 # %% [markdown]
-# So the 93.3% is reproduced exactly — but only as the product of three things: MLA's compression, fewer
-# layers (60 vs 95), and the 6-bit cache quantisation. With both caches in bf16 the saving against DeepSeek
+# So the paper's number is reproduced — but only as the product of three things: MLA's compression, fewer
+# layers (both counts printed), and the quantised cache. With both caches in bf16 the saving against DeepSeek
 # 67B is the second line; against an MHA model of DeepSeek-V2's own shape, the architecture alone saves the
 # last line.
 #
 # ## 6 · TinyGPT with MHA, GQA, MQA and MLA at one parameter budget
 #
-# Same data, same number of steps; every model has the MHA baseline's parameter count. The variants differ
-# in attention parameters, so each one's MLP is widened or narrowed to land on the budget
-# (`TinyGPTConfig.mlp_hidden`). MLA gets $d_c = 48$, so that its cache equals GQA's with 2 groups: a
-# direct comparison of compressing against sharing at equal cache. At this tiny size position matters a
-# lot, and we give MLA's rotary slice the full head width ($d_h^R = d_h = 16$; DeepSeek-V2 uses $d_h/2$ —
-# try `rope_dim=8`, or `kv_latent_dim=16` for MQA's cache size). Runs this short are noisy, so the MHA
-# baseline is trained a second time from another seed (initialisation and batch order): the difference
-# between its two runs is the yardstick for any difference between variants.
+# Does compressing cost quality, and how small may the latent get? A single short run cannot say: a second
+# seed of the same model can move its numbers as much as a change of variant does. So the comparison is a study
+# (`attention_lab.quality`, study `"ch12"`), run by `benchmarks/quality_studies.py` on a GPU and committed as
+# `attention_lab/results/quality_ch12.json`:
+#
+# * **variants:** MHA (the baseline), GQA with 2 groups, MQA, and MLA at a range of latent ranks $d_c$ — the
+#   largest caches as much as GQA-2, the smallest far less than MQA. Every variant uses RoPE (MLA its
+#   decoupled rotary key, here of the full head width, as this tiny model needs position badly);
+# * **one parameter count:** each variant's MLP is widened or narrowed until its parameters match the
+#   baseline's (`quality.match_parameters`; the table prints both counts and the MLP width);
+# * **two tasks:** next-token loss on the corpus, and **associative recall** (chapter 13's task,
+#   `attention_lab.recall`): key–value pairs placed in the context and asked for later, scored by accuracy —
+#   a lookup that needs the keys and values themselves, which is exactly what the latent compresses;
+# * **several seeds** (initial weights and batch order): every number is a mean ± sd over them, and a
+#   difference counts only when it is at least twice the seed-to-seed spread (between one and two spreads
+#   it is printed as a hint).
 
 # %%
-target = mha.num_parameters()
-
-
-def at_budget(config: TinyGPTConfig) -> TinyGPTConfig:
-    """Resize the MLP so the model has (nearly) the MHA baseline's parameter count."""
-    per_hidden_unit = config.n_layers * (2 * config.d_model + 1)  # a row of `up`, its bias, a column of `down`
-    spare = target - TinyGPT(config).num_parameters()
-    return dataclasses.replace(config, mlp_hidden=4 * config.d_model + round(spare / per_hidden_unit))
-
-
-configs = {
-    "MHA": base,
-    "GQA (2 groups)": dataclasses.replace(base, n_kv_heads=2),
-    "MQA": dataclasses.replace(base, n_kv_heads=1),
-    "MLA (d_c=48)": dataclasses.replace(base, attention="mla", settings=MLASettings(kv_latent_dim=48, rope_dim=16)),
-}
-models, results = {("MHA", 0): mha}, {("MHA", 0): mha_result}
-for name, seed in [(name, 0) for name in configs] + [("MHA", 1)]:
-    if (name, seed) not in models:
-        config = at_budget(configs[name])  # before seeding: it builds a throwaway model
-        torch.manual_seed(seed)
-        models[name, seed] = TinyGPT(config).to(device)
-        results[name, seed] = train(models[name, seed], data, steps=STEPS, batch_size=BATCH, eval_every=STEPS,
-                                    seed=seed, progress=False)
-
-val_loss = {name: results[name, 0].final_val_loss for name in configs}
-cache_numbers = {}
-print(f"{'attention':15} {'parameters':>10} {'MLP width':>9} {'cache numbers/token/layer':>26} {'val loss':>9}")
-for name in configs:
-    model = models[name, 0]
-    cache = model.new_cache(batch_size=1, max_len=1)
-    cache_numbers[name] = cache.nbytes // (4 * model.config.n_layers)  # fp32 cache, per layer
-    print(f"{name:15} {model.num_parameters():>10,} {model.blocks[0].mlp.up.out_features:>9} "
-          f"{cache_numbers[name]:>26} {val_loss[name]:>9.3f}")
-yardstick = abs(results["MHA", 1].final_val_loss - results["MHA", 0].final_val_loss)
-print(f"MHA from seed 1: {results['MHA', 1].final_val_loss:.3f} — seed-to-seed difference {yardstick:.3f}; "
-      f"range of the variants: {max(val_loss.values()) - min(val_loss.values()):.3f}")
-for compressed, shared in (("MLA (d_c=48)", "GQA (2 groups)"), ("MLA (d_c=48)", "MQA")):
-    gap = val_loss[compressed] - val_loss[shared]
-    print(f"{compressed} − {shared} (caches {cache_numbers[compressed]} vs {cache_numbers[shared]}): {gap:+.3f} "
-          f"= {abs(gap) / max(yardstick, 1e-9):.1f}× the seed-to-seed difference")
-
-# %%
-fig, ax = plt.subplots(figsize=(6.5, 4))
-for name in configs:
-    ax.scatter(cache_numbers[name], val_loss[name], s=50)
-    ax.annotate(name, (cache_numbers[name], val_loss[name]), textcoords="offset points", xytext=(7, 4), fontsize=8)
-ax.scatter(cache_numbers["MHA"], results["MHA", 1].final_val_loss, s=50, facecolors="none", edgecolors="tab:blue",
-           label="MHA, second seed (noise yardstick)")
-ax.set_xscale("log", base=2)
-ax.set_title(f"Quality against cache size (TinyGPT, {target:,} parameters, {STEPS} steps)")
-ax.set_xlabel("KV cache per token per layer (numbers, log scale)")
-ax.set_ylabel("validation cross-entropy (nats / token)")
-ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
-plt.show()
+report = load_results("quality_ch12")  # committed multi-seed study: package data, shipped in the wheel
+print(quality.study_header(report))
+mla_settings = report["variants"]["corpus"]["MLA d_c=48"]["config"]["settings"]
+print(f"parameters matched through the MLP width: {report['parameters_matched']}; RoPE for every variant "
+      f"(MLA: decoupled rotary key of d_h^R = {mla_settings['rope_dim']}, head size d_h = "
+      f"{report['model']['d_model'] // report['model']['n_heads']})\n")
+print(quality.study_table(report))
+cache_per_token = cache_numbers_per_token(report)
+print("\ncache per token per layer (numbers, from each variant's own cache): "
+      + ", ".join(f"{variant} {numbers}" for variant, numbers in cache_per_token.items()))
+print("\nEvery variant against the baseline, seed by seed:")
+for line in quality.study_conclusion_lines(report):
+    print("•", line)
 
 # %% [markdown]
-# Read the plot against the printed yardstick. One seed-to-seed difference (two runs of one model) is a
-# thin yardstick: gaps of a few times it are suggestive, not settled, and the ranking can change with the
-# number of steps. What a run this small can show is the shape of the trade: how much validation loss each
-# way of shrinking the cache gives up at one parameter budget, and whether compressing (MLA) or sharing
-# (GQA) does better at the *same* cache size. The paper's claim that MLA matches or beats MHA while caching
-# far less (§2.1, appendix D) is made for models of billions of parameters trained on trillions of tokens;
-# a CPU notebook cannot test that.
-#
+# What the latent rank costs, in one figure: the final numbers of every MLA rank (mean ± sd as error bars,
+# each seed as a dot) against the variants without a latent as horizontal lines. Below it, the same
+# reading as sentences, seed by seed.
+
+# %%
+axes = plot_latent_rank_cost(report)
+plt.tight_layout()
+plt.show()
+for line in latent_rank_findings(report):
+    print("•", line)
+
+# %% [markdown]
+# Two different pictures. **Corpus loss** grows as the latent shrinks, but slowly: sharing (GQA, MQA) and
+# the larger latents are within the seeds' spread of MHA, and only the smallest ranks stand out (which, and
+# by how much, is printed above). **Recall** is not a smooth function of the rank at all. MHA, GQA, MQA and
+# the largest latent learn the lookup on every seed; at several of the smaller ranks the seeds *split*: some
+# reach near-perfect recall, others stay far below within the same budget — and the count of seeds that made
+# it does not even fall steadily with the rank. A mean ± sd of such a split describes no seed (its error bar
+# spans the gap between them); the dots and the per-seed lines are the honest summary. Learning the lookup
+# is a jump; with a narrow latent, whether and when a seed makes it varies from seed to seed, as the
+# per-seed learning curves (right) show. Is the budget long
+# enough? The ordering of the clearly different variants is fixed early; the variants within the spread of
+# each other keep swapping places until the end, which is what "no difference at this budget" means.
+
+# %%
+fig, (ax_corpus, ax_recall, ax_seeds) = plt.subplots(1, 3, figsize=(18, 4.3))
+shown = ["MHA", "GQA-2", "MQA", "MLA d_c=48", "MLA d_c=8", "MLA d_c=2"]
+quality.plot_learning_curves(report, "corpus", variants=shown, ax=ax_corpus)
+ax_corpus.set_ylim(top=min(ax_corpus.get_ylim()[1], 1.0))  # the first eval's loss would squash the rest
+quality.plot_learning_curves(report, "recall", variants=shown, ax=ax_recall)
+split = [r["variant"] for r in latent_rank_summary(report)["recall"]["ranks"]  # ranks whose seeds split
+         if min(r["values"]) < LEARNED <= max(r["values"])]
+ax_recall.set_ylim(-0.05, 1.05)  # accuracy lives in [0, 1]; a band of mean ± sd may not
+plot_recall_curves_by_seed(report, ["MHA"] + split[-2:], ax=ax_seeds)
+plt.tight_layout()
+plt.show()
+resolved = [c["a"] for c in report["conclusions"] if c["objective"] == "corpus" and c["resolved"]]
+for objective in report["objectives"]:
+    print(f"{objective}: ordering of all variants (by mean over seeds) unchanged since step "
+          f"{quality.stable_since(report, objective):,} of {report['steps'][objective]:,}; of "
+          f"{', '.join([report['baseline']] + resolved)} since step "
+          f"{quality.stable_since(report, objective, variants=[report['baseline']] + resolved):,}")
+
+# %% [markdown]
+# **The same code, live.** The study takes GPU time to run; here is a small piece of it on this machine, with
+# the very function the benchmark script calls: one seed, the baseline against one small latent, a budget
+# a fraction of the study's (both printed). With one seed there is no spread and so no conclusion — the
+# point is to see the code path, and how far from the study's numbers a run this short still is.
+
+# %%
+LIVE_STEPS = {"corpus": 150, "recall": 300}  # the study's budgets are in report["steps"]
+live = quality.run_chapter_study("ch12", seeds=[0], variants=["MHA", "MLA d_c=4"], steps=LIVE_STEPS, tokenizer="char")
+print(quality.study_header(live))
+print(quality.study_table(live))
+print(f"live run: {live['seconds']:.0f} s on this machine")
+for objective, settings in live["objectives"].items():
+    for variant in live["variants"][objective]:
+        here = quality.metric_values(live, objective, variant)[0]
+        committed = quality.metric_values(report, objective, variant)[report["seeds"].index(0)]
+        print(f"{objective:6} {variant:11} {settings['metric']}: live seed 0 after {live['steps'][objective]:,} steps "
+              f"{here:.3f}; committed seed 0 after {report['steps'][objective]:,} steps {committed:.3f}")
+
 # ## 7 · Generation from the latent cache
 #
 # The KV-cache machinery of chapter 03 works unchanged: `TinyGPT.new_cache` asks each layer for its cache,
 # and an MLA layer returns a `LatentCache`. Cached generation must write exactly the tokens of uncached
-# generation — in both inference paths.
+# generation — in both inference paths. A model for it: the study's largest latent, its parameters matched
+# to the MHA baseline of section 1 through the MLP width, trained as briefly as that baseline.
 
 # %%
-mla_model = models["MLA (d_c=48)", 0]
+mla_config = dataclasses.replace(base, attention="mla", settings=quality.STUDIES["ch12"].variants["MLA d_c=48"]["settings"])
+matched = quality.match_parameters(base, mla_config)
+print(matched.describe("MLA (d_c=48)"))
+torch.manual_seed(0)
+mla_model = TinyGPT(matched.config).to(device)
+with tqdm(total=STEPS, desc="MLA d_c=48", unit="step") as bar:
+    mla_curve = corpus.train(mla_model, STEPS, seed=0, bar=bar)
+print(f"validation loss {mla_curve['val_loss'][-1]:.3f} after {STEPS} steps (the MHA baseline: {mha_curve['val_loss'][-1]:.3f})")
 prompt = torch.tensor([tokenizer.encode("once there was a ")], device=device)
 set_mode(mla_model, "naive")
 reference = generate(mla_model, prompt, max_new_tokens=40, use_cache=False)
@@ -399,14 +447,17 @@ print("sample:", repr(tokenizer.decode(reference[0].tolist())))
 # ### Decode speed on a GPU
 #
 # On a CPU both paths are too fast at this size to say anything. `benchmarks/mla_decode.py` times one layer
-# with DeepSeek-V2's attention sizes, bf16, batch 4, one new token per step over 1k–32k cached tokens: the
-# naive path (decompress the whole cache every step) against the absorbed path (attend over the latent
-# rows). Its committed results, from the card named in them:
+# with DeepSeek-V2's attention sizes in bf16, one new token per step over a range of cached contexts (batch,
+# sizes and contexts printed below): the naive path (decompress the whole cache every step) against the
+# absorbed path (attend over the latent rows), with PyTorch's SDPA as the attention core and with the
+# project's Triton latent kernel. Its committed results, from the card named in them:
 
 # %%
 bench = load_results("mla_decode")  # committed GPU results: package data, shipped in the wheel
+sweep = load_results("mla_kernel_sweep")  # the latent kernel alone, every tile tried
 env = bench["environment"]
-print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | batch {bench['batch']}, bf16")
+print(f"{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | batch {bench['batch']}, "
+      f"{bench['dtype']} | sizes: " + ", ".join(f"{k}={v}" for k, v in bench["sizes"].items()))
 print(f"{'context':>8} {'path':>16} {'ms / step':>10} {'MB moved':>9} {'GB/s':>6}")
 for row in bench["rows"]:
     print(f"{row['context']:>8} {row['path']:>16} {row['graph_ms']:>10.3f} {row['bytes'] / 1e6:>9,.0f} "
@@ -414,25 +465,43 @@ for row in bench["rows"]:
 for context, speedup in bench["speedup_absorbed_over_naive"].items():
     print(f"absorbed over naive at {int(context):>6,} tokens: " + ", ".join(
         f"{key.replace('_', ' ')} {value:.1f}×" for key, value in speedup.items()))
-image = plt.imread(result_path("mla_decode.png"))
-fig, ax = plt.subplots(figsize=(11, 4))
-ax.imshow(image)
-ax.axis("off")
+mla_paths = ("naive", "absorbed", "absorbed_triton")
+fastest = {c: min((r for r in bench["rows"] if r["context"] == c and r["path"] in mla_paths), key=lambda r: r["graph_ms"])["path"]
+           for c in sorted({r["context"] for r in bench["rows"]})}
+print("fastest MLA path per context: " + ", ".join(f"{c:,}: {p}" for c, p in fastest.items()))
+fig = plot_mla_decode(bench, sweep)
 plt.show()
 
 # %% [markdown]
 # ("graph": GPU time of the step replayed as a CUDA graph; "eager": Python launching each kernel; `mha_sdpa`
-# is only the attention core of plain MHA with the same 128 heads, for scale.) Absorption pays several times
+# is only the attention core of plain MHA with the same heads, for scale.) Absorption pays several times
 # over at long context: the naive path moves gigabytes per step rebuilding keys and values, the absorbed
-# one a few hundred megabytes — at short context mostly the layer's own weights. But look at the absorbed
-# path's bandwidth: it falls far below what the card can copy as the context grows, and its time grows
-# linearly with context — the signature of too few thread blocks, each streaming the whole cache. SDPA's
-# kernels spread work over query rows; with the 128 heads folded into the query axis, a batch of 4 has very
-# few rows to spread. `attention_lab.kernels.latent_decode` is a Triton kernel for exactly this shape: split-K over the
-# context, 16 heads per program sharing each loaded latent tile as keys *and* values, partial results merged
-# by chapter 11's reduction kernel. It is tested against float64 under the Triton interpreter and compiled
-# for sm_80/89/90 by the tests; `benchmarks/mla_decode.py` times it as `absorbed_triton` on a GPU, and its
-# rows appear in the table above when the committed results include them.
+# one a few hundred megabytes — at short context mostly the layer's own weights. With SDPA as its core, the
+# absorbed path's bandwidth falls as the context grows and its time grows linearly with context: with all
+# heads folded into the query axis, a small batch has very few query rows for SDPA's kernels to spread over.
+# `attention_lab.kernels.latent_decode` is a Triton kernel for exactly this shape: split-K over the context,
+# a block of heads per program sharing each loaded latent tile as keys *and* values (the tiles timed are in
+# the right panel's legend), partial results merged by chapter 11's reduction kernel. Its rows in the table
+# (`absorbed_triton`) make it the fastest MLA path (printed per context). Yet the kernel alone, in the right
+# panel, reads the cache at a small fraction of the copy bandwidth — short of the project's aim — and the
+# cell below says why memory is not the only limit: at this many heads the kernel does more arithmetic per
+# cached byte than the card's ridge point, so its tensor cores would have to run at a large share of their
+# peak to reach the aim.
+
+# %%
+longest = max(r["context"] for r in sweep["kernel_rows"])
+best = max((r for r in sweep["kernel_rows"] if r["context"] == longest), key=lambda r: r["of_copy"])
+spec = spec_for_name(sweep["environment"]["card"])
+flops_per_byte = best["tflops"] * 1e12 * best["ms"] * 1e-3 / best["cache_bytes"]
+needed_tflops = KERNEL_TARGET * sweep["kernel_copy_tb_s"] * flops_per_byte
+print(f"{sweep['environment']['card']}, latent kernel alone at {longest:,} tokens, best tile {best['config']!r}: "
+      f"{best['ms']:.3f} ms, {best['tb_s']:.2f} TB/s = {best['of_copy']:.0%} of the measured copy bandwidth "
+      f"({sweep['kernel_copy_tb_s']:.2f} TB/s), {best['tflops']:.0f} TFLOP/s")
+print(f"arithmetic per cached byte: {flops_per_byte:.0f} FLOP/byte; the card's ridge point "
+      f"{spec.ridge_point:.0f} FLOP/byte ({spec.fp16_tflops:.0f} TFLOP/s dense bf16 / {spec.bandwidth_tb_s} TB/s, datasheet)")
+print(f"the aim of {KERNEL_TARGET:.0%} of copy at this intensity needs {needed_tflops:.0f} TFLOP/s "
+      f"= {needed_tflops / spec.fp16_tflops:.0%} of the tensor-core peak; the kernel reaches "
+      f"{best['tflops'] / spec.fp16_tflops:.0%} of it")
 
 # %%
 if torch.cuda.is_available():
@@ -465,18 +534,20 @@ else:
 # ## Summary
 
 # %%
-best = min(val_loss, key=val_loss.get)
-print(f"• Trained MHA: 90% of the stacked [W^K; W^V] energy in {energy_rank(torch.linalg.svdvals(stacked_kv(mha, 0)))} "
+print(f"• Trained MHA: {ENERGY:.0%} of the stacked [W^K; W^V] energy in {energy_rank(torch.linalg.svdvals(stacked_kv(mha, 0)))} "
       f"of {base.d_model} directions (layer 0), against {energy_rank(torch.linalg.svdvals(stacked_kv(mha_at_init, 0)))} at init.")
 print(f"• Naive and absorbed MLA agree to {(absorbed - naive).abs().max().item():.0e} in fp32 (decoupled RoPE); "
       f"cached == uncached tokens: naive {same_tokens['naive']}, absorbed {same_tokens['absorbed']}.")
 print(f"• One precomputed matrix with RoPE on the content key instead: scores off by {error:.0%}.")
 print(f"• DeepSeek-V2 sizes: MLA caches {per_token['MLA']} numbers per token per layer = GQA with {groups:.2f} groups; "
-      f"vs DeepSeek 67B: {1 - v2_bf16_bytes / baseline_bytes:.1%} less in bf16, {1 - v2_6bit_bytes / baseline_bytes:.1%} "
-      f"with the 6-bit cache (the paper's 93.3%).")
-print(f"• TinyGPT at {target:,} parameters, {STEPS} steps (validation loss @ cached numbers per token per layer): "
-      + ", ".join(f"{name} {val_loss[name]:.3f} @ {cache_numbers[name]}" for name in configs)
-      + f"; lowest: {best}; the same MHA from another seed differs by {yardstick:.3f}.")
+      f"vs DeepSeek 67B: {saving_bf16:.1%} less in bf16, {saving_quantised:.1%} with the {CACHE_BITS}-bit cache "
+      f"(the paper: {PAPER_CLAIM:.1%}).")
+print(f"• Study over {len(report['seeds'])} seeds, parameters matched ({report['summary']['corpus']['MHA']['parameters']:,}):")
+for line in latent_rank_findings(report):
+    print("    " + line)
+print(f"• Live run (seed 0, {', '.join(f'{o} {n:,} steps' for o, n in live['steps'].items())}): {live['seconds']:.0f} s here.")
 longest = str(max(int(c) for c in bench["speedup_absorbed_over_naive"]))
 print(f"• {env['card']}: absorbed decode {bench['speedup_absorbed_over_naive'][longest]['graph']:.1f}× faster than "
-      f"naive at {int(longest):,} tokens of context.")
+      f"naive at {int(longest):,} tokens of context (SDPA core), "
+      f"{bench['speedup_absorbed_over_naive'][longest]['triton_graph']:.1f}× with the Triton latent kernel; "
+      f"the kernel alone at {best['of_copy']:.0%} of copy bandwidth on the {sweep['environment']['card']}.")
