@@ -72,3 +72,25 @@ def softmax(row: tuple[float, ...]) -> tuple[float, ...]:
     top = max(row)
     exps = [math.exp(w - top) for w in row]
     return tuple(e / sum(exps) for e in exps)
+
+
+def window_keys(word: str, window: int) -> tuple[str, ...]:
+    """The words a query ``word`` sees under a sliding window of ``window`` keys, itself included (query i
+    sees keys j with i − window < j ≤ i), oldest first: ``window_keys("CAT", 3) == ("THE", "CAT")``."""
+    if word not in WORDS:
+        raise ValueError(f"word must be one of {WORDS}, got {word!r}")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    i = WORDS.index(word)
+    return WORDS[max(0, i - window + 1): i + 1]
+
+
+def window_row(word: str, window: int) -> tuple[float, ...]:
+    """The slides' unmasked weights of the keys ``word`` sees under a window of ``window`` keys
+    (:func:`window_keys`), where every one of them is quoted — what a window table must renormalise; a
+    ``ValueError`` for a row the issue does not quote whole."""
+    keys = window_keys(word, window)
+    missing = [key for key in keys if (word, key) not in SELF_ATTENTION]
+    if missing:
+        raise ValueError(f"the slides' weights {word}→{missing} are not quoted, so row {word} is unknown")
+    return tuple(SELF_ATTENTION[(word, key)] for key in keys)
