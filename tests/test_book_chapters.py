@@ -38,3 +38,18 @@ def test_every_test_file_names_its_chapter_or_the_book():
     strays = [n for n in names if not (n.startswith("test_book_") or n.startswith("test_all_chapters_")
                                        or (n.startswith("test_ch") and n[7:9].isdigit() and n[7:9] in CHAPTER_MODULES))]
     assert not strays, f"test files named by neither chapter nor book: {strays}"
+
+
+def test_a_built_chapter_keeps_each_progress_bar_as_its_last_state_and_outputs_in_order():
+    """tqdm's text bar writes hundreds of carriage-return updates; the build keeps what a reader saw at the end
+    (the bar at 100 %), merges only consecutive streams of one name, and never moves a print past a plot."""
+    from attention_lab.book.build import coalesce_streams
+
+    outputs = [{"output_type": "stream", "name": "stdout", "text": "before\n"},
+               *({"output_type": "stream", "name": "stderr", "text": f"\rtraining: {p:3d}%| {p}/100"} for p in range(101)),
+               {"output_type": "stream", "name": "stderr", "text": "\n"},
+               {"output_type": "display_data", "data": {"text/plain": "<Figure>"}},
+               {"output_type": "stream", "name": "stdout", "text": "after\r\n"}]
+    kept = coalesce_streams(outputs)
+    assert [o["output_type"] for o in kept] == ["stream", "stream", "display_data", "stream"]
+    assert kept[1]["text"] == "training: 100%| 100/100\n" and kept[3]["text"] == "after\n"

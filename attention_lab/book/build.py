@@ -109,8 +109,31 @@ def execute(notebook: nbformat.NotebookNode, timeout: int = 1200) -> nbformat.No
 
     NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = coalesce_streams(cell.outputs)
     notebook.metadata["attention_lab"] = {"executed_on": this_device()}
     return notebook
+
+
+_OVERWRITTEN = re.compile(r"[^\n]*\r(?!\n)")  # a line's text up to a carriage return that rewrites it
+
+
+def coalesce_streams(outputs: list) -> list:
+    """Merge *consecutive* stream outputs of one name (stdout, stderr) and keep, of every line a progress bar
+    rewrote with carriage returns, only its last state — what a reader saw when the cell finished (a bar at
+    100 %), not hundreds of updates. Outputs keep their order: a print after a plot stays after it."""
+    merged: list = []
+    for output in outputs:
+        if output.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
+                and merged[-1].get("name") == output.get("name"):
+            merged[-1]["text"] += output["text"]
+        else:
+            merged.append(output)
+    for output in merged:
+        if output.get("output_type") == "stream":
+            output["text"] = _OVERWRITTEN.sub("", output["text"].replace("\r\n", "\n"))
+    return merged
 
 
 def chapter_title(source: Path) -> str:
