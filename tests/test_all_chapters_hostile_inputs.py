@@ -186,7 +186,7 @@ BAD_CALLS = [
     ("engine not a request", lambda: ServingEngine(MODEL, 6, 4).run([([1], 2)]), "request 0 must be a Request"),
     ("engine max_batch 0", lambda: ServingEngine(MODEL, 6, 4, max_batch=0), "max_batch must be an integer >= 1"),
     ("engine share_prompt", lambda: ServingEngine(MODEL, 6, 4, share_prompt="yes"), "share_prompt must be True or False"),
-    ("engine MLA", lambda: ServingEngine(_gpt(attention="mla"), 6, 4), "cannot serve attention='mla'"),
+    ("engine MLA on the Triton path", lambda: ServingEngine(_gpt(attention="mla"), 6, 4, decode="triton"), "no paged kernel for MLA"),
     # ---- the fragmentation simulator (item 9)
     ("simulate output 0", lambda: simulate([TraceRequest(3, 0)], 16, 4), "request 0: output_len must be an integer >= 1"),
     ("simulate output -1", lambda: simulate([TraceRequest(3, -1)], 16, 4), "output_len must be"),
