@@ -75,3 +75,37 @@ def test_checker_passes_solution():
 def test_checker_rejects(wrong):
     with pytest.raises(ExerciseError):
         check_cache_bytes_per_token(wrong)
+
+
+def _fixed(value):
+    return lambda config, b: _solution(config, value)
+
+
+def _window_without_min(config, b):
+    kept = config.context_length if config.window is None else config.window
+    return 2 * config.n_layers * (config.n_kv_heads or config.n_heads) * config.head_dim * kept * b / config.context_length
+
+
+def _window_off_by_one(config, b):
+    kept = config.context_length if config.window is None else min(config.window - 1, config.context_length)
+    return 2 * config.n_layers * (config.n_kv_heads or config.n_heads) * config.head_dim * kept * b / config.context_length
+
+
+def _one_layer(config, b):
+    return _solution(config, b) / config.n_layers
+
+
+def _whole_cache(config, b):
+    return _solution(config, b) * config.context_length
+
+
+@pytest.mark.parametrize("wrong", [_fixed(4), _fixed(2), _fixed(1), _window_without_min, _window_off_by_one,
+                                   _one_layer, _whole_cache])
+def test_checker_rejects_the_family_of_plausible_formulas(wrong):
+    with pytest.raises(ExerciseError):
+        check_cache_bytes_per_token(wrong)
+
+
+def test_checker_names_a_hard_coded_element_size():
+    with pytest.raises(ExerciseError, match="bytes_per_element is an argument"):
+        check_cache_bytes_per_token(_fixed(4))
