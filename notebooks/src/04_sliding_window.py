@@ -211,9 +211,9 @@ check_read_order(read_order)
 # %% [markdown]
 # ## The rolling cache gives exactly the full-attention result
 #
-# A layer with $w = 4$: run 23 tokens through it in one pass with the band mask, and again through the
-# rolling cache — a prefill of 9 tokens (longer than the window) followed by 14 single tokens, wrapping
-# around the 4 slots several times.
+# A layer with a small window: run a sequence through it in one pass with the band mask, and again
+# through the rolling cache — a prefill longer than the window followed by single tokens, wrapping around
+# the cache's slots several times (the sizes are printed).
 
 # %%
 torch.manual_seed(0)
@@ -225,6 +225,7 @@ with torch.no_grad():
     full = layer(x)  # (2, 23, 32): band mask over the whole sequence
     pieces = [layer(x[:, :9], cache=cache)] + [layer(x[:, t:t + 1], cache=cache) for t in range(9, 23)]
 rolled = torch.cat(pieces, dim=1)
+print(f"window {layer.window}: a prefill of {pieces[0].shape[1]} tokens, then {len(pieces) - 1} single tokens")
 print(f"max |rolling − full| = {(rolled - full).abs().max().item():.1e} over {cache.length} tokens; "
       f"slots now hold positions {cache.slot_positions().tolist()}")
 
@@ -314,7 +315,8 @@ for name, values in measured_bytes.items():
 axes[0].set_title("TinyGPT KV cache after N tokens (fp32, measured)")
 axes[0].set_xlabel("tokens in the sequence, N")
 axes[0].set_ylabel("cache size (KiB)")
-axes[1].plot(contexts, full_mistral, "o-", label="32 layers, 8 KV heads, full attention")
+shape = PUBLISHED_MODELS["Llama-3-8B"]
+axes[1].plot(contexts, full_mistral, "o-", label=f"{shape.n_layers} layers, {shape.n_kv_heads} KV heads, full attention")
 axes[1].plot(contexts, windowed_mistral, "s-", label=f"same with window {mistral.window:,} (Mistral 7B)")
 axes[1].set_xscale("log", base=2)
 axes[1].set_title("KV cache of one sequence (fp16, formula)")
@@ -509,7 +511,8 @@ print(f"the single short run {verdict} the study on the ordering: {window_name} 
 # %%
 print(f"* band mask, w=3 on six words: each word sees {[int(s) for s in band.sum(-1)]} keys (itself included)")
 print(f"* scores at N=32,768 with w=4,096: {causal_scores / band_scores(32768, 4096):.1f}× fewer than causal")
-print(f"* rolling cache (4 slots, prefill 9 then 14 single tokens) vs full band attention: "
+print(f"* rolling cache ({cache.slots} slots, prefill {pieces[0].shape[1]} then {len(pieces) - 1} single tokens) "
+      f"vs full band attention: "
       f"max difference {(rolled - full).abs().max().item():.1e}")
 print(f"* receptive field after 1…{n_layers} layers with w={rf_window}: measured {measured_field}, "
       f"L·(w−1)+1 = {predicted_field}")
