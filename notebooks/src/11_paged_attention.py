@@ -314,7 +314,7 @@ data = TokenDataset.from_text(text, tokenizer, context_length=32)
 config = TinyGPTConfig(vocab_size=tokenizer.vocab_size, context_length=128, d_model=48, n_layers=2, n_heads=4,
                        n_kv_heads=2)
 model = TinyGPT(config)
-history = train(model, data, steps=100, batch_size=16, eval_every=100, progress=False)
+history = train(model, data, steps=100, batch_size=16, eval_every=100)
 print(f"TinyGPT, {model.num_parameters():,} parameters, validation loss {history.final_val_loss:.2f} "
       f"after {history.steps[-1]} steps ({history.seconds:.1f} s)")
 
