@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import weakref
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm.auto import tqdm
 
 
 def run_times(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device | str | None,
@@ -130,3 +132,92 @@ def attention_cost_curve(attention: Callable, lengths: list[int], head_dim: int 
         seconds.append(least_time(lambda: attention(q, k, v, causal=causal), repeats=repeats, device=device))
         peaks.append(peak_memory(lambda: attention(q, k, v, causal=causal), device=device))
     return {"n": list(lengths), "seconds": seconds, "peak_bytes": peaks}
+
+
+def least_times(make_fn: Callable[[object, object], Callable[[], object]], keys: Sequence, sizes: Sequence,
+                rounds: int = 3, repeats: int = 5, warmup: int = 1, device: torch.device | str | None = None,
+                progress: bool = True, desc: str = "timing") -> dict[object, list[float]]:
+    """The least seconds of ``make_fn(key, size)()`` for every key and size: ``{key: [seconds per size]}``.
+
+    Each (key, size) is timed ``repeats`` times (after ``warmup`` runs, :func:`least_time`) in each of
+    ``rounds`` rounds, and keeps its fastest run. Within a round the keys take turns at every size, so a
+    disturbance (another job on a shared machine) lands on all keys alike instead of on one key's whole
+    series — a median of a few runs taken one key after the other can rank two equal functions wrongly.
+    ``make_fn`` is called once per (key, size) and round, outside the timed region. One kept progress bar
+    counts the (round, size, key) measurements and ends at 100 %.
+    """
+    for name, value in (("rounds", rounds), ("repeats", repeats)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    keys, sizes = list(keys), list(sizes)
+    if not keys or not sizes:
+        raise ValueError(f"keys and sizes must be non-empty, got {len(keys)} keys and {len(sizes)} sizes")
+    best = {key: [math.inf] * len(sizes) for key in keys}
+    bar = tqdm(total=rounds * len(sizes) * len(keys), desc=desc, unit="point", leave=True, disable=not progress)
+    for _ in range(rounds):
+        for i, size in enumerate(sizes):
+            for key in keys:
+                seconds = least_time(make_fn(key, size), repeats=repeats, warmup=warmup, device=device)
+                best[key][i] = min(best[key][i], seconds)
+                bar.update(1)
+    bar.close()
+    return best
+
+
+def fixed_and_per_unit(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
+    """The least-squares line ``seconds ≈ fixed + per_unit · size``: what a call costs whatever its size
+    (the intercept) and what each unit of size adds (the slope). Returns ``(fixed, per_unit)`` in seconds.
+
+    Fit it over sizes where the cost really grows with the size; below them the fixed part dominates and
+    the line says little about the slope."""
+    if len(sizes) != len(seconds) or len(sizes) < 2:
+        raise ValueError(f"sizes and seconds must be two lists of the same length >= 2, got {len(sizes)} and {len(seconds)}")
+    if len(set(sizes)) < 2:
+        raise ValueError(f"sizes must hold at least two different values to fit a line, got {list(sizes)}")
+    x = torch.tensor(list(sizes), dtype=torch.float64)
+    y = torch.tensor(list(seconds), dtype=torch.float64)
+    slope = (((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()).item()
+    return (y.mean() - slope * x.mean()).item(), slope
+
+
+def faster_from(sizes: Sequence[float], baseline: Sequence[float], candidate: Sequence[float],
+                margin: float = 0.1) -> float | None:
+    """The smallest size from which ``candidate`` takes less than ``1 − margin`` of ``baseline``'s time, at that
+    size and at every larger one (``sizes`` ascending); None if it is not so at the largest size.
+
+    The margin keeps two equal costs, which differ only by timing noise, from being called faster."""
+    if not len(sizes) == len(baseline) == len(candidate) or not sizes:
+        raise ValueError(f"sizes, baseline and candidate must be non-empty lists of one length, got "
+                         f"{len(sizes)}, {len(baseline)} and {len(candidate)}")
+    if list(sizes) != sorted(sizes):
+        raise ValueError(f"sizes must be ascending, got {list(sizes)}")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must lie in [0, 1), got {margin}")
+    since = None
+    for size, slow, fast in zip(reversed(sizes), reversed(baseline), reversed(candidate)):
+        if fast >= (1.0 - margin) * slow:
+            break
+        since = size
+    return since
+
+
+class _OperationCounter(TorchDispatchMode):
+    """Counts the tensor operations that reach the dispatcher's last stop (aten ops, composites broken down)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_operations(fn: Callable[[], object]) -> int:
+    """How many tensor operations ``fn()`` runs, counted as PyTorch executes them (``aten`` operations,
+    after autograd and composite operations such as ``linear`` or ``layer_norm`` are broken down): each one
+    pays a fixed cost — Python, dispatch, an allocation, on a GPU a kernel launch — whatever its size."""
+    counter = _OperationCounter()
+    with counter:
+        fn()
+    return counter.count

@@ -13,30 +13,29 @@
 # with $g$ key/value heads each shared by a group of $h/g$ query heads.
 #
 # This chapter: the idea in the library's one attention class, the cache it saves (measured on real cache
-# tensors), why decoding is memory-bound (counted), how much faster MQA and GQA decode (measured), and what
-# MQA costs in quality (trained).
+# tensors), why decoding is memory-bound (counted), how much faster MQA and GQA decode (measured, and when), and
+# what MQA costs in quality (a committed study over seeds, beside a small live run).
 
 # %%
 import dataclasses
-import json
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig
-from attention_lab.book.results import load as load_results
-from attention_lab.caches.sizes import PUBLISHED_MODELS, format_bytes
-from attention_lab.data import TokenDataset, get_tokenizer, load_corpus
-from attention_lab.costs.memory_bound_decode import (decode_attention_cost, decode_speed_sweep, incremental_ratio,
-                                                     plot_decode_benchmark, shazeer_ratio, time_decode_step)
-from attention_lab.generate import generate
-from attention_lab.costs.gpu_facts import GPU_TABLE, measure_copy_bandwidth
-from attention_lab.caches.contiguous import kv_cache_bytes
-from attention_lab.book.plots import loss_curve
-from attention_lab.train import train
+warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets tqdm draws a text bar
 
-torch.set_num_threads(1)  # small models gain little from more threads, and timings stay steadier on a shared CPU
+from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig, quality
+from attention_lab.book.results import load as load_results
+from attention_lab.caches.contiguous import kv_cache_bytes
+from attention_lab.caches.sizes import PUBLISHED_MODELS, format_bytes
+from attention_lab.costs.gpu_facts import GPU_TABLE
+from attention_lab.costs.memory_bound_decode import (decode_attention_cost, filled_cache, incremental_ratio,
+                                                     plot_decode_benchmark, shazeer_ratio)
+from attention_lab.costs.timing import count_operations, faster_from, fixed_and_per_unit, least_time, least_times
+
+torch.set_num_threads(1)  # one thread, set here: the timings below are of one core, whatever the machine has
 
 # %% [markdown]
 # ## One key/value head for all query heads
@@ -171,118 +170,185 @@ print(f"balance of an H100 SXM in fp16: {1 / (2 * h100.ridge_point):.4f} numbers
 # with the batch too. GQA-8 and MQA keep falling toward the machine balance (dotted; below it the processor,
 # not memory, sets the pace). The printed numbers show where each ends at batch 1024.
 #
+# %% [markdown]
 # ## Measured: decode speed at growing context
 #
-# Now real decoding steps. `decode_speed_sweep` builds TinyGPTs that differ only in `n_kv_heads`. It fills
-# each model's cache with random keys and values (a step takes the same time whatever the numbers are,
-# and a 4096-token prompt would cost far more than the steps we want to time). Then it times one step at
-# each context length $n$: a batch of new tokens through the model, attending to $n$ cached tokens
-# (`bench.time_function`). The variants take turns, five rounds over, and each point keeps its best
-# round, which is the one least disturbed by whatever else the machine is doing.
+# Now real decoding steps. We build TinyGPTs that differ only in `n_kv_heads` and fill each model's cache
+# with random keys and values (a step takes the same time whatever the numbers are, and a prompt of
+# thousands of tokens would cost far more than the steps we want to time). Then we time one step at each
+# context length $n$: a batch of new tokens through the whole model, attending to $n$ cached tokens.
 #
-# We use `backend="torch"` (PyTorch's fused attention, `enable_gqa=True`), which reads each shared
-# key/value head once for its whole group. The reference attention is written for clarity: it lets
-# `torch.matmul` broadcast the shared head, and on the CPU that builds a copy per query head, which would hide
-# the very effect we want to see. The shapes are CPU-sized; on a GPU the cell uses larger ones.
+# Timing on a shared machine needs care, or it measures the machine instead of the code:
+#
+# * **one thread** (set at the top of the chapter), so that the time is one core's work;
+# * **the minimum of repeats** (`least_time`): other work on the machine only ever *adds* time, so the
+#   fastest run is the cleanest estimate of what the step itself costs. `least_times` also lets the variants
+#   take turns, round after round, so that a disturbance hits them all alike;
+# * **sizes above the overhead**: contexts from a single token, where any step's cost is its fixed part, up to
+#   contexts where reading the cache dominates the step;
+# * **a control**: MHA is timed a second time under another name, "MHA again". It is the same code on the same
+#   cache, so whatever separates the two is noise, and it is the yardstick for calling one variant faster.
+#
+# We use `backend="torch"` (PyTorch's fused attention, `enable_gqa=True`), which reads each shared key/value
+# head once for its whole group. The reference attention is written for clarity: it lets `torch.matmul`
+# broadcast the shared head, and on the CPU that builds a copy per query head, which would hide the very effect
+# we want to see. The shapes are CPU-sized; on a GPU the cell uses larger ones.
 
 # %%
 on_gpu = device.type == "cuda"
-speed_config = TinyGPTConfig(vocab_size=32, d_model=1024 if on_gpu else 256, n_layers=2, n_heads=8 if not on_gpu else 16,
+speed_config = TinyGPTConfig(vocab_size=32, d_model=1024 if on_gpu else 256, n_layers=2, n_heads=16 if on_gpu else 8,
                              backend="torch")
 batch = 32 if on_gpu else 8  # on a GPU the cache must be large (GBs) before it outweighs per-step launch overheads
-contexts = [1024, 4096, 16384] if on_gpu else [256, 1024, 2048, 4096]
-kv_choices = [speed_config.n_heads, 2, 1]
-speeds = decode_speed_sweep(speed_config, kv_choices, contexts, batch, device=device,
-                            dtype=torch.float16 if on_gpu else torch.float32)
+contexts = [1, 64, 1024, 4096, 16384] if on_gpu else [1, 16, 64, 256, 1024, 4096, 8192]
+variants = {"MHA": speed_config.n_heads, "MHA again": speed_config.n_heads, "GQA-2": 2, "MQA": 1}  # name -> kv heads
+models, caches = {}, {}
+for n_kv_heads in sorted(set(variants.values()), reverse=True):
+    torch.manual_seed(0)
+    config = dataclasses.replace(speed_config, n_kv_heads=n_kv_heads, context_length=contexts[-1] + 1)
+    models[n_kv_heads] = TinyGPT(config).to(device=device, dtype=torch.float16 if on_gpu else torch.float32).eval()
+    caches[n_kv_heads] = filled_cache(models[n_kv_heads], batch, contexts[-1] + 1)
+token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # one new token per sequence
+
+
+def decode_step(name, context, cache=None):
+    """One decoding step of variant `name` with `context` tokens cached (the fill pointer rewound each time)."""
+    model, cache = models[variants[name]], caches[variants[name]] if cache is None else cache
+
+    def step():
+        for layer in cache.layers:
+            layer.length = context  # the step appends the new token at position `context`
+        with torch.no_grad():
+            model(token, cache=cache)
+    return step
+
+
+seconds = least_times(decode_step, list(variants), contexts, rounds=5, repeats=10, warmup=2, device=device,
+                      desc="decode steps")
+ms = {name: np.array(seconds[name]) * 1e3 for name in variants}
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-for n_kv_heads in kv_choices:
-    name = "MHA" if n_kv_heads == speed_config.n_heads else ("MQA" if n_kv_heads == 1 else f"GQA-{n_kv_heads}")
-    axes[0].plot(contexts, speeds[n_kv_heads], "o-", label=f"{name} ({n_kv_heads} kv heads)")
-    axes[1].plot(contexts, np.array(speeds[n_kv_heads]) / np.array(speeds[speed_config.n_heads]), "o-", label=name)
-axes[0].set(xscale="log", yscale="log", xlabel="tokens in the cache", ylabel="tokens / s",
-            title=f"Decode speed, batch {batch}, d_model {speed_config.d_model}, {speed_config.n_heads} heads ({device.type})")
-axes[1].set(xscale="log", xlabel="tokens in the cache", ylabel="speed-up over MHA (×)", title="Sharing K/V heads pays off as the cache grows")
+for name, n_kv_heads in variants.items():
+    style = dict(marker="o", ls="--", color="gray") if name == "MHA again" else dict(marker="o")
+    axes[0].plot(contexts, ms[name], label=f"{name} ({n_kv_heads} kv heads)", **style)
+    axes[1].plot(contexts, ms["MHA"] / ms[name], label=name, **style)
+axes[0].axhline(ms["MHA"][0], color="k", ls=":", lw=1, label="MHA with one cached token (fixed cost)")
+axes[0].set(xscale="log", yscale="log", xlabel="tokens in the cache", ylabel="ms per decoding step (least of repeats)",
+            title=f"One decoding step, batch {batch}, d_model {speed_config.d_model}, {speed_config.n_heads} heads ({device.type})")
+axes[1].set(xscale="log", xlabel="tokens in the cache", ylabel="MHA's step time ÷ the variant's (×)",
+            title="Sharing K/V heads pays once the cache dominates the step")
+low, high = min(v.min() for v in ms.values()), max(v.max() for v in ms.values())
+ticks = [t * 10.0**e for e in range(-2, 3) for t in (1, 2, 5) if low / 1.5 <= t * 10.0**e <= high * 1.5]
+axes[0].set_yticks(ticks, labels=[f"{t:g}" for t in ticks])
 for ax in axes:
-    ax.set_xticks(contexts, labels=[str(n) for n in contexts])
+    ax.set_xticks(contexts, labels=[f"{n // 1024}k" if n >= 1024 else str(n) for n in contexts])
     ax.minorticks_off()
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(fontsize=8)
 plt.tight_layout()
 plt.show()
-for n_kv_heads in kv_choices:
-    print(f"{n_kv_heads} kv heads: " + ", ".join(f"{n}: {s:,.0f} tok/s" for n, s in zip(contexts, speeds[n_kv_heads])))
+print("context   " + "".join(f"{name:>12}" for name in variants) + "   MHA ÷ MQA   MHA ÷ MHA again")
+for i, n in enumerate(contexts):
+    print(f"{n:7}   " + "".join(f"{ms[name][i]:9.3f} ms" for name in variants) +
+          f"   {ms['MHA'][i] / ms['MQA'][i]:8.2f}×   {ms['MHA'][i] / ms['MHA again'][i]:8.2f}×")
 
 # %% [markdown]
-# How close is that to the memory bound? The cache bytes one step reads, divided by this machine's copy
-# bandwidth (measured now, bytes read + written), is a lower bound on the step's time:
+# ### What a step costs when the cache is short
+#
+# With one cached token there is almost no cache to read, yet a step takes the time printed in the first
+# row. That is the step's **fixed cost**: the matrix products of the projections, the MLP and the output
+# layer (the same weights are read whatever the context), and the price of *calling* every small tensor
+# operation from Python (dispatch, an output allocation, on a GPU a kernel launch). We measure both parts:
+# the model's linear layers applied alone to one token per sequence, and the number of tensor operations one
+# step runs. Two things could make MQA's one-token step faster than MHA's, with almost no cache to read: its
+# key and value projections are smaller, and MHA's cache, even nearly empty, is spread over as many slabs as it
+# has kv heads, each touched by every step. We time the three side by side: MHA, the same MHA with a cache
+# sized for just two tokens, and MQA. The printed breakdown shows how much each explains, beside the noise.
 
 # %%
-bandwidth = measure_copy_bandwidth(n_bytes=2**28 if on_gpu else 2**26, device=device, repeats=5)
+noise = max(abs(ms["MHA"] / ms["MHA again"] - 1))  # how far two timings of the same step disagree, at any context
+operations = count_operations(decode_step("MHA", 1))
+mha = models[speed_config.n_heads]
+linear_ms = {}
+for name in ("MHA", "MQA"):
+    linears = [m for m in models[variants[name]].modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(batch, 1, m.in_features, device=device, dtype=m.weight.dtype) for m in linears]
+    with torch.no_grad():
+        linear_ms[name] = least_time(lambda: [m(x) for m, x in zip(linears, inputs)], repeats=20, device=device) * 1e3
+fixed_ms = ms["MHA"][0]
+print(f"timing noise: the same MHA step timed twice differs by up to {noise:.0%} (the control)")
+print(f"fixed cost, one cached token: {fixed_ms:.3f} ms per MHA step; its {len(linears)} linear layers alone take "
+      f"{linear_ms['MHA']:.3f} ms ({linear_ms['MHA'] / fixed_ms:.0%}); the step runs {operations} tensor operations, and "
+      f"the other {fixed_ms - linear_ms['MHA']:.3f} ms are about {(fixed_ms - linear_ms['MHA']) / operations * 1e3:.1f} µs "
+      "per operation")
+small_cache = filled_cache(mha, batch, 2)  # room for the one cached token and the new one
+one = least_times(lambda name, _: decode_step("MHA", 1, small_cache) if name == "small" else decode_step(name, 1),
+                  ["MHA", "small", "MQA"], [1], rounds=5, repeats=20, warmup=2, device=device, progress=False)
+one = {name: times[0] * 1e3 for name, times in one.items()}
+projections, layout = linear_ms["MHA"] - linear_ms["MQA"], one["MHA"] - one["small"]
+print(f"one cached token, timed in turn: MHA {one['MHA']:.3f} ms, the same MHA with a two-token cache "
+      f"{one['small']:.3f} ms, MQA {one['MQA']:.3f} ms (MHA ÷ MQA = {one['MHA'] / one['MQA']:.2f}×)")
+print(f"MHA − MQA = {one['MHA'] - one['MQA']:.3f} ms: larger key/value projections {projections:.3f} ms (the linear "
+      f"layers alone: {linear_ms['MHA']:.3f} vs {linear_ms['MQA']:.3f} ms), a cache spread over "
+      f"{speed_config.n_heads}× as many kv-head slabs {layout:.3f} ms, the rest {one['MHA'] - one['MQA'] - projections - layout:+.3f} ms "
+      f"(noise: up to {noise * one['MHA']:.3f} ms)")
+print("share of MHA's step that grows with the context (the step minus its fixed cost): " +
+      ", ".join(f"{n}: {1 - fixed_ms / ms['MHA'][i]:.0%}" for i, n in enumerate(contexts) if i > 0))
+# The cache pays where MQA gains more than its one-token advantage and the noise explain.
+one_token = ms["MQA"][0] / ms["MHA"][0]
+since = faster_from(contexts, ms["MHA"], ms["MQA"], margin=1 - one_token * (1 - noise))
+print(f"MQA ÷ MHA falls below its one-token value ({one_token:.2f}) by more than the noise ({noise:.0%}) " +
+      (f"from {since} cached tokens on, at every longer context measured: from there its smaller cache pays"
+       if since is not None else "at no context measured: its smaller cache does not pay here"))
+
+# %% [markdown]
+# So at short context a decoding step is mostly its fixed cost (a share near zero, or below it, is noise: a
+# step timed a little faster than the one-token step). There the variants differ by what their weights and
+# the noise explain; sharing key/value heads cannot speed up the part of a step that is not the cache. (An
+# earlier version of this chapter timed the trained models at a short context with the median of a few runs,
+# one model after the other, and printed MQA slower than MHA: that was the machine, not MQA.) As the context
+# grows, the cache's share of the step grows until it dominates, and from the printed context on MQA's
+# smaller cache pays.
+#
+# How close is the long end to what the machine can do? We measure this core's copy bandwidth (bytes read +
+# written) and the rate of a large matrix product, both as the least of repeats. The slope of each line over
+# the long contexts (`fixed_and_per_unit`) is what each cached token adds to a step; at the longest context it
+# gives the time of the part that grows with the context, to set against the cache's bytes and FLOPs.
+
+# %%
+source = torch.ones(2**26 // 4, device=device)  # 64 MiB, far more than the CPU's caches (and a GPU's L2) hold
+target = torch.empty_like(source)
+bandwidth = 2 * source.numel() * 4 / least_time(lambda: target.copy_(source), repeats=10, device=device)  # read + written
+size = 4096 if on_gpu else 512
+left, right = (torch.randn(size, size, device=device, dtype=torch.float16 if on_gpu else torch.float32) for _ in range(2))
+flop_rate = 2 * size**3 / least_time(lambda: left @ right, repeats=10, device=device)
 element = 2 if on_gpu else 4
-longest = contexts[-1]
-print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s")
-for n_kv_heads in kv_choices:
+longest, long = contexts[-1], [i for i, n in enumerate(contexts) if n >= contexts[-1] // 8]
+print(f"this {device.type}: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + written), a {size}² matrix product "
+      f"{flop_rate / 1e9:.0f} GFLOP/s: ridge point {flop_rate / bandwidth:.1f} FLOP/byte")
+slopes = {}
+for name in ("MHA", "GQA-2", "MQA"):
+    n_kv_heads = variants[name]
     kv_read = kv_cache_bytes(speed_config.n_layers, n_kv_heads, speed_config.head_dim, longest, batch, element)
-    measured = batch / speeds[n_kv_heads][-1]
-    print(f"{n_kv_heads} kv heads at {longest} tokens: reads {kv_read / 2**20:6.1f} MiB of cache -> at least "
-          f"{kv_read / bandwidth * 1e3:6.2f} ms; measured {measured * 1e3:6.2f} ms per step")
-ratio_bytes = speed_config.n_heads
-print(f"MQA reads {ratio_bytes}× fewer cache bytes; measured speed-up at {longest} tokens: "
-      f"{speeds[1][-1] / speeds[speed_config.n_heads][-1]:.1f}×")
+    flops = speed_config.n_layers * decode_attention_cost(batch, longest, speed_config.n_heads, n_kv_heads,
+                                                          speed_config.head_dim, element).flops
+    slopes[name] = fixed_and_per_unit([contexts[i] for i in long], [seconds[name][i] for i in long])[1]
+    attention_s = slopes[name] * longest  # the part of the step that grows with the context
+    of_bandwidth, of_flops = kv_read / attention_s / bandwidth, flops / attention_s / flop_rate
+    print(f"{name:6} at {longest} tokens: {kv_read / 2**20:6.1f} MiB of cache, {flops / 1e6:4.0f} MFLOP "
+          f"({flops / kv_read:.1f} FLOP/byte) in the {attention_s * 1e3:6.2f} ms the context adds to a step: "
+          f"{of_bandwidth:4.0%} of the copy bandwidth, {of_flops:4.0%} of the matrix-product rate -> nearer the "
+          f"{'bandwidth: memory' if of_bandwidth > of_flops else 'arithmetic rate: arithmetic'} sets its pace")
+print(f"MQA reads {speed_config.n_heads}× fewer cache bytes than MHA for the same FLOPs; each cached token costs MHA "
+      f"{slopes['MHA'] / slopes['MQA']:.1f}× what it costs MQA")
 
 # %% [markdown]
-# The speed-up should grow with the context, because the cache becomes a larger share of each step's work.
-# On this CPU it stays below the $h$-fold saving in bytes. The step also runs the projections and the MLP,
-# which cost the same for every variant. And a CPU's ridge point is low (a few FLOPs per byte in fp32),
-# so once the bytes shrink, arithmetic and per-head overheads start to count. On a GPU, where MHA decoding
-# is firmly memory-bound, sharing heads pays off more fully (see the benchmark below).
-#
-# ## The quality cost
-#
-# MQA has fewer parameters and one set of keys for every head, so it can express less. We train an MHA
-# and an MQA TinyGPT for the same short budget (same seed, same batches) and compare validation losses.
-# It is one seed of a tiny model, so a small difference either way is within noise.
-
-# %%
-text = load_corpus()
-tokenizer = get_tokenizer(text, kind="char")  # small vocabulary: the tiny models train fast on a CPU
-data = TokenDataset.from_text(text, tokenizer, context_length=64)
-quality_config = TinyGPTConfig(vocab_size=tokenizer.vocab_size, context_length=64, d_model=64, n_layers=2,
-                               n_heads=8, backend="torch")
-steps = 600 if on_gpu else 200
-models, results = {}, {}
-for name, n_kv_heads in [("MHA", 8), ("MQA", 1)]:
-    torch.manual_seed(0)
-    models[name] = TinyGPT(dataclasses.replace(quality_config, n_kv_heads=n_kv_heads)).to(device)
-    results[name] = train(models[name], data, steps=steps, batch_size=16, eval_every=50, progress=False)
-ax = None
-for name, result in results.items():
-    ax = loss_curve(result, title=f"MHA vs MQA TinyGPT, {steps} steps", ax=ax, label=name)
-plt.show()
-for name, result in results.items():
-    print(f"{name}: {models[name].num_parameters():,} parameters, validation loss {result.final_val_loss:.3f} "
-          f"nats/token, trained in {result.seconds:.0f} s")
-gap = results["MQA"].final_val_loss - results["MHA"].final_val_loss
-print(f"MQA - MHA validation loss: {gap:+.3f} nats/token ({'MQA worse' if gap > 0 else 'MQA not worse'} on this run)")
-
-# %% [markdown]
-# One seed of a tiny model can't settle a small gap either way. At scale the gap is measurable: the GQA
-# paper reports T5-XXL (about 11 billion parameters) losing a little average quality when converted to MQA,
-# and names training instability as another risk of MQA. Chapter 06 shows how to get most of MQA's speed
-# for less of that loss.
-#
-# At the short context these models were trained on, the cache is tiny and sharing heads buys nothing. A
-# step with 63 cached tokens (timed like above) is set by fixed per-step costs (Python, the projections, the
-# MLP, the attention call's own overhead), not by the cache; compare the two times below. Both models also
-# generate with the KV cache through the same `generate`.
-
-# %%
-prompt = torch.tensor([tokenizer.encode("once there was a ")], device=device)
-for name, model in models.items():
-    seconds = min(time_decode_step(model, batch_size=1, context=63, repeats=10) for _ in range(3))
-    sample = tokenizer.decode(generate(model, prompt, 40, temperature=0.8, top_k=5,
-                                       generator=torch.Generator(device=device).manual_seed(0))[0].tolist())
-    print(f"{name}: {seconds * 1e3:.2f} ms per decoding step with 63 cached tokens; sample: {sample!r}")
+# The cost per cached token falls less than the bytes do. MHA's attention does a fraction of a FLOP per byte
+# and streams its cache at the largest share of the copy bandwidth of the three. MQA reads a cache many times
+# smaller, but every query head still does its own dot products with every key: the FLOPs are the same for all
+# variants. One query per head makes each of them a matrix-*vector* product, which on a CPU core runs far below
+# the rate of the large matrix product printed above. So MQA's attention is held back by arithmetic and by
+# the kernel's work per head, not by its bytes, and on a CPU its gain stays below the byte ratio. On a GPU,
+# whose ridge point is in the hundreds of FLOPs per byte, the attention of every variant stays memory-bound,
+# and sharing heads pays off more fully (the benchmark below).
 
 # %% [markdown]
 # ## On a GPU
@@ -321,12 +387,149 @@ except (ValueError, KeyError) as error:  # a results file in another layout: sho
 # materialises a copy per query head, so it gains nothing from sharing: its step-time ratio is printed too.
 
 # %% [markdown]
+# ## The quality cost: a study over seeds
+#
+# MQA gives every query head the same keys and values, so it can express less than MHA. How much less, for
+# the book's TinyGPT? One training run cannot say: two runs of the *same* model from different seeds already
+# differ, and a short run measures how fast a model starts, not what it can finally do. So the question is
+# answered by a study, run once with a full budget and committed (`attention_lab/results/quality_ch05.json`,
+# written by `benchmarks/quality_studies.py`):
+#
+# * MHA, GQA-4, GQA-2 and MQA, with their **parameter counts matched** through the MLP width: sharing K/V
+#   heads removes weights from the key and value projections, and the MLP gets them back, so a difference
+#   cannot come from a smaller model;
+# * two objectives: the corpus (validation loss) and **associative recall** (`attention_lab.recall`: key–value
+#   pairs placed in the context and queried later, accuracy by the distance between a pair and its question),
+#   a task made to need exactly what attention does — look something up;
+# * **several seeds** each, summarised as mean ± sd, and every conclusion printed from the numbers, with the
+#   seed-to-seed spread as the yardstick (`quality.compare`: a difference counts only at a multiple of the
+#   spread, `quality.RESOLVED_RATIO`, printed below; larger than the spread but short of that, it is a hint).
+
+# %%
+report = load_results("quality_ch05")
+print(quality.study_header(report))
+print()
+print(quality.study_table(report))
+print()
+print(*quality.study_conclusion_lines(report), sep="\n")
+print(f"(a difference counts at {quality.RESOLVED_RATIO:g}× the seed-to-seed spread; above the spread but short of that, it is a hint)")
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+quality.plot_learning_curves(report, "corpus", ax=axes[0])
+quality.plot_learning_curves(report, "recall", ax=axes[1])
+quality.plot_recall_by_distance(report, ax=axes[2])
+plt.tight_layout()
+plt.show()
+for objective in report["objectives"]:
+    print(f"{objective}: the ranking of the mean learning curves stops changing at step "
+          f"{quality.stable_since(report, objective):,} of {report['steps'][objective]:,}")
+recall_settings = report["objectives"]["recall"]
+print(f"steps to 90 % recall, per seed {report['seeds']} (read off a curve evaluated every "
+      f"{recall_settings['eval_every']} steps):")
+for variant in quality.variant_names(report, "recall"):
+    print(f"  {variant:6} {quality.metric_values(report, 'recall', variant, 'steps_to_90')}")
+
+# %% [markdown]
+# **What the study finds at this size: nothing to tell the variants apart.** Read the conclusions above: in
+# final validation loss and in final recall accuracy, every variant lies within the seed-to-seed spread of
+# MHA, and the recall curves by distance lie on top of each other. The variants finish on the same numbers.
+#
+# The only lines that say more are about the steps each variant needs to reach the table's recall threshold:
+# how fast the lookup is learned, not how well. Take them as
+# hints at most. The step is read off a curve evaluated at coarse intervals (printed above), so the seeds'
+# values differ by one or two intervals and the spread is a few intervals' worth of luck. And the ordering is
+# not the one sharing would predict: MQA, which shares the most, learns the lookup no slower than MHA, while a
+# grouped variant in between may come out slower. Nor does a ranking of the mean curves mean much when the
+# variants are tied. The printed step from which it stops changing is late in the budget, because tied curves
+# keep trading places until they flatten.
+#
+# Why no difference here, when the GQA paper measures one? The model is tiny: each head has only
+# `d_model / n_heads` numbers, so MHA's many K/V heads are many *small* heads, not more capacity. The recall
+# task asks for one of a small set of keys and copies one of a small set of values. That fits in what a single
+# shared key head and value head can carry, and the query heads, which MQA keeps, still look in different
+# places. The parameters MQA saves in its projections go back to the MLP. The GQA paper's quality gap appears
+# at scale (T5-XXL, the largest T5, on long inputs: summarisation and question answering), where
+# heads are wide and the tasks need more than a single shared head can hold; it also names training
+# instability as a risk of MQA. Chapter 06 shows how to get most of MQA's speed for less of that risk.
+
+# %%
+head_dim = report["model"]["d_model"] // report["model"]["n_heads"]
+task = recall_settings["task"]
+print(f"the study's TinyGPT: d_model {report['model']['d_model']}, {report['model']['n_heads']} heads of "
+      f"{head_dim} numbers each, {report['model']['n_layers']} layers; the recall task: {task['n_facts']} facts among "
+      f"{task['n_keys']} keys and {task['n_values']} values in {task['seq_len']} tokens (chance {task['chance']:.3f})")
+
+# %% [markdown]
+# ### A small live run beside it
+#
+# The same code, `quality.run_chapter_study`, runs here on this machine with one seed, MHA and MQA only, and a
+# budget a CPU can afford in a chapter. Its numbers sit next to the committed ones; the point is to see
+# what one short seed can and cannot say.
+
+# %%
+live_steps = {"corpus": 300, "recall": 400}
+live = quality.run_chapter_study("ch05", seeds=[0], variants=["MHA", "MQA"], steps=live_steps, device=device)
+print(quality.study_header(live))
+print()
+print(quality.study_table(live))
+
+
+# %%
+def curve_at(study, objective, variant, step):
+    """Each seed's held-out number on `objective` at training step `step` (its learning curve's point there)."""
+    metric = "val_accuracy" if objective == "recall" else "val_loss"
+    runs = sorted((r for r in study["runs"] if (r["objective"], r["variant"]) == (objective, variant)), key=lambda r: r["seed"])
+    return [r["curve"][metric][r["curve"]["steps"].index(step)] for r in runs]
+
+
+for objective, step in live_steps.items():
+    metric = report["objectives"][objective]["metric"]
+    unit = "nats" if metric == "val_loss" else ""
+    live_gap = quality.metric_values(live, objective, "MQA")[0] - quality.metric_values(live, objective, "MHA")[0]
+    final = next(c for c in report["conclusions"] if (c["objective"], c["metric"], c["a"]) == (objective, metric, "MQA"))
+    mqa, mha = curve_at(report, objective, "MQA", step), curve_at(report, objective, "MHA", step)
+    early = quality.compare("MQA", mqa, "MHA", mha, unit=unit, higher_is_better=metric == "accuracy",
+                            what=f"{quality.METRIC_NAMES[metric]} at step {step}")
+    print(f"{objective}, one live seed after {step} steps: MQA − MHA = {live_gap:+.3f} {unit}".rstrip())
+    print(f"  the study at its full budget: {final['sentence']}")
+    print(f"  the study's seeds at step {step} (learning rate not yet decayed): "
+          + ", ".join(f"{a - b:+.3f}" for a, b in zip(mqa, mha)) + f"; {early.sentence}")
+    against_final = (f"{abs(live_gap) / final['spread']:.0f}× the full study's seed-to-seed spread" if final["spread"]
+                     else "beyond the full study's spread, which is zero: its seeds agree exactly")
+    verdict = ("a gap the full study does not confirm: one short seed cannot decide" if not final["resolved"]
+               else "the full study does resolve a difference, but one short seed alone could not have known it")
+    print(f"  -> the live gap is {against_final}, and {abs(live_gap) / early.spread:.1f}× the spread of the study's "
+          f"seeds at step {step}: {verdict}")
+
+# %% [markdown]
+# The live run's table prints the same kind of numbers as the study's, from the same code, but read the
+# comparison under it. A short run of one seed gives a gap, and nothing to measure it against. Measured
+# against the full study's spread it looks enormous; yet the study's own seeds, at the same step, give gaps of
+# both signs (printed), and at the full budget the gap is gone. Early in training the variants differ in how
+# fast they start, and that differs from seed to seed. (The live run does not repeat the study's seed 0
+# exactly: it ran on another device, and its learning rate decays to zero over its own short budget.)
+# Deciding whether MQA costs quality takes the seeds and the budget of the committed study, not a live run.
+
+# %% [markdown]
 # ## Exercise: one decoding step of grouped-query attention
 #
 # Write the attention of one decoding step: the newest token's queries `q` `(B, H, 1, D)` against a cache
-# `k`, `v` `(B, Hkv, N, D)` with `Hkv` dividing `H`. Don't copy the cache with `repeat_interleave`. Instead
-# reshape the queries so that each group of `H // Hkv` consecutive query heads sits next to its shared key
-# head, and let one matrix product serve the whole group. Scale by $D^{-1/2}$ and take the softmax over the keys.
+# `k`, `v` `(B, Hkv, N, D)` with `Hkv` dividing `H`; query head $i$ reads kv head $\lfloor i/(H/H_{kv})\rfloor$.
+# Scale by $D^{-1/2}$ and take the softmax over the keys.
+#
+# **Forbidden: copying a shared key/value head once per query head.** Whether it is written as
+# `repeat_interleave`, `repeat`, `expand(...)` followed by `reshape` or `.contiguous()`, `torch.cat` or
+# `torch.stack` of copies, indexing `k` with a per-head index, or a `torch.matmul` that broadcasts the kv
+# head over the group (which copies behind the scenes), the result is a `(B, H, N, D)` tensor: exactly the
+# MHA cache that MQA and GQA exist to avoid, built again at every step. It takes $H/H_{kv}$ times the memory of
+# the cache and is read $H/H_{kv}$ times over, which gives back the memory and the bandwidth that sharing the
+# heads saved. Instead, reshape the *queries* so that each group of `H // Hkv` consecutive query heads sits
+# next to its shared key head, and let one matrix product serve the whole group.
+#
+# The checker enforces this by measuring memory, not by reading your code: it watches every tensor your
+# function creates and fails if any holds more numbers than the cache `k` itself, which no honest
+# intermediate does on its shapes.
 
 # %%
 def grouped_decode(q, k, v):
@@ -351,14 +554,19 @@ check_grouped_decode(grouped_decode)
 #
 # * MQA is `n_kv_heads=1` of the same attention class: $h$ query heads share one key head and one value head;
 #   GQA shares each of $g$ key/value heads among $h/g$ query heads. The cache is $h/g$ times smaller. We
-#   checked that on the real cache tensors: 8×, 4× and 2× for 1, 2 and 4 kv heads with 8 query heads.
+#   checked that on the real cache tensors for every kv-head count.
 # * A decoding step does about $2h/(g\,e)$ FLOPs per byte of cache. For fp16 MHA that is 1, far below every GPU's
 #   ridge point, so its time is set by the bytes. Shazeer's ratio, Θ(n/d + 1/b) for MHA and
 #   Θ(1/d + n/(dh) + 1/b) for MQA, says why batching cannot rescue MHA at long contexts: the cache term
 #   grows with the batch.
-# * Measured on this machine: tokens/s of MHA, GQA-2 and MQA decoding at growing context (plot above). The
-#   speed-up over MHA at the longest context and the cache-read lower bound of each step are printed beside it.
-# * On a GPU, the committed H100 benchmark (when present) shows what fraction of the copy bandwidth each
-#   implementation reaches for each number of kv heads, and how much faster one kv head makes the step.
-# * Quality: after the same short training, the validation losses of the MHA and MQA TinyGPTs and their gap
-#   are printed above. The GQA paper measured a small loss for MQA at T5-XXL scale.
+# * Measured on this machine (one thread, the least of repeats, a control pair for the noise): at short
+#   context a step is its fixed cost — the linear layers and the price of each tensor operation — and the
+#   variants differ only by their weights and the noise; from the printed context on, the smaller cache
+#   pays. MHA reads its cache at the largest share of the copy bandwidth of the three; MQA's attention, with
+#   the same FLOPs and fewer bytes, is held back by arithmetic on a CPU core, so its gain stays below the
+#   byte ratio. On a GPU the committed benchmark shows the fraction of the copy bandwidth each
+#   implementation reaches for each number of kv heads.
+# * Quality: the committed study (MHA, GQA-4, GQA-2, MQA; parameters matched through the MLP width; corpus
+#   loss and associative recall; several seeds) finds no difference beyond the seed-to-seed spread at this
+#   model size. Only the steps needed to learn the lookup differ a little, as hints. A short live run of one
+#   seed shows why a single run cannot decide it. The GQA paper's quality gap appears at scale.
