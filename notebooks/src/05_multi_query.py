@@ -436,10 +436,10 @@ for variant in quality.variant_names(report, "recall"):
 # MHA, and the recall curves by distance lie on top of each other. The variants finish on the same numbers.
 #
 # The only lines that say more are about the steps each variant needs to reach the table's recall threshold:
-# how fast the lookup is learned, not how well. Take them as
-# hints at most. The step is read off a curve evaluated at coarse intervals (printed above), so the seeds'
-# values differ by one or two intervals and the spread is a few intervals' worth of luck. And the ordering is
-# not the one sharing would predict: MQA, which shares the most, learns the lookup no slower than MHA, while a
+# how fast the lookup is learned, not how well. Take them as hints at most. The step is read off a curve
+# evaluated at coarse intervals (printed above), so the seeds' values differ by a few intervals, and a spread
+# of a few intervals' worth of luck is all the yardstick there is. And the ordering is not the one sharing
+# would predict: MQA, which shares the most, learns the lookup no slower than MHA, while a
 # grouped variant in between may come out slower. Nor does a ranking of the mean curves mean much when the
 # variants are tied. The printed step from which it stops changing is late in the budget, because tied curves
 # keep trading places until they flatten.
@@ -449,9 +449,9 @@ for variant in quality.variant_names(report, "recall"):
 # task asks for one of a small set of keys and copies one of a small set of values. That fits in what a single
 # shared key head and value head can carry, and the query heads, which MQA keeps, still look in different
 # places. The parameters MQA saves in its projections go back to the MLP. The GQA paper's quality gap appears
-# at scale (T5-XXL, the largest T5, on long inputs: summarisation and question answering), where
-# heads are wide and the tasks need more than a single shared head can hold; it also names training
-# instability as a risk of MQA. Chapter 06 shows how to get most of MQA's speed for less of that risk.
+# at scale (T5-XXL, the largest T5, on long inputs: summarisation and question answering), where heads are
+# wide and the tasks need more than a single shared head can hold; it also names training instability as a
+# risk of MQA. Chapter 06 shows how to get most of MQA's speed for less of that risk.
 
 # %%
 head_dim = report["model"]["d_model"] // report["model"]["n_heads"]
