@@ -70,7 +70,8 @@ def build_mask(
 ) -> torch.Tensor | None:
     """Combine an explicit bool ``mask`` with causal/window structure into one bool mask.
 
-    ``mask`` may be ``(Nq, Nk)`` or ``(B | 1, H | 1, Nq, Nk)``. A ``window`` implies causal
+    ``mask`` may be ``(Nq, Nk)`` or ``(B | 1, H | 1, Nq | 1, Nk)`` — the last with one query row is a padding
+    mask over the keys, the same for every query (``valid[:, None, None, :]``). A ``window`` implies causal
     (query at position p sees keys p-window < j <= p). Returns ``None`` when nothing is masked,
     else a bool tensor broadcastable to ``(B, H, Nq, Nk)``.
     """
@@ -79,12 +80,13 @@ def build_mask(
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor (True = may attend), got {getattr(mask, 'dtype', type(mask))}")
-        expected = f"(Nq, Nk) = ({n_queries}, {n_keys}) or (B|1, H|1, Nq, Nk) = ({batch}|1, {n_heads}|1, {n_queries}, {n_keys})"
+        expected = (f"(Nq, Nk) = ({n_queries}, {n_keys}) or (B|1, H|1, Nq|1, Nk) = "
+                    f"({batch}|1, {n_heads}|1, {n_queries}|1, {n_keys})")
         if mask.dim() == 2:
             ok = tuple(mask.shape) == (n_queries, n_keys)
         elif mask.dim() == 4:
             ok = (mask.shape[0] in (1, batch) and mask.shape[1] in (1, n_heads)
-                  and tuple(mask.shape[2:]) == (n_queries, n_keys))
+                  and mask.shape[2] in (1, n_queries) and mask.shape[3] == n_keys)
         else:
             ok = False
         if not ok:
@@ -133,7 +135,7 @@ def attention_weights(
 
 
 def split_heads_of_mask(mask: torch.Tensor, n_kv_heads: int, group: int) -> torch.Tensor:
-    """Reshape a ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)`` mask to broadcast against ``(B, Hkv, G, Nq, Nk)``.
+    """Reshape a ``(Nq, Nk)`` or ``(B|1, H|1, Nq|1, Nk)`` mask to broadcast against ``(B, Hkv, G, Nq, Nk)``.
 
     Query head ``h`` is kv head ``h // G``'s member ``h % G`` (``G = group = H // Hkv``), so splitting the
     mask's head axis into ``(Hkv, G)`` keeps each query head's mask beside its rows of the scores.
@@ -162,7 +164,7 @@ def scaled_dot_product_attention(
         k: keys ``(B, Hkv, Nk, D)``; ``Hkv`` divides ``H`` (GQA/MQA share each kv head among
             ``H // Hkv`` query heads without copying it).
         v: values ``(B, Hkv, Nk, Dv)``.
-        mask: optional bool mask, ``True`` = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)``.
+        mask: optional bool mask, ``True`` = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq|1, Nk)`` (one query row: a padding mask).
         causal: query i sees keys j <= i + Nk - Nq (queries aligned to the END of the keys).
         window: sliding window of ``window`` keys including the query itself (implies causal).
         scale: defaults to ``D ** -0.5``.

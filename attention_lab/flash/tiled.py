@@ -97,6 +97,8 @@ def _prepare(q, k, v, mask, causal, window, scale, block_q, block_k):
     check_positive_int("block_k", block_k)
     build_mask(n_queries, n_keys, mask, False, window, batch, n_heads)  # validates mask and window only
     group = n_heads // n_kv_heads
+    if mask is not None and mask.dim() == 4:  # a padding mask (…, 1, Nk): the same row for every query (a view)
+        mask = mask.expand(*mask.shape[:2], n_queries, n_keys)
     mask5 = None if mask is None else split_heads_of_mask(mask.to(q.device), n_kv_heads, group)
     scale = check_scale(scale, q.shape[-1])
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax stats in fp32 at least
@@ -345,7 +347,7 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
 
     Args:
         q: ``(B, H, Nq, D)``; k: ``(B, Hkv, Nk, D)``; v: ``(B, Hkv, Nk, Dv)``; ``Hkv`` divides ``H``.
-        mask: optional bool, True = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)``.
+        mask: optional bool, True = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq|1, Nk)``.
         causal: query i sees keys j ≤ i + Nk − Nq; window: ``window`` keys including itself (implies causal).
         scale: defaults to ``D ** -0.5``. block_q, block_k: tile sizes Br, Bc (any positive ints).
 

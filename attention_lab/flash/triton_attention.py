@@ -787,7 +787,7 @@ def flash_attention(
             ``D <= 128``; any ``D`` is padded to a power of two inside the kernel.
         k: keys ``(B, Hkv, Nk, D)``, ``Hkv`` dividing ``H`` (GQA/MQA without copying K/V).
         v: values ``(B, Hkv, Nk, D)``.
-        mask: optional bool mask, True = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)``.
+        mask: optional bool mask, True = may attend, ``(Nq, Nk)`` or ``(B|1, H|1, Nq|1, Nk)``.
         causal: query i sees keys j <= i + Nk - Nq (queries aligned to the END of the keys).
         window: sliding window of ``window`` keys including the query itself (implies causal).
         scale: defaults to ``D ** -0.5``.

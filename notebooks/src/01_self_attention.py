@@ -333,8 +333,7 @@ lengths = torch.tensor([n_max, len(short)])
 mask = padding_mask(lengths, n_max)  # (2, 1, 1, 6): one row of real keys per sequence
 states = batch_tokens.unsqueeze(1)  # (B, H=1, N, D)
 unmasked = attention_weights(states, states)[1, 0]  # sentence 1's table, padding included
-# attention_weights takes (B|1, H|1, Nq, Nk) masks: the same row of real keys for every query
-masked = attention_weights(states, states, mask=mask.expand(-1, -1, n_max, -1))[1, 0]
+masked = attention_weights(states, states, mask=mask)[1, 0]  # (B, 1, 1, Nk) broadcasts over the queries
 labels = short + ["<pad>"] * (n_max - len(short))
 fig, axes = plt.subplots(1, 2, figsize=(13, 5))
 heatmap(unmasked, labels, labels, ax=axes[0], title="'A CAT' padded, no mask: weight leaks to <pad>")
