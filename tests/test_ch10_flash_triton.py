@@ -442,3 +442,44 @@ def test_a_step_without_the_maximum_is_told_why_it_fails_on_large_scores():
     message says that the running maximum is what keeps exp2 finite."""
     with pytest.raises(ExerciseError, match=r"inputs × 10.*(NaN|differ).*running maximum"):
         check_online_softmax_step(_no_max_subtracted)
+
+
+@interpreter_only
+@pytest.mark.parametrize("shape", [(1, 8, 1, 21, 37, 16, True, None, None), (2, 6, 2, 19, 19, 24, False, 5, None),
+                                   (1, 4, 1, 17, 23, 16, False, None, "mask")])
+def test_dkdv_split_over_query_heads_equals_float64(shape):
+    """Issue #19: at small batch the dK/dV kernel can split each kv head's query heads over several programs,
+    whose fp32 partial sums are added; every split count (uneven ones too: 3 splits of 8 heads) gives the
+    float64 gradients, causal, windowed and masked."""
+    batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, masked = shape
+    q, k, v = random_qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, seed=3)
+    mask = None
+    if masked:
+        mask = torch.rand(batch, 1, n_queries, n_keys, generator=torch.Generator().manual_seed(4)) > 0.3
+        mask[..., 0] = True  # every query sees a key
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    out64 = attention_fp64(q64, k64, v64, mask=mask, causal=causal, window=window)
+    grad = torch.randn_like(out64)
+    out64.backward(grad)
+    tile = {"BLOCK_M": 16, "BLOCK_N": 16}
+    out, lse = ta.flash_attention_forward(q, k, v, mask, causal, window, None, tile=tile)
+    for splits in range(1, n_heads // n_kv_heads + 1):
+        dq, dk, dv = ta.flash_attention_backward(grad.float(), q, k, v, out, lse, mask, causal, window, None,
+                                                 tile=tile, kv_splits=splits)
+        for name, got, want in (("dq", dq, q64.grad), ("dk", dk, k64.grad), ("dv", dv, v64.grad)):
+            assert got.dtype == torch.float32 and got.shape == want.shape
+            torch.testing.assert_close(got.double(), want, **tolerance(torch.float32), msg=f"{name}, {splits} splits")
+    with pytest.raises(ValueError, match="kv_splits must be an integer in"):
+        ta.flash_attention_backward(grad.float(), q, k, v, out, lse, mask, causal, window, None, tile=tile,
+                                    kv_splits=n_heads // n_kv_heads + 1)
+
+
+def test_kv_splits_fill_a_gpu_only_when_batch_times_kv_heads_is_small(monkeypatch):
+    from attention_lab.kernels.common import DeviceFacts
+
+    monkeypatch.setattr(ta, "device_facts", lambda device: DeviceFacts(capability=90, n_sms=132))
+    gpu = torch.device("cuda")
+    assert ta.kv_splits_for(1, 1, 4096, 16, gpu) == 5  # MQA at batch 1: 32 key blocks of 128 -> about 132 programs
+    assert ta.kv_splits_for(8, 4, 4096, 4, gpu) == 1  # 1,024 programs already
+    assert ta.kv_splits_for(1, 16, 4096, 1, gpu) == 1  # MHA: one query head per kv head, nothing to split
+    assert ta.kv_splits_for(1, 1, 4096, 16, torch.device("cpu")) == 1  # the interpreter: one split

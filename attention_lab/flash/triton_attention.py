@@ -34,9 +34,9 @@ import torch
 from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
 from attention_lab.attention import check_qkv, check_scale
-from attention_lab.validation import is_integer
+from attention_lab.validation import check_int_range, is_integer
 from attention_lab.flash import triton_configs
-from attention_lab.kernels.common import (LOG2_E, device_capability, head_offset, online_softmax_update,
+from attention_lab.kernels.common import (LOG2_E, device_capability, device_facts, head_offset, online_softmax_update,
                                          online_softmax_update_raw)
 from attention_lab.kernels.interpreter import interpreting, refuse_interpreted_bfloat16  # also fixes Triton ≤3.6's interpreter loop bounds
 
@@ -336,14 +336,24 @@ def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride
 def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
                  stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                  stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
-                 stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                 stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_dks, stride_dvs,
                  stride_mb, stride_mh, stride_mm, stride_mn,
-                 n_heads, n_kv_heads, n_queries, n_keys, group, window, qk_scale, scale, q_bucket, k_bucket,
+                 n_heads, n_kv_heads, n_queries, n_keys, group, heads_per_split, window, qk_scale, scale,
+                 q_bucket, k_bucket,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr):
-    """One program = BLOCK_N keys of one (batch, kv head): dK, dV summed over the ``group`` query heads."""
+    """One program = BLOCK_N keys of one (batch, kv head) and ``heads_per_split`` of its ``group`` query heads:
+    dK, dV summed over those heads.
+
+    With ``heads_per_split == group`` (one split) a program owns its keys' whole gradient and writes DK, DV.
+    With fewer, the query heads of a group are split over several programs — more programs when
+    batch × kv heads is small (MQA at batch 1) — and each writes its partial sums at ``split · stride_dks``
+    of fp32 buffers that the host adds up."""
     start_n = tl.program_id(0)
-    batch_kv_head = tl.program_id(1)
+    n_splits = tl.cdiv(group, heads_per_split)
+    program = tl.program_id(1)  # (batch, kv head, split)
+    split = program % n_splits
+    batch_kv_head = program // n_splits
     b = batch_kv_head // n_kv_heads
     kv_h = batch_kv_head % n_kv_heads
     n0 = start_n * BLOCK_N
@@ -359,7 +369,9 @@ def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     lo, mid_lo, mid_hi, hi = _query_blocks(n0, n_queries, n_keys, window, BLOCK_M, BLOCK_N,
                                            CAUSAL, HAS_WINDOW, HAS_MASK)
-    for g in range(group):  # the query heads sharing this kv head
+    g_start = split * heads_per_split
+    g_stop = tl.minimum(g_start + heads_per_split, group)
+    for g in range(g_start, g_stop):  # this program's query heads among those sharing the kv head
         h = kv_h * group + g
         Q_ptrs = Q + head_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qm + offs_d[None, :]
         DO_ptrs = DO + head_offset(b, h, stride_dob, stride_doh) + offs_m[:, None] * stride_dom + offs_d[None, :]
@@ -381,6 +393,8 @@ def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
                                     start=mid_hi, stop=hi, MASKED=True)
     dk = dk * scale  # dK = scale · dSᵀ Q
     out_mask = (offs_n[:, None] < n_keys) & (offs_d[None, :] < HEAD_DIM)
+    DK = DK + split.to(tl.int64) * stride_dks  # this split's partial sums (split 0 and stride 0: DK itself)
+    DV = DV + split.to(tl.int64) * stride_dvs
     tl.store(row_pointers(DK + head_offset(b, kv_h, stride_dkb, stride_dkh), n0, stride_dkn, rows_n, offs_d, WIDE),
              dk.to(DK.dtype.element_ty), mask=out_mask)
     tl.store(row_pointers(DV + head_offset(b, kv_h, stride_dvb, stride_dvh), n0, stride_dvn, rows_n, offs_d, WIDE),
@@ -677,13 +691,32 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None):
     return out, lse
 
 
-def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None, tile_q=None):
+def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: torch.device) -> int:
+    """How many programs share one (batch, kv head, key block) of the dK/dV kernel, each summing over a slice
+    of the ``group`` query heads (:func:`flash_attention_backward`).
+
+    One program per key block owns all ``group`` query heads — enough programs when batch × kv heads is
+    large. With few (MQA at batch 1: ``N / BLOCK_N`` programs for a GPU of 132 SMs) most SMs idle while each
+    program loops over every query head; then the heads are split so that the grid reaches about one program
+    per SM (counted with the largest key block, 128). Off a GPU (the interpreter) one split.
+    """
+    if device.type != "cuda" or group == 1:
+        return 1
+    programs = batch * n_kv_heads * triton.cdiv(n_keys, 128)
+    sms = device_facts(device).n_sms
+    return 1 if programs >= sms else min(group, triton.cdiv(sms, programs))
+
+
+def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None, tile_q=None,
+                             kv_splits=None):
     """Run the three backward kernels on ``do`` (dL/dO, like ``out``) and the forward's ``out`` and ``lse``.
 
     Returns dq, dk, dv shaped like q, k, v.
 
     ``tile`` fixes the dK/dV kernel's tile (BLOCK_N keys per program, BLOCK_M queries per step) and,
-    unless ``tile_q`` is given, the dQ kernel's; ``None`` autotunes on a GPU.
+    unless ``tile_q`` is given, the dQ kernel's; ``None`` autotunes on a GPU. ``kv_splits`` splits each
+    kv head's query heads over that many dK/dV programs (None: :func:`kv_splits_for`), whose fp32 partial
+    sums are then added.
     """
     check_tile(tile)
     check_tile(tile_q, "tile_q")
@@ -706,19 +739,35 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
             (out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries),
             dict(HEAD_DIM=head_dim, BLOCK_D=block_d, WIDE=wide), {"BLOCK_M": delta_block})
     group = n_heads // n_kv_heads
+    if kv_splits is None:
+        kv_splits = kv_splits_for(batch, n_kv_heads, n_keys, group, q.device)
+    check_int_range("kv_splits", kv_splits, 1, group + 1)
+    heads_per_split = triton.cdiv(group, kv_splits)
+    kv_splits = triton.cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
+    if kv_splits > 1:  # fp32 partial sums, one slice per split, added after the kernel
+        dk_out = torch.empty((kv_splits, *k.shape), dtype=torch.float32, device=k.device)
+        dv_out = torch.empty((kv_splits, *v.shape), dtype=torch.float32, device=v.device)
+        wide = wide or dk_out.numel() >= 2 ** 31
+    else:
+        dk_out, dv_out = dk[None], dv[None]
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
                  HAS_MASK=mask is not None, WIDE=wide)
     buckets = (_bucket(n_queries), _bucket(n_keys))
-    kv_args = (q, k, v, do, dk, dv, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-               *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], *mask_strides,
-               n_heads, n_kv_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
+    split_strides = (dk_out.stride(0), dv_out.stride(0)) if kv_splits > 1 else (0, 0)
+    kv_args = (q, k, v, do, dk_out, dv_out, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3],
+               *v.stride()[:3], *do.stride()[:3], *dk_out.stride()[1:4], *dv_out.stride()[1:4], *split_strides,
+               *mask_strides, n_heads, n_kv_heads, n_queries, n_keys, group, heads_per_split, window or 0,
+               scale * LOG2_E, scale, *buckets)
     q_args = (q, k, v, do, dq, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
               *do.stride()[:3], *dq.stride()[:3], *mask_strides,
               n_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
-    kv_grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads)  # noqa: E731
+    kv_grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads * kv_splits)  # noqa: E731
     q_grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
     _launch(_attn_bwd_kv_tuned, _attn_bwd_kv, kv_grid, kv_args, flags, tile)
     _launch(_attn_bwd_q_tuned, _attn_bwd_q, q_grid, q_args, flags, tile_q or tile)
+    if kv_splits > 1:
+        dk.copy_(dk_out.sum(0))
+        dv.copy_(dv_out.sum(0))
     return dq, dk, dv
 
 
