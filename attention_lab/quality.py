@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from attention_lab.progress import tqdm
 
 from attention_lab.data import TokenDataset
 from attention_lab.mla import MLASettings

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from attention_lab.progress import tqdm
 
 from attention_lab.validation import check_int_range, check_positive_int
 

@@ -367,7 +367,7 @@ def time_decode_steps(names: list[str], contexts: list[int], repeats: int = 3, r
     on one variant's whole series. ``shape`` overrides :data:`DECODE_SHAPE` (``d_model``, ``n_heads``,
     ``head_dim``). All layers and caches are alive together: at the default shape and 32k positions about
     1.2 GiB of weights and 1.5 GiB of caches in fp32."""
-    from tqdm.auto import tqdm
+    from attention_lab.progress import tqdm
 
     from attention_lab.costs.timing import least_time
 

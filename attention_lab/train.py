@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from attention_lab.progress import tqdm
 
 from attention_lab.validation import check_positive_int, check_real
 from attention_lab.data import TokenDataset

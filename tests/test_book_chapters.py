@@ -53,3 +53,27 @@ def test_a_built_chapter_keeps_each_progress_bar_as_its_last_state_and_outputs_i
     kept = coalesce_streams(outputs)
     assert [o["output_type"] for o in kept] == ["stream", "stream", "display_data", "stream"]
     assert kept[1]["text"] == "training: 100%| 100/100\n" and kept[3]["text"] == "after\n"
+
+
+def test_the_progress_bar_import_is_silent_without_ipywidgets():
+    """Where ipywidgets is missing (the build, CI) tqdm.auto warns once at import; the book's bar import
+    silences exactly that warning, so no chapter's committed output starts with it."""
+    import subprocess
+    import sys
+
+    program = """
+import sys, types, warnings
+sys.modules["ipywidgets"] = None  # not installed
+sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")  # as inside a Jupyter kernel
+ipython = types.ModuleType("IPython")
+ipython.get_ipython = lambda: type("ZMQInteractiveShell", (), {})()
+sys.modules["IPython"] = ipython
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    exec(sys.argv[1])
+print(sum("IProgress" in str(w.message) for w in caught))
+"""
+    for source, expected in (("from tqdm.auto import tqdm", "1"),  # the warning this test is about
+                             ("from attention_lab.progress import tqdm; import attention_lab.train, attention_lab.quality", "0")):
+        done = subprocess.run([sys.executable, "-c", program, source], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.split() == [expected], (source, done.stdout, done.stderr[-2000:])

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from tqdm.auto import tqdm
+from attention_lab.progress import tqdm
 
 
 def run_times(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device | str | None,

@@ -18,13 +18,10 @@
 
 # %%
 import dataclasses
-import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets tqdm draws a text bar
 
 from attention_lab import MultiHeadAttention, TinyGPT, TinyGPTConfig, quality
 from attention_lab.book.results import load as load_results

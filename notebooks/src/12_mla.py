@@ -21,14 +21,10 @@
 # %%
 import copy
 import dataclasses
-import warnings
-
-# Without ipywidgets (as where the book is built) tqdm draws text bars instead of widgets: all we need.
-warnings.filterwarnings("ignore", message="IProgress not found")
 
 import matplotlib.pyplot as plt
 import torch
-from tqdm.auto import tqdm
+from attention_lab.progress import tqdm
 
 from attention_lab import MHASettings, MultiHeadAttention, TinyGPT, TinyGPTConfig, quality
 from attention_lab.book.results import load as load_results
