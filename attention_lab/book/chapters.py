@@ -30,9 +30,9 @@ CHAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "13": ("side_by_side", "recall", "quality"),
 }
 # used by every chapter: argument checks, building the book, grading
-BOOK_MODULES: tuple[str, ...] = ("validation", "book.build", "book.setup_cell", "book.plots", "book.results",
-                                 "book.chapters", "exercises.core", "exercises.student", "exercises.registry",
-                                 "exercises.grade")
+BOOK_MODULES: tuple[str, ...] = ("validation", "progress", "book.build", "book.setup_cell", "book.plots",
+                                 "book.results", "book.chapters", "exercises.core", "exercises.student",
+                                 "exercises.registry", "exercises.grade")
 
 PACKAGE = Path(__file__).resolve().parent.parent
 ROOT = PACKAGE.parent
