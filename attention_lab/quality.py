@@ -568,9 +568,9 @@ def uptraining_study(base: TinyGPTConfig, objective: CorpusObjective, base_steps
     ``parameters``; kind is ``"mha"``, ``"uptrained"`` or ``"scratch"``), ``base_curves``, ``summary``
     (:func:`summarize_uptraining`) and ``conclusions`` (:func:`uptraining_conclusions`).
     """
-    seeds, alphas, parts = list(seeds), sorted(alphas), [p for p in UPTRAINING_PARTS if p in parts]
-    if not parts or set(parts) != set(parts) & set(UPTRAINING_PARTS) or len(parts) != len(set(parts)):
+    if not parts or not set(parts) <= set(UPTRAINING_PARTS) or len(parts) != len(set(parts)):
         raise ValueError(f"parts must be a non-empty subset of {UPTRAINING_PARTS}, got {tuple(parts)}")
+    seeds, alphas, parts = list(seeds), sorted(alphas), [p for p in UPTRAINING_PARTS if p in parts]
     if any(not 0.0 <= a <= 1.0 for a in alphas) or 0.0 not in alphas:
         raise ValueError(f"alphas must lie in [0, 1] and include 0 (the converted model before training), got {alphas}")
     for method in methods:

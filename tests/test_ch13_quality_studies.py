@@ -325,5 +325,6 @@ def test_the_uptraining_study_split_in_parts_gives_the_numbers_of_one_run():
     assert [c["sentence"] for c in merged["conclusions"]] == [c["sentence"] for c in whole["conclusions"]]
     with pytest.raises(ValueError, match="each seed"):
         quality.merge_reports([halves[0], halves[0]])
-    with pytest.raises(ValueError, match="parts must be"):
-        run_chapter_study("ch06", uptraining={"parts": ("both",)}, **options)
+    for bad in (("both",), ("uptrained", "bogus"), ()):  # an unknown part is refused, not dropped
+        with pytest.raises(ValueError, match="parts must be"):
+            run_chapter_study("ch06", uptraining={"parts": bad}, **options)
