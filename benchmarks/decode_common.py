@@ -169,7 +169,8 @@ def save_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def sweep(make_calls, context: int, kv_bytes: int, replays: int = 5) -> list[dict]:
+def sweep(make_calls, context: int, kv_bytes: int, replays: int = 5, configs: list | None = None,
+          partitions: tuple = (None, 128, 256, 512, 1024, 2048), merges: tuple = (True, False)) -> list[dict]:
     """Time ``make_calls(config, partition_size, fused_merge)`` (a list of calls, one per rotated input set) over a
     few kernel configs, partition sizes and both merges (for tuning).
 
@@ -177,13 +178,14 @@ def sweep(make_calls, context: int, kv_bytes: int, replays: int = 5) -> list[dic
     """
     from attention_lab.kernels.decode_attention import DecodeConfig
 
-    configs = [DecodeConfig(128, 4, 3), DecodeConfig(64, 4, 3), DecodeConfig(128, 4, 2)]
+    if configs is None:
+        configs = [DecodeConfig(128, 4, 3), DecodeConfig(64, 4, 3), DecodeConfig(128, 4, 2)]
     rows = []
     for config in configs:
-        for partition in (None, 128, 256, 512, 1024, 2048):
+        for partition in partitions:
             if partition is not None and (partition % config.tile_n or partition >= context):
                 continue
-            for fused in (True, False):
+            for fused in merges:
                 try:
                     seconds = time_graph(make_calls(config, partition, fused), replays=replays)
                 except Exception as error:  # a config that does not compile or launch is reported, not fatal

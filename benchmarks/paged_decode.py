@@ -32,13 +32,25 @@ from decode_common import (best_of, copies_for, kernel_plan, relative_error, sav
 
 from attention_lab.attention import scaled_dot_product_attention, torch_attention  # noqa: E402
 from attention_lab.book.results import RESULTS_DIR  # noqa: E402
-from attention_lab.kernels.decode_attention import contiguous_decode, paged_decode  # noqa: E402
+from attention_lab.kernels import decode_attention  # noqa: E402
+from attention_lab.kernels.decode_attention import DecodeConfig, contiguous_decode, paged_decode  # noqa: E402
 from attention_lab.caches.paged import gather_kv, paged_attention_reference  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM, BLOCK_SIZE = 32, 32, 128, 16
 SHAPES = [(32, 1024), (8, 1024), (1, 1024), (32, 4096), (8, 4096), (1, 4096), (32, 32768), (8, 32768),
           (1, 32768)]  # (n_kv_heads, context)
 TARGET_OF_COPY, TARGET_OF_SDPA = 0.95, 1.0  # DESIGN §5: >= 95% of copy, at least SDPA's speed
+MQA_SWEEP_CONFIGS = [DecodeConfig(128, 4, 3), DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4), DecodeConfig(128, 8, 3),
+                     DecodeConfig(32, 4, 4)]
+
+
+def without_prefetch(call, *args, **kwargs):
+    """``call`` with the paged kernel looking each tile's block numbers up just before its reads (the old loop)."""
+    decode_attention.PREFETCH_BLOCK_IDS = False
+    try:
+        return call(*args, **kwargs)
+    finally:
+        decode_attention.PREFETCH_BLOCK_IDS = True
 
 
 def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, seed: int):
@@ -85,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep-mqa", action="store_true",
+                        help="a narrower sweep (tiles, warps, stages, short partitions; fused merge) of the Hkv=1 shapes")
     args = parser.parse_args()
     env, dtype, copy_bytes_s = start_decode_benchmark("paged_decode.py")
     rows, sweeps = [], {}
@@ -107,6 +121,8 @@ def main() -> None:
             paged_sets, contiguous_sets = [(q, key_blocks, value_blocks, tables, lens)], [(q, k, v)]
         times = time_runs({
             "paged_triton": [lambda s=s: paged_decode(*s, max_len=context) for s in paged_sets],
+            "paged_triton_lookup_per_tile": [lambda s=s: without_prefetch(paged_decode, *s, max_len=context)
+                                             for s in paged_sets],
             "contiguous_triton": [lambda s=s: contiguous_decode(*s) for s in contiguous_sets],
             "sdpa_contiguous": [lambda s=s: F.scaled_dot_product_attention(*s, enable_gqa=gqa) for s in contiguous_sets],
         }, replays=15 if kv_bytes < 4.5e9 else 8)
@@ -120,13 +136,18 @@ def main() -> None:
         rows.append(row)
         print(f"Hkv={n_kv_heads:2d} N={context:5d}: paged {row['ms']['paged_triton']:.3f} ms "
               f"{row['tb_s']['paged_triton']:.2f} TB/s ({row['of_copy']['paged_triton']:.0%} of copy), "
-              f"SDPA {row['ms']['sdpa_contiguous']:.3f} ms, correct={ok} {errors}", flush=True)
-        if args.sweep:
+              f"SDPA {row['ms']['sdpa_contiguous']:.3f} ms, lookup per tile (before) "
+              f"{row['ms']['paged_triton_lookup_per_tile']:.3f} ms, correct={ok} {errors}", flush=True)
+        if args.sweep or (args.sweep_mqa and n_kv_heads == 1):
             def make_calls(config, partition, fused):
                 return [lambda s=s: paged_decode(*s, max_len=context, config=config, partition_size=partition,
                                                  fused_merge=fused) for s in paged_sets]
 
-            rows_sweep = sweep(make_calls, context, kv_bytes)
+            if args.sweep:
+                rows_sweep = sweep(make_calls, context, kv_bytes)
+            else:
+                rows_sweep = sweep(make_calls, context, kv_bytes, configs=MQA_SWEEP_CONFIGS,
+                                   partitions=(None, 128, 256, 512, 1024), merges=(True,))
             sweeps[f"hkv{n_kv_heads}_n{context}"] = rows_sweep
             print("  sweep best:", best_of(rows_sweep), "| library choice:",
                   [r for r in rows_sweep if r["partition"] is None and "ms" in r][:3], flush=True)

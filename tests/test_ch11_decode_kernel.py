@@ -7,6 +7,7 @@ there is no GPU); the ``gpu`` tests run the compiled kernels in fp16/bf16 on a r
 import pytest
 import torch
 
+from attention_lab.kernels import decode_attention
 from attention_lab.kernels.decode_attention import (MAX_PARTITION, DecodeConfig, choose_partition_size, contiguous_decode,
                                                     paged_decode)
 from attention_lab.caches.paged import gather_kv, paged_attention_reference
@@ -47,7 +48,10 @@ def expected_fp64(q, key_blocks, value_blocks, tables, lens):
     (8, 1, 64, 16, 32, [33, 64, 100]),         # MQA: one KV load serves all 8 query heads
     (4, 2, 16, 5, None, [23, 4]),              # a block size that is not a power of two
 ])
-def test_paged_decode_matches_float64(n_heads, n_kv_heads, head_dim, block_size, partition, lengths):
+@pytest.mark.parametrize("prefetch", [True, False], ids=["block_ids_one_tile_ahead", "block_ids_per_tile"])
+def test_paged_decode_matches_float64(n_heads, n_kv_heads, head_dim, block_size, partition, lengths, prefetch,
+                                      monkeypatch):
+    monkeypatch.setattr(decode_attention, "PREFETCH_BLOCK_IDS", prefetch)
     inputs = random_pool(lengths, n_heads, n_kv_heads, head_dim, block_size, seed=sum(lengths))
     out = paged_decode(*inputs, partition_size=partition)
     atol, rtol = TOLERANCES[torch.float32]

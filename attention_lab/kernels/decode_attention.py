@@ -75,6 +75,7 @@ def _decode_partition_kernel(
     PARTS_PAD: tl.constexpr,  # number of partitions rounded up to a power of two (the fused merge)
     HAS_LENS: tl.constexpr,  # lengths from CONTEXT_LENS (else every sequence has n_keys tokens)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (exact fp32 products), "tf32" (ignored) for 16-bit
+    PREFETCH_BLOCKS: tl.constexpr,  # paged: load each tile's block numbers one tile ahead
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -110,11 +111,21 @@ def _decode_partition_kernel(
     v_head = V + kv_head.to(tl.int64) * stride_vh
     table_row = BLOCK_TABLES + seq.to(tl.int64) * stride_tb  # this sequence's block table (paged only)
 
+    if PAGED and PREFETCH_BLOCKS:  # the first tile's block numbers: each later tile's are loaded one tile ahead
+        n_first = start + tl.arange(0, TILE_N)
+        next_block = tl.load(table_row + n_first // PAGE_SIZE, mask=n_first < end, other=0)
     for tile_start in range(start, end, TILE_N):
         n = tile_start + tl.arange(0, TILE_N)  # token positions of this tile
         n_ok = n < end
         if PAGED:
-            block = tl.load(table_row + n // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
+            if PREFETCH_BLOCKS:
+                # The K/V addresses wait on the block numbers: load the next tile's now, so that the table
+                # lookup of tile i+1 is in flight while tile i is read, instead of before each tile's reads.
+                block = next_block.to(tl.int64)
+                n_next = n + TILE_N
+                next_block = tl.load(table_row + n_next // PAGE_SIZE, mask=n_next < end, other=0)
+            else:
+                block = tl.load(table_row + n // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
             k_rows = block * stride_kb + (n % PAGE_SIZE) * stride_kt  # (TILE_N,)
             v_rows = block * stride_vb + (n % PAGE_SIZE) * stride_vt
         else:
@@ -151,6 +162,9 @@ def _decode_partition_kernel(
 
 
 # ---------------------------------------------------------------------- configuration
+PREFETCH_BLOCK_IDS = True  # paged: each tile's block numbers loaded one tile ahead (False: the plain lookup, to compare)
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """Launch parameters: keys per loop iteration, warps per program, software-pipelining depth."""
@@ -272,7 +286,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
         HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), PAGE_SIZE=page_size, TILE_N=config.tile_n,
         PAGED=block_tables is not None, SINGLE_PARTITION=single, FUSED_MERGE=fused,
         PARTS_PAD=triton.next_power_of_2(n_parts), HAS_LENS=has_lens, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        PREFETCH_BLOCKS=PREFETCH_BLOCK_IDS, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not single and not fused:
         merge_partitions(partials, context_lens if has_lens else max_len, out, partition_size, n_parts)
@@ -388,7 +402,7 @@ def compile_jobs(capability: int) -> list:
     for paged in (True, False):  # split-K with the fused merge of up to 64 partitions: the largest variant
         constexprs = dict(GROUP=group, GROUP_PAD=group, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim, PAGE_SIZE=16,
                           TILE_N=config.tile_n, PAGED=paged, SINGLE_PARTITION=False, FUSED_MERGE=True, PARTS_PAD=64,
-                          HAS_LENS=paged, DOT_PRECISION="tf32")
+                          HAS_LENS=paged, DOT_PRECISION="tf32", PREFETCH_BLOCKS=PREFETCH_BLOCK_IDS)
         jobs.append(CompileJob(family="decode", kernel="paged" if paged else "contiguous", fn=_decode_partition_kernel,
                                constexprs=constexprs, types=types, num_warps=config.num_warps,
                                num_stages=config.num_stages, config={"TILE_N": config.tile_n},
