@@ -40,17 +40,17 @@ BATCH, HEADS, HEAD_DIM, BLOCK_SIZE = 32, 32, 128, 16
 SHAPES = [(32, 1024), (8, 1024), (1, 1024), (32, 4096), (8, 4096), (1, 4096), (32, 32768), (8, 32768),
           (1, 32768)]  # (n_kv_heads, context)
 TARGET_OF_COPY, TARGET_OF_SDPA = 0.95, 1.0  # DESIGN §5: >= 95% of copy, at least SDPA's speed
-MQA_SWEEP_CONFIGS = [DecodeConfig(128, 4, 3), DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4), DecodeConfig(128, 8, 3),
-                     DecodeConfig(32, 4, 4)]
+PAGED_SWEEP_CONFIGS = [DecodeConfig(128, 4, 3), DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4)]
 
 
-def without_prefetch(call, *args, **kwargs):
-    """``call`` with the paged kernel looking each tile's block numbers up just before its reads (the old loop)."""
-    decode_attention.PREFETCH_BLOCK_IDS = False
+def with_prefetch(prefetch: bool | None, call, *args, **kwargs):
+    """``call`` with the paged kernel's block numbers loaded one tile ahead (True), just before each tile's reads
+    (False, the old loop) or as the library chooses (None)."""
+    decode_attention.PREFETCH_BLOCK_IDS = prefetch
     try:
         return call(*args, **kwargs)
     finally:
-        decode_attention.PREFETCH_BLOCK_IDS = True
+        decode_attention.PREFETCH_BLOCK_IDS = None
 
 
 def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, seed: int):
@@ -97,8 +97,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--sweep-mqa", action="store_true",
-                        help="a narrower sweep (tiles, warps, stages, short partitions; fused merge) of the Hkv=1 shapes")
+    parser.add_argument("--sweep-paged", action="store_true",
+                        help="a narrower sweep: 128- and 64-key tiles with and without the block numbers loaded ahead "
+                             "(and short partitions at Hkv=1), fused merge")
     args = parser.parse_args()
     env, dtype, copy_bytes_s = start_decode_benchmark("paged_decode.py")
     rows, sweeps = [], {}
@@ -121,8 +122,10 @@ def main() -> None:
             paged_sets, contiguous_sets = [(q, key_blocks, value_blocks, tables, lens)], [(q, k, v)]
         times = time_runs({
             "paged_triton": [lambda s=s: paged_decode(*s, max_len=context) for s in paged_sets],
-            "paged_triton_lookup_per_tile": [lambda s=s: without_prefetch(paged_decode, *s, max_len=context)
+            "paged_triton_lookup_per_tile": [lambda s=s: with_prefetch(False, paged_decode, *s, max_len=context)
                                              for s in paged_sets],
+            "paged_triton_lookup_ahead": [lambda s=s: with_prefetch(True, paged_decode, *s, max_len=context)
+                                          for s in paged_sets],
             "contiguous_triton": [lambda s=s: contiguous_decode(*s) for s in contiguous_sets],
             "sdpa_contiguous": [lambda s=s: F.scaled_dot_product_attention(*s, enable_gqa=gqa) for s in contiguous_sets],
         }, replays=15 if kv_bytes < 4.5e9 else 8)
@@ -137,17 +140,21 @@ def main() -> None:
         print(f"Hkv={n_kv_heads:2d} N={context:5d}: paged {row['ms']['paged_triton']:.3f} ms "
               f"{row['tb_s']['paged_triton']:.2f} TB/s ({row['of_copy']['paged_triton']:.0%} of copy), "
               f"SDPA {row['ms']['sdpa_contiguous']:.3f} ms, lookup per tile (before) "
-              f"{row['ms']['paged_triton_lookup_per_tile']:.3f} ms, correct={ok} {errors}", flush=True)
-        if args.sweep or (args.sweep_mqa and n_kv_heads == 1):
-            def make_calls(config, partition, fused):
-                return [lambda s=s: paged_decode(*s, max_len=context, config=config, partition_size=partition,
-                                                 fused_merge=fused) for s in paged_sets]
+              f"{row['ms']['paged_triton_lookup_per_tile']:.3f} ms, ahead {row['ms']['paged_triton_lookup_ahead']:.3f} ms, "
+              f"correct={ok} {errors}", flush=True)
+        if args.sweep or args.sweep_paged:
+            rows_sweep = []
+            for prefetch in (True, False):
+                def make_calls(config, partition, fused, prefetch=prefetch):
+                    return [lambda s=s: with_prefetch(prefetch, paged_decode, *s, max_len=context, config=config,
+                                                      partition_size=partition, fused_merge=fused) for s in paged_sets]
 
-            if args.sweep:
-                rows_sweep = sweep(make_calls, context, kv_bytes)
-            else:
-                rows_sweep = sweep(make_calls, context, kv_bytes, configs=MQA_SWEEP_CONFIGS,
-                                   partitions=(None, 128, 256, 512, 1024), merges=(True,))
+                if args.sweep:
+                    found = sweep(make_calls, context, kv_bytes)
+                else:
+                    found = sweep(make_calls, context, kv_bytes, configs=PAGED_SWEEP_CONFIGS,
+                                  partitions=(None, 256, 512) if n_kv_heads == 1 else (None,), merges=(True,))
+                rows_sweep += [dict(r, prefetch=prefetch) for r in found]
             sweeps[f"hkv{n_kv_heads}_n{context}"] = rows_sweep
             print("  sweep best:", best_of(rows_sweep), "| library choice:",
                   [r for r in rows_sweep if r["partition"] is None and "ms" in r][:3], flush=True)

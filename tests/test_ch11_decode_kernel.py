@@ -51,7 +51,7 @@ def expected_fp64(q, key_blocks, value_blocks, tables, lens):
 @pytest.mark.parametrize("prefetch", [True, False], ids=["block_ids_one_tile_ahead", "block_ids_per_tile"])
 def test_paged_decode_matches_float64(n_heads, n_kv_heads, head_dim, block_size, partition, lengths, prefetch,
                                       monkeypatch):
-    monkeypatch.setattr(decode_attention, "PREFETCH_BLOCK_IDS", prefetch)
+    monkeypatch.setattr(decode_attention, "PREFETCH_BLOCK_IDS", prefetch)  # forced both ways
     inputs = random_pool(lengths, n_heads, n_kv_heads, head_dim, block_size, seed=sum(lengths))
     out = paged_decode(*inputs, partition_size=partition)
     atol, rtol = TOLERANCES[torch.float32]
@@ -163,6 +163,20 @@ def test_max_len_is_checked_against_context_lens_where_that_costs_no_sync():
             paged_decode(q, key_blocks, value_blocks, tables, lens, max_len=max_len)
     with pytest.raises(ValueError, match="context_lens must lie in"):  # max_len given: the values are still checked
         paged_decode(q, key_blocks, value_blocks, tables, torch.tensor([5, 99], dtype=torch.int32), max_len=80)
+
+
+def test_block_numbers_are_loaded_ahead_only_where_no_other_program_hides_the_lookup(monkeypatch):
+    from attention_lab.kernels.decode_attention import prefetch_block_ids
+
+    monkeypatch.setattr(decode_attention, "PREFETCH_BLOCK_IDS", None)
+    assert prefetch_block_ids(programs=128, n_sms=132)  # MQA, B=32, 4 partitions: one program per SM
+    assert prefetch_block_ids(programs=132, n_sms=132)
+    assert not prefetch_block_ids(programs=133, n_sms=132)
+    assert not prefetch_block_ids(programs=1024, n_sms=132)  # MHA: other programs hide the table lookup
+    for forced in (True, False):
+        monkeypatch.setattr(decode_attention, "PREFETCH_BLOCK_IDS", forced)
+        assert prefetch_block_ids(programs=1, n_sms=132) is forced
+        assert prefetch_block_ids(programs=10_000, n_sms=132) is forced
 
 
 def test_partition_size_gives_each_sm_work_with_few_long_partitions():
