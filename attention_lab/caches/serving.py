@@ -117,6 +117,18 @@ class _PrefillLayer:
         return keys.unsqueeze(0), values.unsqueeze(0)
 
 
+def _write_latent_rows(cache: PagedKVCache, layer: int, slots: torch.Tensor, latent: torch.Tensor,
+                       rope_key: torch.Tensor) -> None:
+    """Store MLA's latent rows ``[c^KV ; k^R]`` of T tokens in the pool's keys at ``slots`` ``(T,)``.
+
+    ``latent`` ``(1, T, d_c)`` and ``rope_key`` ``(1, T, d_R)``, as :meth:`MultiHeadLatentAttention.compress`
+    returns them; each row is stored as one "kv head" of ``d_c + d_R`` entries, with empty values (the values
+    are the rows' first ``d_c`` entries, read back from the keys).
+    """
+    rows = torch.cat([latent, rope_key], dim=-1)[0, :, None]  # (T, 1, d_c + d_R): one "kv head"
+    cache.write(layer, slots, rows, rows.new_zeros(rows.shape[0], 1, 0))  # values (T, 1, 0)
+
+
 class _PrefillLatentLayer(LatentCache):
     """One MLA layer's view of one paged sequence, with the ``update(latent, rope_key)`` interface of
     :class:`~attention_lab.mla.LatentCache` (which MLA's forward calls): rows go to the pool's keys."""
@@ -129,8 +141,7 @@ class _PrefillLatentLayer(LatentCache):
     def update(self, latent: torch.Tensor, rope_key: torch.Tensor) -> torch.Tensor:
         """Store rows ``[latent ; rope_key]`` ``(1, T, d_c + d_R)`` in the reserved slots; return all of the
         sequence's rows ``(1, length, d_c + d_R)``."""
-        rows = torch.cat([latent, rope_key], dim=-1)[0, :, None]  # (T, 1, d_c + d_R): one "kv head"
-        self.cache.write(self.layer, self.slots, rows, rows.new_zeros(rows.shape[0], 1, 0))
+        _write_latent_rows(self.cache, self.layer, self.slots, latent, rope_key)
         keys, _ = self.cache.gather(self.layer, self.seq_id)  # (1, length, d_c + d_R)
         self.length = keys.shape[1]
         return keys
@@ -374,8 +385,7 @@ class ServingEngine:
         tokens_as_time = h.transpose(0, 1)  # (1, B, d_model)
         q_content, q_rot = attn.project_queries(tokens_as_time, positions)  # (1, H, B, d_h), (1, H, B, d_R)
         latent, rope_key = attn.compress(tokens_as_time, positions)  # (1, B, d_c), (1, B, d_R)
-        rows = torch.cat([latent, rope_key], dim=-1)[0, :, None]  # (B, 1, d_c + d_R)
-        self.cache.write(layer, slot_rows, rows, rows.new_zeros(rows.shape[0], 1, 0))
+        _write_latent_rows(self.cache, layer, slot_rows, latent, rope_key)  # the batch axis as the token axis
         q_latent = absorb_query(q_content.transpose(0, 2), attn.k_up.weight)  # (B, H, 1, d_c)
         queries = torch.cat([q_latent, q_rot.transpose(0, 2)], dim=-1)  # (B, H, 1, d_c + d_R)
         pool = self.cache.keys[layer]  # (num_blocks, block_size, 1, d_c + d_R)
