@@ -650,6 +650,12 @@ def summarize_uptraining(report: dict) -> list[dict]:
             for kind, g, method, alpha, total in cells]
 
 
+def uptraining_cells(report: dict) -> dict[tuple, dict]:
+    """The entries of ``report["summary"]`` (:func:`summarize_uptraining`) by cell: ``{(kind, n_groups, method,
+    alpha): entry}``, e.g. ``uptraining_cells(report)[("scratch", 1, None, 0.5)]["val_loss"]["mean"]``."""
+    return {(c["kind"], c["n_groups"], c["method"], c["alpha"]): c for c in report["summary"]}
+
+
 def uptraining_conclusions(report: dict) -> list[dict]:
     """For every G and α: mean-pooled uptraining against (a) training from scratch for the same total
     steps, (b) every other conversion method, (c) the MHA checkpoint trained the same extra steps. Each is a
@@ -992,7 +998,7 @@ def uptraining_table(report: dict) -> str:
     """The committed numbers of :func:`uptraining_study`: one row per (G, α) with the validation loss (mean ± sd
     over the seeds) of every conversion method after uptraining, of the same G trained from scratch for the same
     total steps, and of the MHA checkpoint trained the same extra steps."""
-    cells = {(c["kind"], c["n_groups"], c["method"], c["alpha"]): c for c in report["summary"]}
+    cells = uptraining_cells(report)
     heads = report["config"]["n_heads"]
     methods = report["methods"]
     header = (f"{'model':<7} {'α':>5} {'+steps':>6} {'total':>6} | "
@@ -1070,7 +1076,7 @@ def plot_uptraining(report: dict, n_groups: int, ax=None):
 
     ax = plt.subplots(figsize=(6.5, 4))[1] if ax is None else ax
     heads = report["config"]["n_heads"]
-    cells = {(c["kind"], c["n_groups"], c["method"], c["alpha"]): c for c in report["summary"]}
+    cells = uptraining_cells(report)
     steps = [report["uptrain_steps"][str(a)] for a in report["alphas"]]
     series = [(f"{m}, uptrained", ("uptrained", n_groups, m), "o-") for m in report["methods"]]
     series += [(f"{kv_variant_name(n_groups, heads)} from scratch, same total steps", ("scratch", n_groups, None), "s--"),
