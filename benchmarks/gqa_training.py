@@ -10,6 +10,7 @@ where the dK/dV kernel has the fewest programs (it owns the keys of one kv head:
 
 * ``triton`` — :func:`attention_lab.flash.triton_attention.flash_attention` (k, v with Hkv heads, no copy);
 * ``triton_unsplit`` — the same with the dK/dV kernel's query-head split off (``kv_splits=1``): what it buys;
+* ``triton_fused_dq`` — the same with dQ added by the dK/dV programs (atomics into fp32, no dQ kernel);
 * ``sdpa_gqa`` — ``F.scaled_dot_product_attention(..., enable_gqa=True)``, PyTorch's own choice of backend;
 * ``sdpa_flash_gqa`` / ``sdpa_cudnn_gqa`` — the same forced to its FlashAttention-2 / cuDNN backend (a
   backend that refuses GQA is recorded as missing);
@@ -76,24 +77,28 @@ def flex_method():
     return run
 
 
-class UnsplitBackward(torch.autograd.Function):
-    """The same kernels with the dK/dV query-head split switched off (``kv_splits=1``): what the split buys."""
+def backward_variant(**options):
+    """``flash_attention`` (causal) whose backward runs with ``options`` (``kv_splits=1``, ``fused_dq=True``)."""
 
-    @staticmethod
-    def forward(ctx, q, k, v):
-        out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
+    class Variant(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        return ta.flash_attention_backward(grad_out, q, k, v, out, lse, None, True, None, None, kv_splits=1)
+        @staticmethod
+        def backward(ctx, grad_out):
+            q, k, v, out, lse = ctx.saved_tensors
+            return ta.flash_attention_backward(grad_out, q, k, v, out, lse, None, True, None, None, **options)
+
+    return Variant.apply
 
 
 METHODS = {
     "triton": lambda q, k, v: ta.flash_attention(q, k, v, causal=True),
-    "triton_unsplit": UnsplitBackward.apply,
+    "triton_unsplit": backward_variant(kv_splits=1),
+    "triton_fused_dq": backward_variant(fused_dq=True),
     "sdpa_gqa": sdpa(),
     "sdpa_flash_gqa": sdpa(SDPBackend.FLASH_ATTENTION),
     "sdpa_cudnn_gqa": sdpa(SDPBackend.CUDNN_ATTENTION),

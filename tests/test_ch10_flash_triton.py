@@ -450,7 +450,8 @@ def test_a_step_without_the_maximum_is_told_why_it_fails_on_large_scores():
 def test_dkdv_split_over_query_heads_equals_float64(shape):
     """Issue #19: at small batch the dK/dV kernel can split each kv head's query heads over several programs,
     whose fp32 partial sums are added; every split count (uneven ones too: 3 splits of 8 heads) gives the
-    float64 gradients, causal, windowed and masked."""
+    float64 gradients, causal, windowed and masked — with dQ from its own kernel and with dQ added by the
+    dK/dV programs themselves (fused_dq)."""
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, masked = shape
     q, k, v = random_qkv(batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, seed=3)
     mask = None
@@ -464,14 +465,19 @@ def test_dkdv_split_over_query_heads_equals_float64(shape):
     tile = {"BLOCK_M": 16, "BLOCK_N": 16}
     out, lse = ta.flash_attention_forward(q, k, v, mask, causal, window, None, tile=tile)
     for splits in range(1, n_heads // n_kv_heads + 1):
-        dq, dk, dv = ta.flash_attention_backward(grad.float(), q, k, v, out, lse, mask, causal, window, None,
-                                                 tile=tile, kv_splits=splits)
-        for name, got, want in (("dq", dq, q64.grad), ("dk", dk, k64.grad), ("dv", dv, v64.grad)):
-            assert got.dtype == torch.float32 and got.shape == want.shape
-            torch.testing.assert_close(got.double(), want, **tolerance(torch.float32), msg=f"{name}, {splits} splits")
+        for fused_dq in (False, True):  # dQ from its own kernel, or added by the dK/dV programs (atomics)
+            dq, dk, dv = ta.flash_attention_backward(grad.float(), q, k, v, out, lse, mask, causal, window, None,
+                                                     tile=tile, kv_splits=splits, fused_dq=fused_dq)
+            for name, got, want in (("dq", dq, q64.grad), ("dk", dk, k64.grad), ("dv", dv, v64.grad)):
+                assert got.dtype == torch.float32 and got.shape == want.shape
+                torch.testing.assert_close(got.double(), want, **tolerance(torch.float32),
+                                           msg=f"{name}, {splits} splits, fused_dq={fused_dq}")
     with pytest.raises(ValueError, match="kv_splits must be an integer in"):
         ta.flash_attention_backward(grad.float(), q, k, v, out, lse, mask, causal, window, None, tile=tile,
                                     kv_splits=n_heads // n_kv_heads + 1)
+    with pytest.raises(ValueError, match="fused_dq must be True, False or None"):
+        ta.flash_attention_backward(grad.float(), q, k, v, out, lse, mask, causal, window, None, tile=tile,
+                                    fused_dq="yes")
 
 
 def test_kv_splits_fill_a_gpu_only_when_batch_times_kv_heads_is_small(monkeypatch):

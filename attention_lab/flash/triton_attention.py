@@ -299,13 +299,16 @@ def _attn_bwd_delta(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_dob, s
 
 
 @triton.jit
-def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom,
+def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, DQ_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
                        qk_scale, offs_m, offs_n, offs_d, n_queries, n_keys, window, M_ptr, stride_mm, stride_mn,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr,
-                       start, stop, MASKED: tl.constexpr):
+                       FUSED_DQ: tl.constexpr, start, stop, MASKED: tl.constexpr):
     """Accumulate dK, dV of one key block over the query blocks [start, stop) of one query head.
 
+    With ``FUSED_DQ`` also add each query block's share of dQ, ``dS K`` (unscaled), into the fp32 rows at
+    ``DQ_ptrs``: every key block's program adds its part, so the dQ kernel and its second computation of S and
+    dP are not needed (5 matrix products instead of 7), at the price of atomic adds.
     Called three times, differing only in the block range and ``MASKED`` (passed by keyword)."""
     for start_m in range(start, stop, BLOCK_M):
         rows = start_m + offs_m                                                                   # (BLOCK_M,)
@@ -327,28 +330,37 @@ def _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_ptr, delta_ptr, stride
             p_t = tl.where(allowed, p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv)                       # dV += Pᵀ dO   (BLOCK_N, BLOCK_D)
         dp_t = tl.dot(v, tl.trans(do))                               # dPᵀ = V dOᵀ   (BLOCK_N, BLOCK_M)
-        ds_t = p_t * (dp_t - delta[None, :])                         # dSᵀ = Pᵀ ∘ (dPᵀ - delta)
-        dk = tl.dot(ds_t.to(q.dtype), q, dk)                         # dK += dSᵀ Q   (BLOCK_N, BLOCK_D)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)           # dSᵀ = Pᵀ ∘ (dPᵀ - delta)
+        dk = tl.dot(ds_t, q, dk)                                     # dK += dSᵀ Q   (BLOCK_N, BLOCK_D)
+        if FUSED_DQ:  # this key block's part of dQ for these query rows: dS K   (BLOCK_M, BLOCK_D)
+            dq = tl.dot(tl.trans(ds_t), k)
+            if MASKED:
+                dq_ok = (rows[:, None] < n_queries) & (offs_d[None, :] < HEAD_DIM)
+            else:
+                dq_ok = offs_d[None, :] < HEAD_DIM
+            tl.atomic_add(DQ_ptrs + row_offset(start_m, stride_dqm, WIDE), dq, mask=dq_ok, sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
+def _attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, DELTA, M,
                  stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                  stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
                  stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_dks, stride_dvs,
-                 stride_mb, stride_mh, stride_mm, stride_mn,
+                 stride_dqb, stride_dqh, stride_dqm, stride_mb, stride_mh, stride_mm, stride_mn,
                  n_heads, n_kv_heads, n_queries, n_keys, group, heads_per_split, window, qk_scale, scale,
                  q_bucket, k_bucket,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr):
+                 CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, WIDE: tl.constexpr,
+                 FUSED_DQ: tl.constexpr):
     """One program = BLOCK_N keys of one (batch, kv head) and ``heads_per_split`` of its ``group`` query heads:
     dK, dV summed over those heads.
 
     With ``heads_per_split == group`` (one split) a program owns its keys' whole gradient and writes DK, DV.
     With fewer, the query heads of a group are split over several programs — more programs when
     batch × kv heads is small (MQA at batch 1) — and each writes its partial sums at ``split · stride_dks``
-    of fp32 buffers that the host adds up."""
+    of fp32 buffers that the host adds up. ``FUSED_DQ``: dQ too, added into the fp32 ``DQ_ACC`` (B, H, Nq, D)
+    (:func:`_attn_bwd_kv_inner`)."""
     start_n = tl.program_id(0)
     n_splits = tl.cdiv(group, heads_per_split)
     program = tl.program_id(1)  # (batch, kv head, split)
@@ -375,21 +387,25 @@ def _attn_bwd_kv(Q, K, V, DO, DK, DV, LSE, DELTA, M,
         h = kv_h * group + g
         Q_ptrs = Q + head_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qm + offs_d[None, :]
         DO_ptrs = DO + head_offset(b, h, stride_dob, stride_doh) + offs_m[:, None] * stride_dom + offs_d[None, :]
+        DQ_ptrs = DQ_ACC + head_offset(b, h, stride_dqb, stride_dqh) + offs_m[:, None] * stride_dqm + offs_d[None, :]
         row_base = (b * n_heads + h).to(tl.int64) * n_queries
         lse_rows, delta_rows = LSE + row_base, DELTA + row_base  # this head's rows of lse and delta (B, H, Nq)
         m_base = M + head_offset(b, h, stride_mb, stride_mh)
         # the causal diagonal (low query blocks), then unmasked blocks, then the window's edge / last partial block
-        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, DQ_ptrs, lse_rows, delta_rows, stride_qm, stride_dom,
+                                    stride_dqm, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE, FUSED_DQ,
                                     start=lo, stop=mid_lo, MASKED=True)
-        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, DQ_ptrs, lse_rows, delta_rows, stride_qm, stride_dom,
+                                    stride_dqm, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE, FUSED_DQ,
                                     start=mid_lo, stop=mid_hi, MASKED=False)
-        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, lse_rows, delta_rows, stride_qm, stride_dom, qk_scale,
+        dk, dv = _attn_bwd_kv_inner(dk, dv, k, v, Q_ptrs, DO_ptrs, DQ_ptrs, lse_rows, delta_rows, stride_qm, stride_dom,
+                                    stride_dqm, qk_scale,
                                     offs_m, offs_n, offs_d, n_queries, n_keys, window, m_base, stride_mm, stride_mn,
-                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE,
+                                    HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_MASK, WIDE, FUSED_DQ,
                                     start=mid_hi, stop=hi, MASKED=True)
     dk = dk * scale  # dK = scale · dSᵀ Q
     out_mask = (offs_n[:, None] < n_keys) & (offs_d[None, :] < HEAD_DIM)
@@ -485,9 +501,11 @@ def _attn_bwd_q(Q, K, V, DO, DQ, LSE, DELTA, M,
 _KEY = ["q_bucket", "k_bucket", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_MASK", "WIDE"]
 _attn_fwd_tuned = triton.autotune(triton_configs.FORWARD_CONFIGS, key=_KEY,
                                   prune_configs_by={"early_config_prune": triton_configs.make_pruner("forward")})(_attn_fwd)
-_attn_bwd_kv_tuned = triton.autotune(triton_configs.BACKWARD_KV_CONFIGS, key=_KEY,
-                                     prune_configs_by={"early_config_prune": triton_configs.make_pruner("backward_kv")}
-                                     )(_attn_bwd_kv)
+# restore_value: each timed config adds into DQ_ACC (FUSED_DQ); the buffer is put back after each, so the real run
+# that follows the tuning starts from zeros
+_attn_bwd_kv_tuned = triton.autotune(triton_configs.BACKWARD_KV_CONFIGS, key=_KEY + ["FUSED_DQ"],
+                                     prune_configs_by={"early_config_prune": triton_configs.make_pruner("backward_kv")},
+                                     restore_value=["DQ_ACC"])(_attn_bwd_kv)
 _attn_bwd_q_tuned = triton.autotune(triton_configs.BACKWARD_Q_CONFIGS, key=_KEY,
                                     prune_configs_by={"early_config_prune": triton_configs.make_pruner("backward_q")}
                                     )(_attn_bwd_q)
@@ -589,6 +607,8 @@ _compile_only = False  # True inside precompile(): kernels are compiled (in para
 # (kernels.common.online_softmax_update_raw); False: scale first, then chapter 08's update (what a replaced
 # step of chapter 10's exercise receives, so online_softmax_step_replaced switches it off).
 RAW_MAX_SOFTMAX = True
+# The backward's dK/dV kernel also adds dQ (atomic adds into fp32; no dQ kernel): flash_attention_backward(fused_dq=).
+FUSED_DQ_BACKWARD = False
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
 
@@ -708,7 +728,7 @@ def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: 
 
 
 def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None, tile_q=None,
-                             kv_splits=None):
+                             kv_splits=None, fused_dq=None):
     """Run the three backward kernels on ``do`` (dL/dO, like ``out``) and the forward's ``out`` and ``lse``.
 
     Returns dq, dk, dv shaped like q, k, v.
@@ -716,7 +736,8 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     ``tile`` fixes the dK/dV kernel's tile (BLOCK_N keys per program, BLOCK_M queries per step) and,
     unless ``tile_q`` is given, the dQ kernel's; ``None`` autotunes on a GPU. ``kv_splits`` splits each
     kv head's query heads over that many dK/dV programs (None: :func:`kv_splits_for`), whose fp32 partial
-    sums are then added.
+    sums are then added. ``fused_dq``: the dK/dV kernel adds dQ too, into an fp32 buffer (atomic adds), and the dQ
+    kernel is not launched (None: :data:`FUSED_DQ_BACKWARD`).
     """
     check_tile(tile)
     check_tile(tile_q, "tile_q")
@@ -750,21 +771,30 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
         wide = wide or dk_out.numel() >= 2 ** 31
     else:
         dk_out, dv_out = dk[None], dv[None]
+    fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
+    if not isinstance(fused_dq, bool):
+        raise ValueError(f"fused_dq must be True, False or None, got {fused_dq!r}")
+    # fused: dQ accumulated in fp32 by the dK/dV programs (zeroed first); else the dQ kernel writes dq itself
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if fused_dq else dq
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
                  HAS_MASK=mask is not None, WIDE=wide)
     buckets = (_bucket(n_queries), _bucket(n_keys))
     split_strides = (dk_out.stride(0), dv_out.stride(0)) if kv_splits > 1 else (0, 0)
-    kv_args = (q, k, v, do, dk_out, dv_out, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3],
+    kv_args = (q, k, v, do, dk_out, dv_out, dq_acc, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3],
                *v.stride()[:3], *do.stride()[:3], *dk_out.stride()[1:4], *dv_out.stride()[1:4], *split_strides,
-               *mask_strides, n_heads, n_kv_heads, n_queries, n_keys, group, heads_per_split, window or 0,
+               *dq_acc.stride()[:3], *mask_strides, n_heads, n_kv_heads, n_queries, n_keys, group, heads_per_split, window or 0,
                scale * LOG2_E, scale, *buckets)
     q_args = (q, k, v, do, dq, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
               *do.stride()[:3], *dq.stride()[:3], *mask_strides,
               n_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
     kv_grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads * kv_splits)  # noqa: E731
     q_grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
-    _launch(_attn_bwd_kv_tuned, _attn_bwd_kv, kv_grid, kv_args, flags, tile)
-    _launch(_attn_bwd_q_tuned, _attn_bwd_q, q_grid, q_args, flags, tile_q or tile)
+    _launch(_attn_bwd_kv_tuned, _attn_bwd_kv, kv_grid, kv_args, dict(flags, FUSED_DQ=fused_dq), tile)
+    if fused_dq:
+        torch.mul(dq_acc, scale, out=dq_acc)  # dQ = scale · dS K
+        dq.copy_(dq_acc)
+    else:
+        _launch(_attn_bwd_q_tuned, _attn_bwd_q, q_grid, q_args, flags, tile_q or tile)
     if kv_splits > 1:
         dk.copy_(dk_out.sum(0))
         dv.copy_(dv_out.sum(0))
@@ -866,7 +896,7 @@ def compile_jobs(capability: int) -> list:
 
     kernels = {"forward": _attn_fwd, "backward_kv": _attn_bwd_kv, "backward_q": _attn_bwd_q}
     types = {"Q": "*fp16", "K": "*fp16", "V": "*fp16", "O": "*fp16", "DO": "*fp16", "DQ": "*fp16", "DK": "*fp16",
-             "DV": "*fp16", "LSE": "*fp32", "DELTA": "*fp32", "M": "*u8", "qk_scale": "fp32", "scale": "fp32"}
+             "DV": "*fp16", "DQ_ACC": "*fp32", "LSE": "*fp32", "DELTA": "*fp32", "M": "*u8", "qk_scale": "fp32", "scale": "fp32"}
     jobs = []
     for kernel, configs in triton_configs.CONFIGS.items():
         for masked in (False, True):
@@ -880,7 +910,8 @@ def compile_jobs(capability: int) -> list:
                     continue
                 constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
                                   CAUSAL=True, HAS_WINDOW=masked, HAS_MASK=masked, WIDE=False, **config.kwargs,
-                                  **({"RAW_MAX": RAW_MAX_SOFTMAX} if kernel == "forward" else {}))
+                                  **({"RAW_MAX": RAW_MAX_SOFTMAX} if kernel == "forward" else {}),
+                                  **({"FUSED_DQ": False} if kernel == "backward_kv" else {}))
                 estimate = triton_configs.estimated_shared_memory(kernel, config, head_dim, 2, capability, masked)
                 jobs.append(CompileJob(constexprs=constexprs, estimate=estimate, **common))
     jobs.append(CompileJob(family="flash", kernel="delta", fn=_attn_bwd_delta, types=types, num_warps=4, num_stages=3,

@@ -1,0 +1,84 @@
+"""GPU diagnostic: how much of a small attention call is the host's (Python and launch) time, not the GPU's.
+
+    export PYTHONPATH=$PWD; python3 benchmarks/launch_overhead.py
+
+At a batch of one (B=1, H=16, N=4k, D=128, causal, bf16) the forward runs ~0.2 ms on an H200, and
+``do_bench`` times a call from an event recorded before it is launched: when the host needs longer to launch a
+call than the GPU needs for the work queued ahead of it, the measured time is the host's. For each kv-head
+count this prints, for the Triton kernel and for SDPA: do_bench's median, the same call replayed from a CUDA
+graph (no host work), the host's own time per call (launches without waiting), and the 12 costliest Python
+functions of 200 Triton calls (cProfile). Prints only; nothing is written.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from attention_lab.flash import triton_attention as ta  # noqa: E402
+
+
+def host_ms(fn, calls: int = 200) -> float:
+    """Milliseconds of host time per call: ``calls`` launches without waiting for the GPU in between."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls * 1e3
+    torch.cuda.synchronize()
+    return host
+
+
+def main() -> None:
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    if not torch.cuda.is_available():
+        sys.exit("launch_overhead.py needs a CUDA GPU")
+    heads, n, head_dim = 16, 4096, 128
+    for n_kv_heads in (16, 4, 1):
+        g = torch.Generator(device="cuda").manual_seed(n_kv_heads)
+        q = torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+        k = torch.randn(1, n_kv_heads, n, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn_like(k)
+        methods = {"triton": lambda: ta.flash_attention(q, k, v, causal=True),
+                   "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)}
+        for name, fn in methods.items():
+            with torch.no_grad():
+                fn()
+                bench = [do_bench(fn, return_mode="median") for _ in range(3)]
+                graph = [do_bench_cudagraph(fn, return_mode="median") for _ in range(3)]
+                host = host_ms(fn)
+            print(f"Hkv={n_kv_heads:2d} {name:6}: do_bench {[round(b, 4) for b in bench]} ms, CUDA graph "
+                  f"{[round(x, 4) for x in graph]} ms, host {host:.4f} ms per call", flush=True)
+        print("  autotuner's forward choice:", {str(key): str(c) for key, c in ta._attn_fwd_tuned.cache.items()})
+        q.requires_grad_(True)
+        k.requires_grad_(True)
+        v.requires_grad_(True)
+        grad = torch.randn_like(q)
+        step = lambda: ta.flash_attention(q, k, v, causal=True).backward(grad)  # noqa: E731
+        print(f"  fwd+bwd: do_bench {do_bench(step, grad_to_none=[q, k, v], return_mode='median'):.4f} ms, "
+              f"host {host_ms(step, 50):.4f} ms per call", flush=True)
+    with torch.no_grad():
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(200):
+            ta.flash_attention(q, k, v, causal=True)
+        profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(14)
+    print(text.getvalue()[-4000:])
+
+
+if __name__ == "__main__":
+    main()
