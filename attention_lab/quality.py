@@ -1068,6 +1068,42 @@ def plot_recall_by_distance(report: dict, variants: Sequence[str] | None = None,
     return ax
 
 
+def plot_study(report: dict, title: str | None = None, variants: Sequence[str] | None = None,
+               figsize: tuple[float, float] = (17, 5), fontsize: float = 12):
+    """The three-panel figure of a committed :func:`run_study` report (chapters 05 and 13), sized to be read
+    when projected: the corpus learning curves (validation loss, nats / token), the recall learning curves
+    (held-out accuracy, the fraction of questions answered right) and the final recall accuracy by the
+    distance from fact to question (tokens); each a mean over the seeds with a ± sd band.
+
+    ``title`` (default: the study's own) heads the figure, with the seed count; ``variants`` keeps a subset
+    (in the report's order by default); one legend below the panels names them (the dashed line marks a
+    windowed variant's receptive field). ``fontsize`` is the axis labels' size in points (titles a little
+    larger, ticks and the legend a little smaller). Returns the matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (corpus, recall, by_distance) = plt.subplots(1, 3, figsize=figsize)
+    plot_learning_curves(report, "corpus", variants, ax=corpus)
+    plot_learning_curves(report, "recall", variants, ax=recall)
+    plot_recall_by_distance(report, variants, ax=by_distance)
+    corpus.set_title("Corpus: validation loss while training")
+    recall.set_title("Recall: held-out accuracy while training")
+    by_distance.set_title("Recall after training, by distance")
+    for ax in (recall, by_distance):
+        ax.set_ylabel(f"{ax.get_ylabel()} (fraction right)")
+    for ax in (corpus, recall, by_distance):
+        ax.title.set_fontsize(fontsize + 1)
+        ax.xaxis.label.set_fontsize(fontsize)
+        ax.yaxis.label.set_fontsize(fontsize)
+        ax.tick_params(labelsize=fontsize - 1)
+        ax.get_legend().remove()  # one legend for all three panels, below them, hiding no curve
+    handles, labels = by_distance.get_legend_handles_labels()  # every variant (same colours in each panel) and chance
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=fontsize - 1, frameon=False)
+    fig.suptitle(f"{title or report['title']} — mean ± sd over {len(report['seeds'])} seeds", fontsize=fontsize + 2)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
 def plot_uptraining(report: dict, n_groups: int, ax=None):
     """Validation loss against the extra steps α · base_steps for one G of :func:`uptraining_study`: each
     conversion method uptrained, the same G from scratch at the same total steps, and the MHA checkpoint

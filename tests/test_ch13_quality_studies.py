@@ -263,6 +263,26 @@ def test_a_live_run_takes_a_subset_of_variants_and_the_figures_draw_it():
         run_chapter_study("ch13", smoke=True, variants=["MHA", "Mamba"], progress=False)
 
 
+@pytest.mark.parametrize("name", ["ch05", "ch13"])
+def test_the_study_figure_has_three_labelled_panels_and_one_legend(name):
+    """Chapters 05 and 13 draw their committed study with quality.plot_study: a title naming the study and its
+    seeds, three panels with titles and axis labels (units included), one legend naming every variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    report = results.load(f"quality_{name}")
+    fig = quality.plot_study(report)
+    assert fig._suptitle.get_text() == f"{report['title']} — mean ± sd over 3 seeds"
+    corpus, recall, by_distance = fig.axes
+    assert all(ax.get_title() and ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
+    assert "nats / token" in corpus.get_ylabel() and "tokens" in by_distance.get_xlabel()
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    variants = quality.variant_names(report, "recall")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [*variants, "chance"]
+    assert [line.get_label() for line in corpus.lines] == quality.variant_names(report, "corpus")
+    assert quality.plot_study(report, title="Shown", variants=variants[:2])._suptitle.get_text().startswith("Shown — ")
+
+
 @pytest.mark.parametrize("name", ["ch04", "ch05", "ch12", "ch13"])
 def test_the_committed_studies_print_what_their_numbers_say(name):
     """The committed JSON (package data) of each study: 3 seeds, parameters matched within 2 % where the study

@@ -412,11 +412,7 @@ print(*quality.study_conclusion_lines(report), sep="\n")
 print(f"(a difference counts at {quality.RESOLVED_RATIO:g}× the seed-to-seed spread; above the spread but short of that, it is a hint)")
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-quality.plot_learning_curves(report, "corpus", ax=axes[0])
-quality.plot_learning_curves(report, "recall", ax=axes[1])
-quality.plot_recall_by_distance(report, ax=axes[2])
-plt.tight_layout()
+quality.plot_study(report)
 plt.show()
 for objective in report["objectives"]:
     print(f"{objective}: the ranking of the mean learning curves stops changing at step "

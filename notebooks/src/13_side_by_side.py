@@ -53,11 +53,7 @@ print(f"\na difference counts when it is at least {quality.RESOLVED_RATIO:g}× t
 # ordering of the mean curves changed:
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
-quality.plot_learning_curves(report, "corpus", ax=axes[0])
-quality.plot_learning_curves(report, "recall", ax=axes[1])
-quality.plot_recall_by_distance(report, ax=axes[2])
-fig.tight_layout()
+quality.plot_study(report)
 plt.show()
 separated = ["MHA", "window 8"]
 for objective in ("corpus", "recall"):
