@@ -28,7 +28,7 @@ from attention_lab.costs.memory_bound_decode import decode_speed_sweep
 from attention_lab.caches.contiguous import kv_cache_bytes
 from attention_lab.train import evaluate, train
 from attention_lab.book.results import load as load_results
-from attention_lab.quality import (plot_uptraining, run_chapter_study, study_header, uptraining_table,
+from attention_lab.quality import (mean_sd, plot_uptraining, run_chapter_study, study_header, uptraining_table,
                                    uptraining_values)
 from attention_lab.uptrain import GQA_PAPER_TABLE1, convert_to_gqa, format_table
 
@@ -228,23 +228,23 @@ for g, ms in ms_per_step.items():
 
 # %%
 def loss(kind, n_groups, method, alpha):
-    values = uptraining_values(study, kind, n_groups, method, alpha)
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return mean, f"{mean:.3f} ± {sd:.3f}"
+    """Mean ± sd over the study's seeds of one cell's validation loss."""
+    return mean_sd(uptraining_values(study, kind, n_groups, method, alpha))
 
 
 heads = study["config"]["n_heads"]
 extra = study["uptrain_steps"][str(paper_alpha)]
-table = [["MHA (checkpoint)", heads, "—", f"{ms_per_step[heads]:.2f}", "—", loss("mha", heads, None, 0.0)[1]],
-         [f"MHA + {extra} steps", heads, "—", f"{ms_per_step[heads]:.2f}", "—", loss("mha", heads, None, paper_alpha)[1]]]
+table = [["MHA (checkpoint)", heads, "—", f"{ms_per_step[heads]:.2f}", "—", loss("mha", heads, None, 0.0).format()],
+         [f"MHA + {extra} steps", heads, "—", f"{ms_per_step[heads]:.2f}", "—",
+          loss("mha", heads, None, paper_alpha).format()]]
 for n_groups in study["groups"]:
     name = "MQA" if n_groups == 1 else f"GQA-{n_groups}"
     table.append([f"{name} from scratch, {study['base_steps'] + extra} steps", n_groups, "—",
-                  f"{ms_per_step[n_groups]:.2f}", "—", loss("scratch", n_groups, None, paper_alpha)[1]])
+                  f"{ms_per_step[n_groups]:.2f}", "—", loss("scratch", n_groups, None, paper_alpha).format()])
     for method in study["methods"]:
         table.append([f"{name} uptrained", n_groups, method, f"{ms_per_step[n_groups]:.2f}",
-                      loss("uptrained", n_groups, method, 0.0)[1], loss("uptrained", n_groups, method, paper_alpha)[1]])
+                      loss("uptrained", n_groups, method, 0.0).format(),
+                      loss("uptrained", n_groups, method, paper_alpha).format()])
 print(format_table(["model", "kv heads", "conversion", "ms / step", "loss after conversion",
                     f"final loss (α = {paper_alpha})"], table))
 times = [ms_per_step[g] for g in (1, 2, 4, 8)]
@@ -265,12 +265,12 @@ mha_s, mha_q = paper["MHA-XXL"]
 for name in ("MQA-XXL", "GQA-8-XXL", "MHA-Large"):
     s, q = paper[name]
     print(f"{name:10} vs MHA-XXL: {mha_s / s:.1f}× faster, {q - mha_q:+.1f} points")
-mha_more = loss("mha", heads, None, paper_alpha)[0]
+mha_more = loss("mha", heads, None, paper_alpha).mean
 for n_groups in study["groups"]:
     name = "MQA" if n_groups == 1 else f"GQA-{n_groups}"
     print(f"ours (TinyGPT, {heads} heads, study means): {name} {ms_per_step[heads] / ms_per_step[n_groups]:.1f}× faster "
           f"than MHA per decoding step; uptrained (mean, α = {paper_alpha}) loss "
-          f"{loss('uptrained', n_groups, 'mean', paper_alpha)[0] - mha_more:+.3f} nats/token vs MHA + {extra} steps")
+          f"{loss('uptrained', n_groups, 'mean', paper_alpha).mean - mha_more:+.3f} nats/token vs MHA + {extra} steps")
 
 # %% [markdown]
 # The paper's pattern: MQA-XXL is the fastest but loses quality, and GQA-8-XXL is almost as fast and keeps
