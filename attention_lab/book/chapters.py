@@ -24,7 +24,7 @@ CHAPTER_MODULES: dict[str, tuple[str, ...]] = {
     "08": ("flash.online_softmax",),
     "09": ("flash.tiled",),
     "10": ("flash.triton_attention", "flash.triton_configs", "flash.triton_steps", "flash.benchmark_report",
-           "kernels.common", "kernels.interpreter", "kernels.optional_triton", "kernels.compile_check"),
+           "flash.gluon_attention", "kernels.common", "kernels.interpreter", "kernels.optional_triton", "kernels.compile_check"),
     "11": ("caches.paged", "caches.serving", "caches.fragmentation", "kernels.decode_attention", "kernels.split_k"),
     "12": ("mla", "mla_study", "rope", "kernels.latent_decode"),
     "13": ("side_by_side", "recall", "quality"),

@@ -59,6 +59,7 @@ FAMILIES = {  # family -> the module whose compile_jobs(capability) lists its ke
     "flash_steps": "attention_lab.flash.triton_steps",
     "decode": "attention_lab.kernels.decode_attention",
     "latent": "attention_lab.kernels.latent_decode",
+    "gluon": "attention_lab.flash.gluon_attention",
 }
 
 
@@ -140,7 +141,10 @@ def _source_and_options(job: CompileJob, capability: int):
     if not isinstance(job.fn, triton.runtime.jit.JITFunction):
         raise RuntimeError("compile checks need real JITFunctions: unset TRITON_INTERPRET (see check_in_subprocess)")
     sig, attrs = signature(job)
-    source = triton.compiler.ASTSource(fn=job.fn, signature=sig, constexprs=job.constexprs, attrs=attrs)
+    source_class = triton.compiler.ASTSource
+    if getattr(job.fn, "is_gluon", lambda: False)():  # a @gluon.jit kernel (its TMA descriptors typed in job.types)
+        from triton.experimental.gluon._runtime import GluonASTSource as source_class
+    source = source_class(fn=job.fn, signature=sig, constexprs=job.constexprs, attrs=attrs)
     options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
     return source, GPUTarget("cuda", capability, 32), options
 

@@ -1,0 +1,291 @@
+"""FlashAttention forward for Hopper (sm_90) in Gluon: TMA loads into a ring of shared-memory stages and
+asynchronous warpgroup matrix products, with the softmax of one key block overlapped with the P·V product of
+the block before it (FlashAttention-3's "intra-warpgroup pipelining", Shah et al. 2024, §3.2).
+
+Why a second kernel: chapter 10's kernel is plain Triton and runs on a T4. On Hopper, Triton compiles its
+``tl.dot`` to asynchronous ``wgmma`` instructions, but the compiler decides when to wait for them: each key
+block's exponentials wait for its ``S = Q Kᵀ``, and the next block's ``Q Kᵀ`` waits for them. Gluon
+(``triton.experimental.gluon``, Triton >= 3.5) is Triton one level down: the layouts, the shared memory, the
+TMA copies with their barriers and the waits on each ``wgmma`` are written in the kernel. This kernel uses that
+to keep the tensor cores busy while the exponentials of the previous block are computed:
+
+    S_j = Q K_jᵀ            issued, not waited for
+    O  += P_{j-1} V_{j-1}    issued, not waited for
+    wait for S_j (P·V may still run)
+    m_j, P_j, α_j = softmax step of S_j   (on the CUDA cores, while P·V runs on the tensor cores)
+    wait for P·V;  O *= α_j  (the rescale that needs the finished product)
+
+Same contract as :func:`attention_lab.flash.triton_attention.flash_attention_forward` for what it supports
+(:func:`unsupported_reason`): q ``(B, H, Nq, D)``, k, v ``(B, Hkv, Nk, D)``, fp16/bf16, D ∈ {64, 128}, causal
+(queries aligned to the end of the keys) or not, no mask, no window; returns O and the rows' base-2 log-sum-exp,
+so the backward kernels of chapter 10 take it as it is. Tensors are addressed through 4-D TMA descriptors over
+their real strides, so partial last blocks are zero-filled by the hardware and a (B, N, H, D) view needs no copy.
+
+Without Triton >= 3.5 (Gluon) or without a Hopper GPU, :data:`GLUON_AVAILABLE` is False or
+:func:`unsupported_reason` names the reason, and the teaching kernel runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attention_lab.kernels.common import LOG2_E, device_capability
+from attention_lab.kernels.optional_triton import TRITON_AVAILABLE
+
+try:  # Gluon and its Hopper pieces: Triton >= 3.5 (3.6 on the lent GPU and Colab, 3.9 in CI)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    GLUON_AVAILABLE = TRITON_AVAILABLE
+    # the TMA copies were renamed after Triton 3.6 (async_copy_global_to_shared -> async_load, ... -> async_store)
+    tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+except ImportError:  # no Triton, or one without Gluon
+    GLUON_AVAILABLE = False
+
+HEAD_DIMS = (64, 128)  # the head dims the kernel is written and tested for
+BLOCK_M = 128  # query rows per program: two warpgroups of 64 rows (8 warps)
+NUM_WARPS = 8
+
+
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, window) -> str | None:
+    """Why the Gluon kernel cannot run these inputs (None: it can). Checked before every launch."""
+    if not GLUON_AVAILABLE:
+        return "needs Triton >= 3.5 with Gluon"
+    if not (isinstance(q, torch.Tensor) and q.is_cuda):
+        return "needs CUDA tensors"
+    if device_capability(q.device) != 90:
+        return f"written for Hopper (sm_90), this is sm_{device_capability(q.device)}"
+    return input_reason(q, k, v, mask, window)
+
+
+def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, window) -> str | None:
+    """The part of :func:`unsupported_reason` that depends on the inputs only, not on the device."""
+    if mask is not None or window is not None:
+        return "no explicit mask or window (the teaching kernel handles those)"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"fp16 or bf16 only, got {q.dtype}"
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"head_dim in {HEAD_DIMS} only, got {q.shape[-1]}"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1 or any(s * t.element_size() % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
+            return f"{name} must be contiguous in head_dim with 16-byte aligned strides (TMA), got {t.stride()}"
+    return None
+
+
+if GLUON_AVAILABLE:
+
+    @gluon.jit
+    def _softmax_step(s, m_i, l_i, qk_scale, row, col, n_keys, offset, NEEDS_MASK, CAUSAL: gl.constexpr):
+        """One online-softmax step on raw scores ``s`` (BLOCK_M, BLOCK_N): the new max (log2 units), the weights
+        ``P = 2^(s·qk_scale − m)`` (one FMA each), the rescale ``α`` of what came before and the new row sums."""
+        if NEEDS_MASK:  # the causal diagonal or the last, partial key block
+            ok = col[None, :] < n_keys
+            if CAUSAL:
+                ok = ok & (col[None, :] <= row[:, None] + offset)
+            s = gl.where(ok, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet: keep 2^(-inf) = 0
+        p = gl.exp2(s * qk_scale - m_use[:, None])
+        alpha = gl.exp2(m_i - m_use)
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        return p, alpha, m_new, l_i
+
+    @gluon.jit
+    def _load_kv(desc, bars, ring, j, b, kv_h, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr):
+        """Start the TMA copy of key/value block ``j`` into ring slot ``j % NUM_STAGES``; its barrier flips when
+        the bytes have landed."""
+        slot = j % NUM_STAGES
+        bar = bars.index(slot)
+        mbarrier.expect(bar, desc.block_type.nbytes)
+        tma_load(desc, [b, kv_h, j * BLOCK_N, 0], bar, ring.index(slot))
+
+    @gluon.jit
+    def _attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE,
+                         n_heads, group, n_queries, n_keys, qk_scale,
+                         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                         NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+        """One program = BLOCK_M queries of one (batch, head). Descriptors are 4-D over (B, H, N, D)."""
+        start_m = gl.program_id(0)
+        if CAUSAL:
+            start_m = gl.num_programs(0) - 1 - start_m  # longest rows first
+        batch_head = gl.program_id(1)
+        b = batch_head // n_heads
+        h = batch_head % n_heads
+        kv_h = h // group
+        m0 = start_m * BLOCK_M
+        offset = n_keys - n_queries  # queries are the last n_queries positions
+
+        # wgmma layouts: S is (BLOCK_M, BLOCK_N), O is (BLOCK_M, HEAD_DIM); 8 warps = 2 warpgroups along M
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        dtype: gl.constexpr = q_desc.dtype
+
+        # shared memory: Q (also the output's staging tile), rings of K and V blocks, one barrier per slot
+        q_smem = gl.allocate_shared_memory(dtype, q_desc.block_type.shape, q_desc.layout)
+        k_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
+        v_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + v_desc.block_type.shape, v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(k_bars.index(i), count=1)
+            mbarrier.init(v_bars.index(i), count=1)
+
+        # key blocks this query block sees: all (not causal), or up to its last row's diagonal
+        hi = n_keys
+        if CAUSAL:
+            hi = gl.minimum(hi, m0 + BLOCK_M + offset)
+        n_blocks = gl.cdiv(gl.maximum(hi, 0), BLOCK_N)
+        # from this block on, some (query, key) pair is masked: the diagonal or the partial last block
+        first_masked = n_keys // BLOCK_N
+        if CAUSAL:
+            first_masked = gl.minimum(first_masked, gl.maximum(m0 + offset + 1, 0) // BLOCK_N)
+
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        tma_load(q_desc, [b, h, m0, 0], q_bar, q_smem)
+        for first in gl.static_range(NUM_STAGES):  # fill the ring
+            if first < n_blocks:
+                _load_kv(k_desc, k_bars, k_ring, first, b, kv_h, BLOCK_N, NUM_STAGES)
+                _load_kv(v_desc, v_bars, v_ring, first, b, kv_h, BLOCK_N, NUM_STAGES)
+
+        q_tile = q_smem.reshape([BLOCK_M, HEAD_DIM])
+        row = m0 + gl.arange(0, BLOCK_M, layout=row_s)
+        cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+        acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
+        s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+
+        if n_blocks > 0:
+            mbarrier.wait(q_bar, 0)
+            # block 0: S_0, its softmax step; nothing to overlap yet
+            mbarrier.wait(k_bars.index(0), 0)
+            s = warpgroup_mma(q_tile, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
+                              use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(0, deps=[s])
+            if NUM_STAGES < n_blocks:
+                _load_kv(k_desc, k_bars, k_ring, NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, row, cols, n_keys, offset,
+                                               0 >= first_masked, CAUSAL)
+            for j in range(1, n_blocks):
+                slot = j % NUM_STAGES
+                phase = (j // NUM_STAGES) & 1
+                prev = (j - 1) % NUM_STAGES
+                prev_phase = ((j - 1) // NUM_STAGES) & 1
+                # issue S_j = Q K_jᵀ, then O += P_{j-1} V_{j-1}; wait only for S_j
+                mbarrier.wait(k_bars.index(slot), phase)
+                s = warpgroup_mma(q_tile, k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
+                                  use_acc=False, is_async=True)
+                mbarrier.wait(v_bars.index(prev), prev_phase)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+                s = warpgroup_mma_wait(1, deps=[s])
+                if j + NUM_STAGES < n_blocks:  # K_j has been read: its slot takes block j + NUM_STAGES
+                    _load_kv(k_desc, k_bars, k_ring, j + NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
+                # the softmax step of block j runs while P_{j-1} V_{j-1} is on the tensor cores
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, row, cols + j * BLOCK_N, n_keys, offset,
+                                                   j >= first_masked, CAUSAL)
+                acc, p_op = warpgroup_mma_wait(0, deps=[acc, p_op])
+                if j - 1 + NUM_STAGES < n_blocks:  # V_{j-1} has been read
+                    _load_kv(v_desc, v_bars, v_ring, j - 1 + NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
+                acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            # the last block's P V
+            last = (n_blocks - 1) % NUM_STAGES
+            mbarrier.wait(v_bars.index(last), ((n_blocks - 1) // NUM_STAGES) & 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+            acc, p_op = warpgroup_mma_wait(0, deps=[acc, p_op])
+
+        mbarrier.invalidate(q_bar)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.invalidate(k_bars.index(i))
+            mbarrier.invalidate(v_bars.index(i))
+
+        # epilogue: O = acc / l (0 for a row that saw no key, lse = +inf there), through shared memory and TMA
+        l_o = gl.convert_layout(l_i, row_o)
+        empty = l_o == 0.0
+        out = acc / gl.where(empty, 1.0, l_o)[:, None]
+        q_tile.store(out.to(dtype))  # Q is no longer needed: its tile stages the output
+        fence_async_shared()
+        tma_store(o_desc, [b, h, m0, 0], q_smem)
+        m_o = gl.convert_layout(m_i, row_o)
+        lse = gl.where(empty, float("inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
+        rows_o = m0 + gl.arange(0, BLOCK_M, layout=row_o)
+        gl.store(LSE + batch_head.to(gl.int64) * n_queries + rows_o, lse, mask=rows_o < n_queries)
+        tma.store_wait(0)
+
+
+def _descriptor(t: torch.Tensor, block_rows: int) -> "TensorDescriptor":
+    """A 4-D TMA descriptor over ``t`` (B, H, N, D) with its own strides, blocks of ``block_rows`` × D."""
+    gl_dtype = gl.float16 if t.dtype == torch.float16 else gl.bfloat16
+    block = [1, 1, block_rows, t.shape[-1]]
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+
+def default_tile(head_dim: int) -> dict:
+    """The key block and ring depth: 64 keys at D=128 (two score tiles in flight must fit the registers next to
+    the output accumulator), 128 at D=64; 3 stages (Q 32 KiB + 3 × (K + V) = 128 KiB at D=128)."""
+    return {"BLOCK_N": 64 if head_dim == 128 else 128, "NUM_STAGES": 3}
+
+
+def flash_attention_forward_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                                   scale: float, tile: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """O ``(B, H, Nq, D)`` and the rows' base-2 log-sum-exp ``(B, H, Nq)`` fp32, as the teaching kernel's forward.
+
+    The caller has validated the inputs (:func:`attention_lab.flash.triton_attention.prepare_inputs`) and checked
+    :func:`unsupported_reason`. ``tile``: ``{"BLOCK_N": .., "NUM_STAGES": ..}`` (default :func:`default_tile`).
+    """
+    batch, n_heads, n_queries, head_dim = q.shape
+    n_kv_heads, n_keys = k.shape[1], k.shape[2]
+    tile = dict(default_tile(head_dim), **(tile or {}))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (B, H, Nq, D), contiguous
+    lse = torch.empty(batch, n_heads, n_queries, device=q.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    grid = (triton_cdiv(n_queries, BLOCK_M), batch * n_heads)
+    _attn_fwd_hopper[grid](
+        _descriptor(q, BLOCK_M), _descriptor(k, tile["BLOCK_N"]), _descriptor(v, tile["BLOCK_N"]),
+        _descriptor(out, BLOCK_M), lse, n_heads, n_heads // n_kv_heads, n_queries, n_keys, scale * LOG2_E,
+        HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal,
+        num_warps=NUM_WARPS)
+    return out, lse
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def compile_jobs(capability: int) -> list:
+    """What CI compiles (:mod:`attention_lab.kernels.compile_check`): on sm_90 the kernel at each head dim, causal
+    and not, with the tile :func:`default_tile` gives it, in bf16; on other architectures nothing (it is never
+    chosen there). The TMA descriptors' types are read from descriptors built over small CPU tensors."""
+    from attention_lab.kernels.compile_check import CompileJob
+
+    if capability != 90 or not GLUON_AVAILABLE:
+        return []
+    from triton.runtime.jit import mangle_type
+
+    jobs = []
+    for head_dim in HEAD_DIMS:
+        tile = default_tile(head_dim)
+        rows = torch.empty(1, 1, BLOCK_M, head_dim, dtype=torch.bfloat16)
+        types = {"q_desc": mangle_type(_descriptor(rows, BLOCK_M)), "o_desc": mangle_type(_descriptor(rows, BLOCK_M)),
+                 "k_desc": mangle_type(_descriptor(rows, tile["BLOCK_N"])),
+                 "v_desc": mangle_type(_descriptor(rows, tile["BLOCK_N"])), "LSE": "*fp32", "qk_scale": "fp32"}
+        for causal in (False, True):
+            constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, CAUSAL=causal, num_warps=NUM_WARPS, **tile)
+            jobs.append(CompileJob(family="gluon", kernel="forward" + "+causal" * causal, fn=_attn_fwd_hopper,
+                                   constexprs=constexprs, types=types, num_warps=NUM_WARPS, num_stages=1,
+                                   config=dict(BLOCK_M=BLOCK_M, **tile), head_dim=head_dim))
+    return jobs

@@ -1,0 +1,87 @@
+"""The Gluon forward for Hopper (attention_lab/flash/gluon_attention.py), issue #19.
+
+On the CPU: which inputs it takes (every refusal names its reason), and that it compiles for sm_90 with
+Triton's own compiler — shared memory within the limit, not one byte spilled (``ptxas -v``). On an H100/H200
+(``-m gpu``): its output equals float64 attention as closely as the teaching kernel's, its log-sum-exp is the
+teaching kernel's (so chapter 10's backward takes it), on odd shapes, GQA, causal with Nq != Nk and strided views.
+"""
+
+import pytest
+import torch
+
+from attention_lab.flash import gluon_attention as ga
+from reference import attention_fp64
+
+needs_gluon = pytest.mark.skipif(not ga.GLUON_AVAILABLE, reason="needs Triton with Gluon")
+
+
+def qkv(b=1, h=4, hkv=2, nq=33, nk=47, d=128, dtype=torch.bfloat16, layout="bhnd", device="cpu", seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def make(heads, n):
+        if layout == "bnhd":  # a (B, N, H, D) tensor viewed as (B, H, N, D): strides (N·H·D, D, H·D, 1)
+            return torch.randn(b, n, heads, d, generator=g, device=device).to(dtype).transpose(1, 2)
+        return torch.randn(b, heads, n, d, generator=g, device=device).to(dtype)
+    return make(h, nq), make(hkv, nk), make(hkv, nk)
+
+
+def test_it_takes_what_it_was_written_for_and_names_every_refusal():
+    q, k, v = qkv()
+    assert ga.input_reason(q, k, v, None, None) is None
+    assert ga.input_reason(*qkv(layout="bnhd"), None, None) is None  # strided views: TMA reads them as they are
+    assert ga.input_reason(*qkv(d=64, dtype=torch.float16), None, None) is None
+    assert "mask or window" in ga.input_reason(q, k, v, torch.ones(33, 47, dtype=torch.bool), None)
+    assert "mask or window" in ga.input_reason(q, k, v, None, 8)
+    assert "fp16 or bf16" in ga.input_reason(*qkv(dtype=torch.float32), None, None)
+    assert "head_dim in (64, 128)" in ga.input_reason(*qkv(d=96), None, None)
+    q_odd = torch.randn(1, 4, 33, 256).to(torch.bfloat16)[..., ::2]  # stride 2 along head_dim
+    assert "contiguous in head_dim" in ga.input_reason(q_odd, k, v, None, None)
+    assert ga.unsupported_reason(q, k, v, None, None) in ("needs CUDA tensors", "needs Triton >= 3.5 with Gluon")
+
+
+@needs_gluon
+def test_compiles_for_sm90_within_shared_memory_and_without_spills():
+    from attention_lab.kernels import compile_check
+
+    rows = compile_check.check_in_subprocess(families=("gluon",), capabilities=(90,), spills=True)
+    assert len(rows) == 2 * len(ga.HEAD_DIMS)  # each head dim, causal and not
+    for row in rows:
+        assert row["fits"] and row["shared"] <= row["limit"], row
+        assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row
+        assert row["registers"] <= 255, row
+    assert compile_check.compile_jobs("gluon", 80) == []  # never chosen off Hopper: nothing to compile there
+
+
+def _on_hopper():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and ga.GLUON_AVAILABLE
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _on_hopper(), reason="needs an sm_90 GPU and Gluon")
+@pytest.mark.parametrize("case", [
+    dict(b=2, h=4, hkv=4, nq=1000, nk=1000, d=128, causal=False),
+    dict(b=2, h=4, hkv=4, nq=1000, nk=1000, d=128, causal=True),
+    dict(b=1, h=8, hkv=2, nq=300, nk=777, d=128, causal=True, dtype=torch.float16),
+    dict(b=1, h=8, hkv=1, nq=777, nk=300, d=64, causal=True),  # the first 477 rows see no key
+    dict(b=2, h=4, hkv=4, nq=513, nk=513, d=64, causal=False, layout="bnhd", dtype=torch.float16),
+    dict(b=1, h=2, hkv=2, nq=64, nk=64, d=128, causal=True, layout="bnhd"),
+])
+@pytest.mark.parametrize("tile", [None, {"BLOCK_N": 128, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 4}])
+def test_equals_float64_and_the_teaching_kernels_lse(case, tile):
+    from attention_lab.flash import triton_attention as ta
+
+    case = dict(case)
+    causal = case.pop("causal")
+    q, k, v = qkv(device="cuda", **case)
+    out, lse = ga.flash_attention_forward_hopper(q, k, v, causal, q.shape[-1] ** -0.5, tile)
+    want = attention_fp64(q, k, v, causal=causal)
+    teaching, teaching_lse = ta.flash_attention_forward(q, k, v, None, causal, None, None, tile={"BLOCK_M": 64,
+                                                                                                "BLOCK_N": 64})
+    error = (out.double() - want).abs().max().item()
+    teaching_error = (teaching.double() - want).abs().max().item()
+    assert error <= 2 * teaching_error + 1e-3, (error, teaching_error)
+    assert torch.equal(torch.isinf(lse), torch.isinf(teaching_lse))  # rows that see no key: +inf in both
+    finite = torch.isfinite(teaching_lse)
+    torch.testing.assert_close(lse[finite], teaching_lse[finite], atol=2e-3, rtol=0)
+    if (~finite).any():
+        assert torch.all(out[~finite] == 0)  # ... and give zeros
