@@ -34,6 +34,8 @@ CASES = [  # (B, H, Hkv, Nq, Nk, D, causal, layout, dtype)
     (2, 4, 4, 513, 513, 64, False, "bnhd", torch.float16),
     (1, 2, 2, 64, 64, 128, True, "bnhd", torch.bfloat16),
     (1, 16, 16, 4096, 4096, 128, True, "bhnd", torch.bfloat16),
+    (4, 16, 16, 2048, 2048, 64, True, "bhnd", torch.bfloat16),  # many programs at once: races show here
+    (4, 16, 4, 2000, 2000, 128, False, "bhnd", torch.bfloat16),
 ]
 
 

@@ -173,6 +173,7 @@ if GLUON_AVAILABLE:
             s = warpgroup_mma(q_tile, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=[s])
+            gl.thread_barrier()  # both warpgroups have read K_0
             if NUM_STAGES < n_blocks:
                 _load_kv(k_desc, k_bars, k_ring, NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, row, cols, n_keys, offset,
@@ -190,13 +191,16 @@ if GLUON_AVAILABLE:
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
                 s = warpgroup_mma_wait(1, deps=[s])
-                if j + NUM_STAGES < n_blocks:  # K_j has been read: its slot takes block j + NUM_STAGES
-                    _load_kv(k_desc, k_bars, k_ring, j + NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
                 # the softmax step of block j runs while P_{j-1} V_{j-1} is on the tensor cores
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, row, cols + j * BLOCK_N, n_keys, offset,
                                                    j >= first_masked, CAUSAL)
                 acc, p_op = warpgroup_mma_wait(0, deps=[acc, p_op])
-                if j - 1 + NUM_STAGES < n_blocks:  # V_{j-1} has been read
+                # K_j and V_{j-1} have been read — by this warpgroup: a wait covers only its own products, and
+                # both warpgroups read every K and V tile, so all warps meet before their slots are refilled
+                gl.thread_barrier()
+                if j + NUM_STAGES < n_blocks:
+                    _load_kv(k_desc, k_bars, k_ring, j + NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
+                if j - 1 + NUM_STAGES < n_blocks:
                     _load_kv(v_desc, v_bars, v_ring, j - 1 + NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             # the last block's P V
@@ -217,6 +221,7 @@ if GLUON_AVAILABLE:
         out = acc / gl.where(empty, 1.0, l_o)[:, None]
         q_tile.store(out.to(dtype))  # Q is no longer needed: its tile stages the output
         fence_async_shared()
+        gl.thread_barrier()  # every warp's rows are in shared memory before one thread starts the copy
         tma_store(o_desc, [b, h, m0, 0], q_smem)
         m_o = gl.convert_layout(m_i, row_o)
         lse = gl.where(empty, float("inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
