@@ -166,8 +166,8 @@ if GLUON_AVAILABLE:
         acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
         s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
 
+        mbarrier.wait(q_bar, 0)  # always: Q's copy must have landed before its tile is reused for the output
         if n_blocks > 0:
-            mbarrier.wait(q_bar, 0)
             # block 0: S_0, its softmax step; nothing to overlap yet
             mbarrier.wait(k_bars.index(0), 0)
             s = warpgroup_mma(q_tile, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
