@@ -64,7 +64,9 @@ def check(report: dict) -> bool:
     for case in CASES:
         b, h, hkv, nq, nk, d, causal, layout, dtype = case
         q, k, v = make(b, h, hkv, nq, nk, d, layout, dtype)
-        for tile in ({}, {"BLOCK_N": 128, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 4}):
+        for tile in ({}, {"BLOCK_N": 128, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 4},
+                     {"BLOCK_N": 128, "NUM_STAGES": 2, "WARP_SPECIALIZE": True},
+                     {"BLOCK_N": 64, "NUM_STAGES": 3, "WARP_SPECIALIZE": True}):
             name = f"{case[:8]} {str(dtype)[6:]} {tile}"
             try:
                 reason = ga.unsupported_reason(q, k, v, None, None)
@@ -105,13 +107,14 @@ def timing(report: dict, quick: bool) -> None:
             q, k, v = make(b, h, h, n, n, d, "bhnd", torch.bfloat16)
             flops = 4 * b * h * n * n * d / (2 if causal else 1)
             methods = {"triton": lambda: ta.flash_attention_forward(q, k, v, None, causal, None, None)}
-            for bn in (64, 128):
-                for stages in (2, 3, 4):
-                    if d == 128 and bn == 128 and stages > 2:
-                        continue
-                    tile = {"BLOCK_N": bn, "NUM_STAGES": stages}
-                    methods[f"gluon_{bn}_{stages}"] = (
-                        lambda tile=tile: ga.flash_attention_forward_hopper(q, k, v, causal, d ** -0.5, tile))
+            for ws in (False, True):
+                for bn in (64, 128):
+                    for stages in (2, 3, 4):
+                        if (d == 128 and bn == 128 and stages > 2) or (ws and stages == 4):
+                            continue
+                        tile = {"BLOCK_N": bn, "NUM_STAGES": stages, "WARP_SPECIALIZE": ws}
+                        methods[f"gluon{'_ws' * ws}_{bn}_{stages}"] = (
+                            lambda tile=tile: ga.flash_attention_forward_hopper(q, k, v, causal, d ** -0.5, tile))
             for backend, name in ((SDPBackend.CUDNN_ATTENTION, "cudnn"), (SDPBackend.FLASH_ATTENTION, "sdpa_flash")):
                 def run(backend=backend):
                     with sdpa_kernel(backend):

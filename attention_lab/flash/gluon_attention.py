@@ -49,6 +49,11 @@ except ImportError:  # no Triton, or one without Gluon
 HEAD_DIMS = (64, 128)  # the head dims the kernel is written and tested for
 BLOCK_M = 128  # query rows per program: two warpgroups of 64 rows (8 warps)
 NUM_WARPS = 8
+# warp-specialised variant: 4 + 4 + 1 warps (12 counted, by warpgroup); registers per thread for the second consumer
+# and the producer (the first consumer gets what is left of WS_MAX_REGISTERS · 12 warps · 32 threads)
+WS_MAX_REGISTERS = 168
+WS_CONSUMER_REGISTERS = 232
+WS_PRODUCER_REGISTERS = 24
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, window) -> str | None:
@@ -230,6 +235,175 @@ if GLUON_AVAILABLE:
         tma.store_wait(0)
 
 
+if GLUON_AVAILABLE:
+
+    @gluon.jit
+    def _consume(WHICH: gl.constexpr, descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
+                 BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        """A consumer warpgroup of the warp-specialised kernel: query rows ``[m0 + WHICH·HALF_M, +HALF_M)``.
+
+        The same pipelined loop as :func:`_attn_fwd_hopper`, but the two warpgroups no longer meet at a
+        CTA barrier: each tells the producer warp through the ``*_empty`` barriers when it has read a K or V
+        slot (the producer refills a slot once both have), so one can compute its exponentials while the
+        other's products run on the tensor cores."""
+        q_desc, k_desc, v_desc, o_desc = descs
+        q_bufs, k_ring, v_ring = bufs
+        q_bar, k_ready, k_empty, v_ready, v_empty = bars
+        LSE, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, batch_head = scalars
+        offset = n_keys - n_queries
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        dtype: gl.constexpr = q_desc.dtype
+        first_row = m0 + WHICH * HALF_M
+        q_tile = q_bufs.index(WHICH).reshape([HALF_M, HEAD_DIM])
+        row = first_row + gl.arange(0, HALF_M, layout=row_s)
+        cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
+        acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
+        s_zero = gl.zeros([HALF_M, BLOCK_N], gl.float32, layout=s_layout)
+
+        mbarrier.wait(q_bar, 0)
+        if n_blocks > 0:
+            mbarrier.wait(k_ready.index(0), 0)
+            s = warpgroup_mma(q_tile, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
+                              use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(0, deps=[s])
+            mbarrier.arrive(k_empty.index(0), count=1)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, row, cols, n_keys, offset,
+                                               0 >= first_masked, CAUSAL)
+            for j in range(1, n_blocks):
+                slot = j % NUM_STAGES
+                prev = (j - 1) % NUM_STAGES
+                mbarrier.wait(k_ready.index(slot), (j // NUM_STAGES) & 1)
+                s = warpgroup_mma(q_tile, k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
+                                  use_acc=False, is_async=True)
+                mbarrier.wait(v_ready.index(prev), ((j - 1) // NUM_STAGES) & 1)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+                s = warpgroup_mma_wait(1, deps=[s])
+                mbarrier.arrive(k_empty.index(slot), count=1)  # this warpgroup is done with K_j
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, row, cols + j * BLOCK_N, n_keys, offset,
+                                                   j >= first_masked, CAUSAL)
+                acc, p_op = warpgroup_mma_wait(0, deps=[acc, p_op])
+                mbarrier.arrive(v_empty.index(prev), count=1)  # ... and with V_{j-1}
+                acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            last = (n_blocks - 1) % NUM_STAGES
+            mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // NUM_STAGES) & 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+            acc, p_op = warpgroup_mma_wait(0, deps=[acc, p_op])
+            mbarrier.arrive(v_empty.index(last), count=1)
+
+        l_o = gl.convert_layout(l_i, row_o)
+        empty = l_o == 0.0
+        out = acc / gl.where(empty, 1.0, l_o)[:, None]
+        q_tile.store(out.to(dtype))  # this warpgroup's Q rows are no longer read: they stage its output rows
+        fence_async_shared()
+        tma_store(o_desc, [b, h, first_row, 0], q_bufs.index(WHICH))
+        m_o = gl.convert_layout(m_i, row_o)
+        lse = gl.where(empty, float("inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
+        rows_o = first_row + gl.arange(0, HALF_M, layout=row_o)
+        gl.store(LSE + batch_head.to(gl.int64) * n_queries + rows_o, lse, mask=rows_o < n_queries)
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _first_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
+                        BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        _consume(0, descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)
+
+    @gluon.jit
+    def _second_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
+                         BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        _consume(1, descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)
+
+    @gluon.jit
+    def _produce(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
+                 BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        """The producer warp: Q's two halves, then every K and V block into the rings, each slot as soon as both
+        consumers have released it (an ``*_empty`` barrier starts completed, so the first round does not wait)."""
+        q_desc, k_desc, v_desc, o_desc = descs
+        q_bufs, k_ring, v_ring = bufs
+        q_bar, k_ready, k_empty, v_ready, v_empty = bars
+        LSE, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, batch_head = scalars
+        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+        tma_load(q_desc, [b, h, m0, 0], q_bar, q_bufs.index(0))
+        tma_load(q_desc, [b, h, m0 + HALF_M, 0], q_bar, q_bufs.index(1))
+        for j in range(n_blocks):
+            slot = j % NUM_STAGES
+            phase = (j // NUM_STAGES) & 1
+            mbarrier.wait(k_empty.index(slot), phase ^ 1)
+            mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+            tma_load(k_desc, [b, kv_h, j * BLOCK_N, 0], k_ready.index(slot), k_ring.index(slot))
+            mbarrier.wait(v_empty.index(slot), phase ^ 1)
+            mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+            tma_load(v_desc, [b, kv_h, j * BLOCK_N, 0], v_ready.index(slot), v_ring.index(slot))
+
+    @gluon.jit
+    def _attn_fwd_hopper_ws(q_desc, k_desc, v_desc, o_desc, LSE,
+                            n_heads, group, n_queries, n_keys, qk_scale,
+                            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+                            CAUSAL: gl.constexpr, CONSUMER_REGISTERS: gl.constexpr, PRODUCER_REGISTERS: gl.constexpr,
+                            num_warps: gl.constexpr):
+        """Warp-specialised: one producer warp (TMA) and two consumer warpgroups of HALF_M query rows each.
+        Q/O descriptors have blocks of HALF_M rows, K/V of BLOCK_N; one program = 2·HALF_M queries of one head."""
+        HALF_M: gl.constexpr = q_desc.block_type.shape[2]
+        start_m = gl.program_id(0)
+        if CAUSAL:
+            start_m = gl.num_programs(0) - 1 - start_m  # longest rows first
+        batch_head = gl.program_id(1)
+        b = batch_head // n_heads
+        h = batch_head % n_heads
+        kv_h = h // group
+        m0 = start_m * 2 * HALF_M
+        offset = n_keys - n_queries
+        hi = n_keys
+        if CAUSAL:
+            hi = gl.minimum(hi, m0 + 2 * HALF_M + offset)
+        n_blocks = gl.cdiv(gl.maximum(hi, 0), BLOCK_N)
+        first_masked = n_keys // BLOCK_N
+        if CAUSAL:
+            first_masked = gl.minimum(first_masked, gl.maximum(m0 + offset + 1, 0) // BLOCK_N)
+
+        dtype: gl.constexpr = q_desc.dtype
+        q_bufs = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        k_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
+        v_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + v_desc.block_type.shape, v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # released by both consumers
+            mbarrier.init(v_empty.index(i), count=2)
+
+        descs = (q_desc, k_desc, v_desc, o_desc)
+        bufs = (q_bufs, k_ring, v_ring)
+        bars = (q_bar, k_ready, k_empty, v_ready, v_empty)
+        scalars = (LSE, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, batch_head)
+        # the argument tuples are written out: a tuple held in a variable would turn its constexprs into values
+        gl.warp_specialize([
+            (_first_consumer, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
+            (_second_consumer, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
+            (_produce, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
+        ], [4, 1], [CONSUMER_REGISTERS, PRODUCER_REGISTERS])
+        mbarrier.invalidate(q_bar)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.invalidate(k_ready.index(i))
+            mbarrier.invalidate(v_ready.index(i))
+            mbarrier.invalidate(k_empty.index(i))
+            mbarrier.invalidate(v_empty.index(i))
+
+
 def _descriptor(t: torch.Tensor, block_rows: int) -> "TensorDescriptor":
     """A 4-D TMA descriptor over ``t`` (B, H, N, D) with its own strides, blocks of ``block_rows`` × D."""
     gl_dtype = gl.float16 if t.dtype == torch.float16 else gl.bfloat16
@@ -249,7 +423,8 @@ def flash_attention_forward_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     """O ``(B, H, Nq, D)`` and the rows' base-2 log-sum-exp ``(B, H, Nq)`` fp32, as the teaching kernel's forward.
 
     The caller has validated the inputs (:func:`attention_lab.flash.triton_attention.prepare_inputs`) and checked
-    :func:`unsupported_reason`. ``tile``: ``{"BLOCK_N": .., "NUM_STAGES": ..}`` (default :func:`default_tile`).
+    :func:`unsupported_reason`. ``tile``: ``{"BLOCK_N": .., "NUM_STAGES": .., "WARP_SPECIALIZE": ..}`` (default
+    :func:`default_tile`; ``WARP_SPECIALIZE`` runs :func:`_attn_fwd_hopper_ws`).
     """
     batch, n_heads, n_queries, head_dim = q.shape
     n_kv_heads, n_keys = k.shape[1], k.shape[2]
@@ -259,11 +434,19 @@ def flash_attention_forward_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     if out.numel() == 0:
         return out, lse
     grid = (triton_cdiv(n_queries, BLOCK_M), batch * n_heads)
-    _attn_fwd_hopper[grid](
-        _descriptor(q, BLOCK_M), _descriptor(k, tile["BLOCK_N"]), _descriptor(v, tile["BLOCK_N"]),
-        _descriptor(out, BLOCK_M), lse, n_heads, n_heads // n_kv_heads, n_queries, n_keys, scale * LOG2_E,
-        HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal,
-        num_warps=NUM_WARPS)
+    kv = (_descriptor(k, tile["BLOCK_N"]), _descriptor(v, tile["BLOCK_N"]))
+    scalars = (n_heads, n_heads // n_kv_heads, n_queries, n_keys, scale * LOG2_E)
+    if tile.get("WARP_SPECIALIZE", False):  # a producer warp and two consumer warpgroups of BLOCK_M / 2 rows
+        half = BLOCK_M // 2
+        _attn_fwd_hopper_ws[grid](_descriptor(q, half), *kv, _descriptor(out, half), lse, *scalars,
+                                  HEAD_DIM=head_dim, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"],
+                                  CAUSAL=causal, CONSUMER_REGISTERS=tile.get("CONSUMER_REGISTERS", WS_CONSUMER_REGISTERS),
+                                  PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4,
+                                  maxnreg=tile.get("MAX_REGISTERS", WS_MAX_REGISTERS))
+    else:
+        _attn_fwd_hopper[grid](_descriptor(q, BLOCK_M), *kv, _descriptor(out, BLOCK_M), lse, *scalars,
+                               HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=tile["BLOCK_N"],
+                               NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal, num_warps=NUM_WARPS)
     return out, lse
 
 
