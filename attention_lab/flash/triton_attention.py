@@ -79,6 +79,9 @@ def _key_blocks(m0, n_queries, n_keys, window,
     return lo, mid_lo, mid_hi, hi
 
 
+key_blocks = _key_blocks  # its public name: the Hopper forward (flash/hopper.py) visits the same runs of blocks
+
+
 @triton.jit
 def _query_blocks(n0, n_queries, n_keys, window,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -609,6 +612,9 @@ _compile_only = False  # True inside precompile(): kernels are compiled (in para
 RAW_MAX_SOFTMAX = True
 # The backward's dK/dV kernel also adds dQ (atomic adds into fp32; no dQ kernel): flash_attention_backward(fused_dq=).
 FUSED_DQ_BACKWARD = False
+# The forward on an H100/H200 takes the Hopper fast path (flash/hopper.py) when it supports the inputs and no tile is
+# given; False: always this file's teaching kernel (also per call: flash_attention_forward(hopper_path=False)).
+HOPPER_FORWARD = True
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
 
@@ -683,17 +689,29 @@ def precompile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
             _compile_only = False
 
 
-def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None):
+def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hopper_path=None):
     """Run the forward kernel (arguments as :func:`flash_attention`, no autograd).
 
     Returns O ``(B, H, Nq, D)`` and the rows' log-sum-exp in the kernel's base-2 units
     ``log2 Σ_j 2^(s_ij · scale · log2 e)`` ``(B, H, Nq)`` fp32 (+inf for a row that sees no key).
+
+    On an H100/H200 with no ``tile`` given, the Hopper fast path (:mod:`attention_lab.flash.hopper`: TMA, a
+    persistent grid, its own configs) runs instead when it supports the inputs, returning the same two tensors.
+    ``hopper_path``: None follows :data:`HOPPER_FORWARD`; False forces this file's teaching kernel.
     """
     check_tile(tile)
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = prepare_inputs(
         q, k, v, mask, causal, window, scale)
     refuse_tiles_that_cannot_fit(q, mask is not None, {"forward": tile})
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+    if tile is None and (HOPPER_FORWARD if hopper_path is None else hopper_path):
+        from attention_lab.flash import hopper
+
+        if hopper.supports(q, k, v, mask, window):
+            fast = hopper.flash_attention_forward_hopper(q, k, v, causal, scale, compile_only=_compile_only)
+            if not _compile_only:
+                return fast
+            # precompile(): the teaching kernel's configs are compiled too (below), for hopper_path=False
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(batch, n_heads, n_queries, device=q.device, dtype=torch.float32)
     mask_tensor, mask_strides = _mask_args(mask, batch, n_heads, n_queries, n_keys, q)

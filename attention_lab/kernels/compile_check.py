@@ -16,7 +16,9 @@ in a public ``compile_jobs(capability) -> list[CompileJob]`` beside its kernels 
 * ``decode`` (:mod:`attention_lab.kernels.decode_attention`): the paged and the contiguous kernel with the
   tile :func:`~attention_lab.kernels.decode_attention.decode_config` picks, and the split-K merge;
 * ``latent`` (:mod:`attention_lab.kernels.latent_decode`): MLA's latent kernel at DeepSeek-V2's sizes and
-  its merge (skipped on sm_75, which the kernel refuses).
+  its merge (skipped on sm_75, which the kernel refuses);
+* ``hopper`` (:mod:`attention_lab.flash.hopper`): the sm_90 fast-path forward (TMA descriptors), every Hopper
+  config, one program per tile and persistent — on sm_90 only, the one GPU that chooses it.
 
 Two modes:
 
@@ -60,6 +62,7 @@ FAMILIES = {  # family -> the module whose compile_jobs(capability) lists its ke
     "decode": "attention_lab.kernels.decode_attention",
     "latent": "attention_lab.kernels.latent_decode",
     "gluon": "attention_lab.flash.gluon_attention",
+    "hopper": "attention_lab.flash.hopper",
 }
 
 
