@@ -324,3 +324,48 @@ def test_on_hopper_gradients_through_flash_attention_with_the_fast_forward(case,
         torch_error = (same_dtype.float() - ref).abs().max().item()
         assert error <= 2 * torch_error + 2e-3, f"{name}: error {error:.2e} vs PyTorch's {torch_error:.2e}"
 
+
+# ------------------------------------------------------------------ the benchmark script (CPU smoke test)
+
+
+def _load_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "hopper_steps.py"
+    spec = importlib.util.spec_from_file_location("hopper_steps", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_results(bench) -> dict:
+    rows = []
+    for head_dim, n, causal in bench.shapes(quick=False):
+        for i, method in enumerate(bench.LABELS):
+            rows.append(dict(head_dim=head_dim, n=n, causal=causal, mode="fwd", method=method, tflops=100.0 + 10 * i,
+                             ms=1.0, spread=0.01 * i))
+    return {"environment": {"card": "NVIDIA H200", "torch": "2.x", "triton": "3.6", "cuda": "12"},
+            "dtype": "bfloat16", "tokens": bench.TOKENS, "hidden": bench.HIDDEN, "runs": bench.RUNS, "rows": rows}
+
+
+def test_benchmark_shapes_table_ratios_and_figure(tmp_path):
+    bench = _load_benchmark()
+    full, quick = bench.shapes(quick=False), bench.shapes(quick=True)
+    assert {(d, n) for d, n, _ in full} == {(d, n) for d in (64, 128) for n in (1024, 4096, 16384)}
+    assert {c for _, _, c in full} == {False, True} and set(quick) < set(full)
+    results = _fake_results(bench)
+    text = bench.table_text(results)
+    assert len(text.splitlines()) == 1 + len(full)
+    lines = bench.ratio_lines(results)
+    tma = next(line for line in lines if line.strip().startswith("(a) TMA") and "D=128 causal" in line)
+    assert f"N=16k {110 / 100:.2f}×" in tma  # hopper_tma_fixed (110) over triton (100)
+    assert len(lines) == 6 * 4  # six comparisons, four panels
+    bench.plot(results, tmp_path / "flash_hopper.png")
+    assert (tmp_path / "flash_hopper.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gets")
+def test_benchmark_without_a_gpu_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        _load_benchmark().main(["--out", str(tmp_path)])

@@ -1,0 +1,365 @@
+"""GPU benchmark: what each step of the Hopper fast path (attention_lab/flash/hopper.py) buys, forward only.
+
+    export PYTHONPATH=$PWD; python3 benchmarks/hopper_steps.py          # D ∈ {64, 128}, N ∈ {1k, 4k, 16k}
+    python3 benchmarks/hopper_steps.py --quick                          # D = 128, N ∈ {1k, 4k}: a first look
+    python3 benchmarks/hopper_steps.py --plot-only                      # redraw the PNG from the JSON (no GPU)
+
+Shapes as benchmarks/flash.py (B·N = 32k tokens, H·D = 2048, bf16, causal and not). Measured side by side in
+ONE process on the same inputs, 3 interleaved runs (A, B, ..., A, B, ...) of ``triton.testing.do_bench``
+medians (L2 flushed); the median of the runs is reported and every run recorded:
+
+* ``triton`` — chapter 10's teaching kernel, autotuned (pointer loads; ``hopper_path=False``);
+* ``hopper_tma_fixed`` — step (a): the fast path's TMA loads/stores, one program per tile, with the tile the
+  teaching kernel's autotuner usually picks on Hopper (128×64, 8 warps, 3 stages): what TMA alone buys;
+* ``hopper_tma`` — step (c) on top: autotuned over Hopper's own configs (``hopper.HOPPER_CONFIGS``);
+* ``hopper_persistent`` — step (b) on top: one program per SM looping over the tiles (the library's default);
+* ``sdpa_cudnn``, ``sdpa_flash`` — PyTorch SDPA forced to its cuDNN / FlashAttention-2 backend;
+* ``flex`` — FlexAttention (``torch.compile``; causal with a block mask built once per N).
+
+Before timing, every method's output is compared with SDPA's flash backend on the same inputs (a method off
+by more than :data:`MAX_ERROR` is recorded and not timed). All kernel configs are compiled first, in parallel
+processes sharing Triton's disk cache. Writes ``attention_lab/results/flash_hopper.json`` (after every shape:
+a cut-off run keeps what it did) and ``flash_hopper.png``; prints a table and each step's ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from attention_lab.book.results import RESULTS_DIR, load as load_result, save as save_result  # noqa: E402
+from attention_lab.flash import benchmark_report as br  # noqa: E402
+
+TOKENS, HIDDEN = 32768, 2048
+RUNS = 3
+MAX_ERROR = 3e-2  # max |method − SDPA-flash| of a bf16 forward on N(0, 1) inputs (measured ~4e-3–1.6e-2)
+NAME = "flash_hopper"
+LABELS = {
+    "triton": "teaching kernel (pointer loads, autotuned)",
+    "hopper_tma_fixed": "(a) TMA, teaching's tile 128×64",
+    "hopper_tma": "(a+c) TMA, Hopper configs",
+    "hopper_persistent": "(a+c+b) + persistent grid",
+    "sdpa_cudnn": "PyTorch SDPA, cuDNN backend",
+    "sdpa_flash": "PyTorch SDPA, flash backend",
+    "flex": "PyTorch FlexAttention",
+}
+STYLES = {"triton": ("tab:red", "*"), "hopper_tma_fixed": ("tab:pink", "v"), "hopper_tma": ("tab:olive", "s"),
+          "hopper_persistent": ("black", "P"), "sdpa_cudnn": ("tab:green", "^"), "sdpa_flash": ("tab:orange", "o"),
+          "flex": ("tab:purple", "D")}
+
+
+def shapes(quick: bool) -> list[tuple[int, int, bool]]:
+    """(head_dim, N, causal) of every measured shape; the batch is TOKENS // N, the heads HIDDEN // head_dim."""
+    head_dims, ns = ((128,), (1024, 4096)) if quick else ((64, 128), (1024, 4096, 16384))
+    return [(d, n, causal) for d in head_dims for n in ns for causal in (False, True)]
+
+
+def make_inputs(batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtype, seed: int = 0) -> list:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(batch, heads, n, head_dim, device="cuda", dtype=dtype, generator=g) for _ in range(3)]
+
+
+def sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q, k, v, causal):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return run
+
+
+def flex_method():
+    """``(q, k, v, causal) -> out``: FlexAttention compiled once per shape; causal block masks cached per N."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 256)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    masks = {}
+
+    def causal_mask(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx  # Nq == Nk here: the same as SDPA's is_causal
+
+    def run(q, k, v, causal):
+        block_mask = None
+        if causal:
+            n = q.shape[-2]
+            if n not in masks:
+                masks[n] = create_block_mask(causal_mask, None, None, n, n, device=q.device)
+            block_mask = masks[n]
+        return compiled(q, k, v, block_mask=block_mask)
+    return run
+
+
+def methods(with_flex: bool = True) -> dict:
+    """Name -> ``(q, k, v, causal) -> out`` for every measured method (see the module docstring)."""
+    from torch.nn.attention import SDPBackend
+
+    from attention_lab.flash import hopper
+    from attention_lab.flash import triton_attention as ta
+
+    def teaching(q, k, v, causal):
+        return ta.flash_attention_forward(q, k, v, None, causal, None, None, hopper_path=False)[0]
+
+    def fast(tile, persistent):
+        def run(q, k, v, causal):
+            return hopper.flash_attention_forward_hopper(q, k, v, causal, q.shape[-1] ** -0.5, tile=tile,
+                                                         persistent=persistent)[0]
+        return run
+
+    table = {"triton": teaching, "hopper_tma_fixed": fast(hopper.TEACHING_TILE, False),
+             "hopper_tma": fast(None, False), "hopper_persistent": fast(None, True),
+             "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION), "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION)}
+    if with_flex:
+        table["flex"] = flex_method()
+    return table
+
+
+# ---------------------------------------------------------------------- compile everything first, in parallel
+
+
+def _compile_task(task: tuple) -> str:
+    """Worker process: compile one config of one kernel variant (Triton's disk cache keeps it for the main run)."""
+    import triton
+
+    from attention_lab.flash import hopper
+    from attention_lab.flash import triton_attention as ta
+
+    kind, head_dim, causal, index, dtype_name = task
+    dtype = getattr(torch, dtype_name)
+    n = 1024  # every benchmarked N is a multiple of 16, as 1024: the same specialisation, the same compiled kernel
+    q, k, v = make_inputs(TOKENS // n, HIDDEN // head_dim, n, head_dim, dtype)
+    try:
+        if kind == "teaching":
+            ta.HOPPER_FORWARD = False
+            ta._attn_fwd_tuned.configs = [ta._attn_fwd_tuned.configs[index]]
+            ta.precompile(q, k, v, causal=causal, backward=False, workers=1)
+        else:
+            persistent = kind == "persistent"
+            config = hopper.HOPPER_CONFIGS[index] if index is not None else None
+            if config is not None and not hopper.fits(config, max(16, triton.next_power_of_2(head_dim)),
+                                                      q.element_size(), persistent):
+                return ""  # pruned by the autotuner too (hopper.prune_configs)
+            tile = hopper.TEACHING_TILE if config is None else dict(config.kwargs, num_warps=config.num_warps,
+                                                                     num_stages=config.num_stages)
+            hopper.flash_attention_forward_hopper(q, k, v, causal, head_dim ** -0.5, tile=tile, persistent=persistent,
+                                                  compile_only=True)
+    except ValueError as error:  # this config does not fit this GPU: the autotuner prunes it too
+        return f"{task}: {error}"
+    return ""
+
+
+def precompile_all(head_dims, dtype, processes: int = 16) -> None:
+    """Every config of every measured Triton variant (teaching forward, fast path per tile and persistent, the
+    fixed tile), compiled in parallel spawned processes."""
+    import multiprocessing
+
+    from attention_lab.flash import hopper, triton_configs
+
+    name = str(dtype).replace("torch.", "")
+    tasks = []
+    for d in head_dims:
+        for causal in (False, True):
+            tasks += [("teaching", d, causal, i, name)  # the tensor-core configs (the others are a T4's)
+                      for i in range(len(triton_configs.TENSOR_CORE_CONFIGS["forward"]))]
+            tasks += [(kind, d, causal, i, name) for kind in ("per_tile", "persistent")
+                      for i in range(len(hopper.HOPPER_CONFIGS))]
+            tasks.append(("per_tile", d, causal, None, name))
+    with multiprocessing.get_context("spawn").Pool(min(processes, len(tasks))) as pool:
+        for message in pool.imap_unordered(_compile_task, tasks):
+            if message:
+                print("  ", message[:200])
+
+
+# ---------------------------------------------------------------------- measure
+
+
+def max_errors(table: dict, q, k, v, causal: bool) -> dict:
+    """Max |method − SDPA-flash| of every method's output (None when it raised)."""
+    with torch.no_grad():
+        reference = table["sdpa_flash"](q, k, v, causal).float()
+        errors = {}
+        for name, fn in table.items():
+            try:
+                errors[name] = (fn(q, k, v, causal).float() - reference).abs().max().item()
+            except (RuntimeError, ValueError) as error:
+                print(f"  {name}: {type(error).__name__}: {str(error)[:160]}")
+                errors[name] = None
+    return errors
+
+
+def time_shape(table: dict, head_dim: int, n: int, causal: bool, dtype, runs: int = RUNS) -> tuple[list, dict]:
+    """Correctness first, then ``runs`` interleaved do_bench medians of every correct method at one shape."""
+    from triton.testing import do_bench
+
+    batch, heads = TOKENS // n, HIDDEN // head_dim
+    q, k, v = make_inputs(batch, heads, n, head_dim, dtype)
+    errors = max_errors(table, q, k, v, causal)
+    timed = [m for m in table if errors[m] is not None and errors[m] <= MAX_ERROR]
+    for m in table:
+        if m not in timed:
+            print(f"  {m} not timed: max error vs SDPA-flash {errors[m]}")
+    times = {m: [] for m in timed}
+    with torch.no_grad():
+        for _ in range(runs):
+            for m in timed:
+                times[m].append(do_bench(lambda: table[m](q, k, v, causal), warmup=25, rep=100,
+                                         return_mode="median") / 1e3)
+    flops = br.attention_flops(batch, heads, n, head_dim, causal)
+    rows = []
+    for m in table:
+        seconds = statistics.median(times[m]) if times.get(m) else None
+        rows.append(dict(head_dim=head_dim, n=n, batch=batch, heads=heads, causal=causal, mode="fwd", method=m,
+                         ms=seconds and seconds * 1e3, tflops=seconds and flops / seconds / 1e12,
+                         runs_ms=[t * 1e3 for t in times[m]] if times.get(m) else None,
+                         spread=(max(times[m]) - min(times[m])) / seconds if times.get(m) else None,
+                         max_error_vs_sdpa_flash=errors[m]))
+    return rows, errors
+
+
+def autotune_choices() -> dict:
+    """The config each autotuner kept, per key (lengths bucket, head dim, flags)."""
+    from attention_lab.flash import hopper
+    from attention_lab.flash import triton_attention as ta
+
+    return {name: {str(key): str(config) for key, config in getattr(tuner, "cache", {}).items()}
+            for name, tuner in (("teaching_forward", ta._attn_fwd_tuned), ("hopper", hopper._attn_fwd_hopper_tuned))}
+
+
+# ---------------------------------------------------------------------- report
+
+
+def tflops(results: dict, method: str, head_dim: int, n: int, causal: bool) -> float | None:
+    found = br.rows(results, method=method, head_dim=head_dim, n=n, causal=causal)
+    return found[0]["tflops"] if found else None
+
+
+def ratio_lines(results: dict) -> list[str]:
+    """Each step's speed-up over the one before it, and the fast path against cuDNN and FlexAttention, per shape."""
+    steps = [("hopper_tma_fixed", "triton", "(a) TMA"), ("hopper_tma", "hopper_tma_fixed", "(c) Hopper configs"),
+             ("hopper_persistent", "hopper_tma", "(b) persistent"), ("hopper_persistent", "triton", "all steps"),
+             ("hopper_persistent", "sdpa_cudnn", "fast path / cuDNN"), ("hopper_persistent", "flex", "fast path / Flex")]
+    lines = []
+    keys = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
+    for method, baseline, label in steps:
+        for head_dim, causal in keys:
+            parts = []
+            for n in sorted({r["n"] for r in results["rows"]}):
+                a, b = tflops(results, method, head_dim, n, causal), tflops(results, baseline, head_dim, n, causal)
+                if a and b:
+                    parts.append(f"N={n // 1024}k {a / b:.2f}×")
+            if parts:
+                lines.append(f"{label:>18}, D={head_dim:<3} {'causal' if causal else 'full  '}: " + ", ".join(parts))
+    return lines
+
+
+def table_text(results: dict) -> str:
+    names = [m for m in LABELS if br.rows(results, method=m)]
+    lines = [f"{'D':>4} {'causal':>6} {'N':>6} " + " ".join(f"{m[:12]:>12}" for m in names)]
+    for head_dim, causal, n in sorted({(r["head_dim"], r["causal"], r["n"]) for r in results["rows"]}):
+        cells = [tflops(results, m, head_dim, n, causal) for m in names]
+        lines.append(f"{head_dim:>4} {str(causal):>6} {n:>6} " +
+                     " ".join(f"{c:>12.0f}" if c else f"{'—':>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """TFLOP/s against N for every method, one panel per (head_dim, causal); saved as ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.2), squeeze=False)
+    for ax, (head_dim, causal) in zip(axes[0], panels):
+        for method, label in LABELS.items():
+            found = sorted((r for r in br.rows(results, method=method, head_dim=head_dim, causal=causal)
+                            if r["tflops"]), key=lambda r: r["n"])
+            if found:
+                color, marker = STYLES[method]
+                ax.plot([r["n"] for r in found], [r["tflops"] for r in found], marker=marker, color=color,
+                        label=label, lw=2.5 if method == "hopper_persistent" else 1.5)
+        ax.set_xscale("log", base=2)
+        lengths = sorted({r["n"] for r in results["rows"]})
+        ax.set_xticks(lengths, [f"{n // 1024}k" for n in lengths])
+        ax.set_title(f"forward, D={head_dim}{', causal' if causal else ''}", fontsize=10)
+        ax.set_xlabel("sequence length N (tokens)")
+        ax.set_ylabel("TFLOP/s")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    env = results["environment"]
+    fig.suptitle(f"What each Hopper step buys: attention forward on {env['card']} ({results['dtype']}, "
+                 f"B·N = {results['tokens']} tokens, H·D = {results['hidden']}; median of {results['runs']} runs)")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="D=128, N in {1024, 4096} only")
+    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take the longest)")
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON in --out (no GPU)")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out)
+    if args.plot_only:
+        plot(load_result(NAME, out_dir), out_dir / f"{NAME}.png")
+        return
+    if not torch.cuda.is_available():
+        sys.exit("hopper_steps.py needs a CUDA GPU (an H100/H200 for the fast path); on one it writes "
+                 "attention_lab/results/flash_hopper.json and flash_hopper.png")
+    from decode_common import environment
+
+    from attention_lab.flash import hopper
+
+    started = time.perf_counter()
+    dtype = torch.bfloat16
+    measured = shapes(args.quick)
+    probe = make_inputs(1, 1, 128, 128, dtype)
+    if not hopper.supports(*probe):
+        print(f"note: the fast path does not run here ({hopper.unsupported_reason(*probe)}): its rows stay empty")
+    precompile_all(sorted({d for d, _, _ in measured}), dtype)
+    print(f"precompiled in {time.perf_counter() - started:.0f} s", flush=True)
+    table = methods(with_flex=not args.no_flex)
+    results = {"environment": environment(), "dtype": "bfloat16", "tokens": TOKENS, "hidden": HIDDEN, "runs": RUNS,
+               "flops": "fwd 4·B·H·N²·D (÷2 causal)",
+               "timing": f"triton.testing.do_bench median (warmup 25 ms, rep 100 ms, L2 flushed); {RUNS} interleaved "
+                         f"runs per shape, median of the runs; every method checked against SDPA-flash first",
+               "methods": LABELS, "persistent_heads_per_group": "hopper.heads_at_once (half the L2)",
+               "rows": [], "errors": []}
+    for head_dim, n, causal in measured:
+        rows, errors = time_shape(table, head_dim, n, causal, dtype)
+        results["rows"] += rows
+        results["errors"].append(dict(head_dim=head_dim, n=n, causal=causal, **errors))
+        results["seconds"] = round(time.perf_counter() - started)
+        save_result(NAME, results, out_dir)
+        print(f"D={head_dim} N={n} causal={causal} done at {results['seconds']} s: " + ", ".join(
+            f"{r['method']} {r['tflops']:.0f}" for r in rows if r["tflops"]), flush=True)
+    results["autotune"] = autotune_choices()
+    results["seconds"] = round(time.perf_counter() - started)
+    save_result(NAME, results, out_dir)
+    plot(results, out_dir / f"{NAME}.png")
+    env = results["environment"]
+    print(f"\n{env['card']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | bf16")
+    print(f"\nTFLOP/s, forward:\n{table_text(results)}\n")
+    print("\n".join(ratio_lines(results)))
+    print(f"max spread of the {RUNS} runs: {max(r['spread'] for r in results['rows'] if r['spread'] is not None):.1%}")
+    print(f"total {results['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
