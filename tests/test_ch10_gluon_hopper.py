@@ -1,7 +1,8 @@
 """The Gluon forward for Hopper (attention_lab/flash/gluon_attention.py), issue #19.
 
-On the CPU: which inputs it takes (every refusal names its reason), and that it compiles for sm_90 with
-Triton's own compiler — shared memory within the limit, not one byte spilled (``ptxas -v``). On an H100/H200
+On the CPU: which inputs it takes (every refusal names its reason), and that both kernels (single-partition
+pipelined, and warp-specialised: the default) compile for sm_90 with Triton's own compiler — shared memory within
+the limit, not one byte spilled (``ptxas -v``). On an H100/H200
 (``-m gpu``): its output equals float64 attention as closely as the teaching kernel's, its log-sum-exp is the
 teaching kernel's (so chapter 10's backward takes it), on odd shapes, GQA, causal with Nq != Nk and strided views.
 """
@@ -44,7 +45,7 @@ def test_compiles_for_sm90_within_shared_memory_and_without_spills():
     from attention_lab.kernels import compile_check
 
     rows = compile_check.check_in_subprocess(families=("gluon",), capabilities=(90,), spills=True)
-    assert len(rows) == 2 * len(ga.HEAD_DIMS)  # each head dim, causal and not
+    assert len(rows) == 4 * len(ga.HEAD_DIMS)  # each head dim, causal and not, warp-specialised and not
     for row in rows:
         assert row["fits"] and row["shared"] <= row["limit"], row
         assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row
@@ -66,7 +67,8 @@ def _on_hopper():
     dict(b=2, h=4, hkv=4, nq=513, nk=513, d=64, causal=False, layout="bnhd", dtype=torch.float16),
     dict(b=1, h=2, hkv=2, nq=64, nk=64, d=128, causal=True, layout="bnhd"),
 ])
-@pytest.mark.parametrize("tile", [None, {"BLOCK_N": 128, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 4}])
+@pytest.mark.parametrize("tile", [None, {"BLOCK_N": 128, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 4},
+                                  {"BLOCK_N": 64, "NUM_STAGES": 3, "WARP_SPECIALIZE": True}])
 def test_equals_float64_and_the_teaching_kernels_lse(case, tile):
     from attention_lab.flash import triton_attention as ta
 

@@ -43,6 +43,7 @@ try:  # Gluon and its Hopper pieces: Triton >= 3.5 (3.6 on the lent GPU and Cola
     # the TMA copies were renamed after Triton 3.6 (async_copy_global_to_shared -> async_load, ... -> async_store)
     tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # every warp of the CTA meets (3.6 / newer name)
 except ImportError:  # no Triton, or one without Gluon
     GLUON_AVAILABLE = False
 
@@ -52,7 +53,7 @@ NUM_WARPS = 8
 # warp-specialised variant: 4 + 4 + 1 warps (12 counted, by warpgroup); registers per thread for the second consumer
 # and the producer (the first consumer gets what is left of WS_MAX_REGISTERS · 12 warps · 32 threads)
 WS_MAX_REGISTERS = 168
-WS_CONSUMER_REGISTERS = 232
+WS_CONSUMER_REGISTERS = 240
 WS_PRODUCER_REGISTERS = 24
 
 
@@ -178,7 +179,7 @@ if GLUON_AVAILABLE:
             s = warpgroup_mma(q_tile, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=[s])
-            gl.thread_barrier()  # both warpgroups have read K_0
+            cta_barrier()  # both warpgroups have read K_0
             if NUM_STAGES < n_blocks:
                 _load_kv(k_desc, k_bars, k_ring, NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, row, cols, n_keys, offset,
@@ -202,7 +203,7 @@ if GLUON_AVAILABLE:
                 acc, p_op = warpgroup_mma_wait(0, deps=[acc, p_op])
                 # K_j and V_{j-1} have been read — by this warpgroup: a wait covers only its own products, and
                 # both warpgroups read every K and V tile, so all warps meet before their slots are refilled
-                gl.thread_barrier()
+                cta_barrier()
                 if j + NUM_STAGES < n_blocks:
                     _load_kv(k_desc, k_bars, k_ring, j + NUM_STAGES, b, kv_h, BLOCK_N, NUM_STAGES)
                 if j - 1 + NUM_STAGES < n_blocks:
@@ -226,7 +227,7 @@ if GLUON_AVAILABLE:
         out = acc / gl.where(empty, 1.0, l_o)[:, None]
         q_tile.store(out.to(dtype))  # Q is no longer needed: its tile stages the output
         fence_async_shared()
-        gl.thread_barrier()  # every warp's rows are in shared memory before one thread starts the copy
+        cta_barrier()  # every warp's rows are in shared memory before one thread starts the copy
         tma_store(o_desc, [b, h, m0, 0], q_smem)
         m_o = gl.convert_layout(m_i, row_o)
         lse = gl.where(empty, float("inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
@@ -413,9 +414,10 @@ def _descriptor(t: torch.Tensor, block_rows: int) -> "TensorDescriptor":
 
 
 def default_tile(head_dim: int) -> dict:
-    """The key block and ring depth: 64 keys at D=128 (two score tiles in flight must fit the registers next to
-    the output accumulator), 128 at D=64; 3 stages (Q 32 KiB + 3 × (K + V) = 128 KiB at D=128)."""
-    return {"BLOCK_N": 64 if head_dim == 128 else 128, "NUM_STAGES": 3}
+    """The warp-specialised kernel with 128-key blocks in a ring of 2 stages (Q 32 KiB + 2 × (K + V) = 160 KiB
+    at D=128): the fastest or within 2 % of it at every shape of the H200 probe
+    (``attention_lab/results/flash_gluon_probe.json``: D 64/128, N 1k/4k/16k, causal or not)."""
+    return {"BLOCK_N": 128, "NUM_STAGES": 2, "WARP_SPECIALIZE": True}
 
 
 def flash_attention_forward_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -455,9 +457,10 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 def compile_jobs(capability: int) -> list:
-    """What CI compiles (:mod:`attention_lab.kernels.compile_check`): on sm_90 the kernel at each head dim, causal
-    and not, with the tile :func:`default_tile` gives it, in bf16; on other architectures nothing (it is never
-    chosen there). The TMA descriptors' types are read from descriptors built over small CPU tensors."""
+    """What CI compiles (:mod:`attention_lab.kernels.compile_check`): on sm_90, at each head dim, causal and not, in
+    bf16, the warp-specialised kernel with the tile :func:`default_tile` gives it ("ws") and the single-partition
+    pipelined kernel ("pipelined", 128-key blocks, 2 stages), the step before it; on other architectures nothing (it
+    is never chosen there). The TMA descriptors' types are read from descriptors built over small CPU tensors."""
     from attention_lab.kernels.compile_check import CompileJob
 
     if capability != 90 or not GLUON_AVAILABLE:
@@ -466,14 +469,25 @@ def compile_jobs(capability: int) -> list:
 
     jobs = []
     for head_dim in HEAD_DIMS:
-        tile = default_tile(head_dim)
         rows = torch.empty(1, 1, BLOCK_M, head_dim, dtype=torch.bfloat16)
-        types = {"q_desc": mangle_type(_descriptor(rows, BLOCK_M)), "o_desc": mangle_type(_descriptor(rows, BLOCK_M)),
-                 "k_desc": mangle_type(_descriptor(rows, tile["BLOCK_N"])),
-                 "v_desc": mangle_type(_descriptor(rows, tile["BLOCK_N"])), "LSE": "*fp32", "qk_scale": "fp32"}
         for causal in (False, True):
-            constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, CAUSAL=causal, num_warps=NUM_WARPS, **tile)
-            jobs.append(CompileJob(family="gluon", kernel="forward" + "+causal" * causal, fn=_attn_fwd_hopper,
-                                   constexprs=constexprs, types=types, num_warps=NUM_WARPS, num_stages=1,
-                                   config=dict(BLOCK_M=BLOCK_M, **tile), head_dim=head_dim))
+            for ws in (True, False):
+                tile = default_tile(head_dim) if ws else {"BLOCK_N": 128, "NUM_STAGES": 2}
+                q_rows = BLOCK_M // 2 if ws else BLOCK_M
+                types = {"q_desc": mangle_type(_descriptor(rows, q_rows)), "o_desc": mangle_type(_descriptor(rows, q_rows)),
+                         "k_desc": mangle_type(_descriptor(rows, tile["BLOCK_N"])),
+                         "v_desc": mangle_type(_descriptor(rows, tile["BLOCK_N"])), "LSE": "*fp32", "qk_scale": "fp32"}
+                constexprs = dict(HEAD_DIM=head_dim, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"],
+                                  CAUSAL=causal)
+                if ws:
+                    constexprs.update(CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS, PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS,
+                                      num_warps=4)
+                else:
+                    constexprs.update(BLOCK_M=BLOCK_M, num_warps=NUM_WARPS)
+                jobs.append(CompileJob(family="gluon", kernel=("ws" if ws else "pipelined") + "+causal" * causal,
+                                       fn=_attn_fwd_hopper_ws if ws else _attn_fwd_hopper, constexprs=constexprs,
+                                       types=types, num_warps=4 if ws else NUM_WARPS, num_stages=1,
+                                       config=dict(BLOCK_M=BLOCK_M, BLOCK_N=tile["BLOCK_N"],
+                                                   NUM_STAGES=tile["NUM_STAGES"]),
+                                       head_dim=head_dim, maxnreg=WS_MAX_REGISTERS if ws else None))
     return jobs

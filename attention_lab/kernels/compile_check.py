@@ -82,6 +82,7 @@ class CompileJob:
     aligned: tuple[str, ...] = ()  # integer arguments besides the strides that launches pass as multiples of 16
     estimate: int | None = None  # the code's own shared-memory estimate, checked to bound the real allocation
     skipped: str | None = None  # why nothing is compiled for this configuration on this architecture
+    maxnreg: int | None = None  # a register cap per thread passed to the compiler (warp-specialised kernels)
 
 
 class _SharedMemoryMeasured(Exception):
@@ -149,6 +150,8 @@ def _source_and_options(job: CompileJob, capability: int):
         from triton.experimental.gluon._runtime import GluonASTSource as source_class
     source = source_class(fn=job.fn, signature=sig, constexprs=job.constexprs, attrs=attrs)
     options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
+    if job.maxnreg is not None:
+        options["maxnreg"] = job.maxnreg
     return source, GPUTarget("cuda", capability, 32), options
 
 
