@@ -12,7 +12,10 @@ medians (L2 flushed); the median of the runs is reported and every run recorded:
 * ``hopper_tma_fixed`` — step (a): the fast path's TMA loads/stores, one program per tile, with the tile the
   teaching kernel's autotuner usually picks on Hopper (128×64, 8 warps, 3 stages): what TMA alone buys;
 * ``hopper_tma`` — step (c) on top: autotuned over Hopper's own configs (``hopper.HOPPER_CONFIGS``);
-* ``hopper_persistent`` — step (b) on top: one program per SM looping over the tiles (the library's default);
+* ``hopper_persistent`` — step (b) on top: one program per SM looping over the tiles;
+* ``gluon_pipelined`` — step (d), attention_lab/flash/gluon_attention.py: async wgmma with the softmax of a block
+  computed while the previous block's P·V runs, one partition (two warpgroups meeting at a barrier per block);
+* ``gluon_ws`` — step (e): warp-specialised (a TMA producer warp, two consumer warpgroups): the library's default;
 * ``sdpa_cudnn``, ``sdpa_flash`` — PyTorch SDPA forced to its cuDNN / FlashAttention-2 backend;
 * ``flex`` — FlexAttention (``torch.compile``; causal with a block mask built once per N).
 
@@ -49,18 +52,20 @@ LABELS = {
     "hopper_tma_fixed": "(a) TMA, teaching's tile 128×64",
     "hopper_tma": "(a+c) TMA, Hopper configs",
     "hopper_persistent": "(a+c+b) + persistent grid",
+    "gluon_pipelined": "(d) Gluon: async wgmma, softmax beside P·V",
+    "gluon_ws": "(e) Gluon + warp specialisation (default)",
     "sdpa_cudnn": "PyTorch SDPA, cuDNN backend",
     "sdpa_flash": "PyTorch SDPA, flash backend",
     "flex": "PyTorch FlexAttention",
 }
 STYLES = {"triton": ("tab:red", "*"), "hopper_tma_fixed": ("tab:pink", "v"), "hopper_tma": ("tab:olive", "s"),
-          "hopper_persistent": ("black", "P"), "sdpa_cudnn": ("tab:green", "^"), "sdpa_flash": ("tab:orange", "o"),
+          "hopper_persistent": ("tab:gray", "P"), "gluon_pipelined": ("tab:cyan", "x"), "gluon_ws": ("black", "X"), "sdpa_cudnn": ("tab:green", "^"), "sdpa_flash": ("tab:orange", "o"),
           "flex": ("tab:purple", "D")}
 
 
 def shapes(quick: bool) -> list[tuple[int, int, bool]]:
     """(head_dim, N, causal) of every measured shape; the batch is TOKENS // N, the heads HIDDEN // head_dim."""
-    head_dims, ns = ((128,), (1024, 4096)) if quick else ((64, 128), (1024, 4096, 16384))
+    head_dims, ns = ((128,), (1024, 4096)) if quick else ((128, 64), (4096, 16384, 1024))  # the headline shapes first
     return [(d, n, causal) for d in head_dims for n in ns for causal in (False, True)]
 
 
@@ -106,7 +111,7 @@ def methods(with_flex: bool = True) -> dict:
     """Name -> ``(q, k, v, causal) -> out`` for every measured method (see the module docstring)."""
     from torch.nn.attention import SDPBackend
 
-    from attention_lab.flash import hopper
+    from attention_lab.flash import gluon_attention, hopper
     from attention_lab.flash import triton_attention as ta
 
     def teaching(q, k, v, causal):
@@ -118,8 +123,15 @@ def methods(with_flex: bool = True) -> dict:
                                                          persistent=persistent)[0]
         return run
 
+    def gluon(tile):
+        def run(q, k, v, causal):
+            return gluon_attention.flash_attention_forward_hopper(q, k, v, causal, q.shape[-1] ** -0.5, tile)[0]
+        return run
+
     table = {"triton": teaching, "hopper_tma_fixed": fast(hopper.TEACHING_TILE, False),
              "hopper_tma": fast(None, False), "hopper_persistent": fast(None, True),
+             "gluon_pipelined": gluon({"BLOCK_N": 128, "NUM_STAGES": 2, "WARP_SPECIALIZE": False}),
+             "gluon_ws": gluon(None),
              "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION), "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION)}
     if with_flex:
         table["flex"] = flex_method()
@@ -248,8 +260,9 @@ def tflops(results: dict, method: str, head_dim: int, n: int, causal: bool) -> f
 def ratio_lines(results: dict) -> list[str]:
     """Each step's speed-up over the one before it, and the fast path against cuDNN and FlexAttention, per shape."""
     steps = [("hopper_tma_fixed", "triton", "(a) TMA"), ("hopper_tma", "hopper_tma_fixed", "(c) Hopper configs"),
-             ("hopper_persistent", "hopper_tma", "(b) persistent"), ("hopper_persistent", "triton", "all steps"),
-             ("hopper_persistent", "sdpa_cudnn", "fast path / cuDNN"), ("hopper_persistent", "flex", "fast path / Flex")]
+             ("hopper_persistent", "hopper_tma", "(b) persistent"), ("gluon_pipelined", "triton", "(d) Gluon pipelined"),
+             ("gluon_ws", "gluon_pipelined", "(e) warp-specialised"), ("gluon_ws", "triton", "all steps"),
+             ("gluon_ws", "sdpa_cudnn", "fast path / cuDNN"), ("gluon_ws", "flex", "fast path / Flex")]
     lines = []
     keys = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
     for method, baseline, label in steps:
@@ -289,7 +302,7 @@ def plot(results: dict, path: Path) -> None:
             if found:
                 color, marker = STYLES[method]
                 ax.plot([r["n"] for r in found], [r["tflops"] for r in found], marker=marker, color=color,
-                        label=label, lw=2.5 if method == "hopper_persistent" else 1.5)
+                        label=label, lw=2.5 if method == "gluon_ws" else 1.5)
         ax.set_xscale("log", base=2)
         lengths = sorted({r["n"] for r in results["rows"]})
         ax.set_xticks(lengths, [f"{n // 1024}k" for n in lengths])

@@ -87,3 +87,30 @@ def test_equals_float64_and_the_teaching_kernels_lse(case, tile):
     torch.testing.assert_close(lse[finite], teaching_lse[finite], atol=2e-3, rtol=0)
     if (~finite).any():
         assert torch.all(out[~finite] == 0)  # ... and give zeros
+
+
+@needs_gluon
+def test_flash_attention_chooses_it_first_on_hopper_and_the_switch_turns_it_off(monkeypatch):
+    """Where it takes the inputs (here: pretended), flash_attention_forward runs the Gluon kernel and nothing else;
+    GLUON_FORWARD=False falls back to the next path; an explicit tile or hopper_path=False to the teaching kernel."""
+    from attention_lab.flash import hopper
+    from attention_lab.flash import triton_attention as ta
+
+    calls = []
+
+    def fake_gluon(q, k, v, causal, scale, tile=None):
+        calls.append("gluon")
+        return torch.zeros_like(q), torch.zeros(q.shape[:3])
+
+    monkeypatch.setattr(ga, "unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(ga, "flash_attention_forward_hopper", fake_gluon)
+    monkeypatch.setattr(hopper, "supports", lambda *args: False)  # the TMA path declines: the teaching kernel next
+    q, k, v = qkv(dtype=torch.float32, d=64)
+    out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None)
+    assert calls == ["gluon"] and torch.all(out == 0)
+    ta.flash_attention_forward(q, k, v, None, True, None, None, tile={"BLOCK_M": 16, "BLOCK_N": 16})
+    ta.flash_attention_forward(q, k, v, None, True, None, None, hopper_path=False)
+    monkeypatch.setattr(ta, "GLUON_FORWARD", False)
+    out, _ = ta.flash_attention_forward(q, k, v, None, True, None, None)
+    assert calls == ["gluon"]  # an explicit tile, hopper_path=False and the switch: never the Gluon kernel
+    torch.testing.assert_close(out.double(), attention_fp64(q, k, v, causal=True), atol=1e-4, rtol=1e-4)

@@ -360,7 +360,7 @@ def test_benchmark_shapes_table_ratios_and_figure(tmp_path):
     lines = bench.ratio_lines(results)
     tma = next(line for line in lines if line.strip().startswith("(a) TMA") and "D=128 causal" in line)
     assert f"N=16k {110 / 100:.2f}×" in tma  # hopper_tma_fixed (110) over triton (100)
-    assert len(lines) == 6 * 4  # six comparisons, four panels
+    assert len(lines) == 8 * 4  # eight comparisons, four panels
     bench.plot(results, tmp_path / "flash_hopper.png")
     assert (tmp_path / "flash_hopper.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -615,6 +615,9 @@ FUSED_DQ_BACKWARD = False
 # The forward on an H100/H200 takes the Hopper fast path (flash/hopper.py) when it supports the inputs and no tile is
 # given; False: always this file's teaching kernel (also per call: flash_attention_forward(hopper_path=False)).
 HOPPER_FORWARD = True
+# ... and there, first the warp-specialised Gluon kernel (flash/gluon_attention.py) where it takes the inputs
+# (D 64 or 128, fp16/bf16, no mask or window); False: the TMA fast path (flash/hopper.py) instead.
+GLUON_FORWARD = True
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
 
@@ -695,8 +698,9 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hop
     Returns O ``(B, H, Nq, D)`` and the rows' log-sum-exp in the kernel's base-2 units
     ``log2 Σ_j 2^(s_ij · scale · log2 e)`` ``(B, H, Nq)`` fp32 (+inf for a row that sees no key).
 
-    On an H100/H200 with no ``tile`` given, the Hopper fast path (:mod:`attention_lab.flash.hopper`: TMA, a
-    persistent grid, its own configs) runs instead when it supports the inputs, returning the same two tensors.
+    On an H100/H200 with no ``tile`` given, a Hopper fast path runs instead when it supports the inputs, returning
+    the same two tensors: the warp-specialised Gluon kernel (:mod:`attention_lab.flash.gluon_attention`, D 64/128,
+    :data:`GLUON_FORWARD`), else the TMA kernel (:mod:`attention_lab.flash.hopper`: a persistent grid, its configs).
     ``hopper_path``: None follows :data:`HOPPER_FORWARD`; False forces this file's teaching kernel.
     """
     check_tile(tile)
@@ -705,8 +709,11 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hop
     refuse_tiles_that_cannot_fit(q, mask is not None, {"forward": tile})
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     if tile is None and (HOPPER_FORWARD if hopper_path is None else hopper_path):
-        from attention_lab.flash import hopper
+        from attention_lab.flash import gluon_attention, hopper
 
+        if GLUON_FORWARD and not _compile_only and gluon_attention.unsupported_reason(q, k, v, mask, window) is None:
+            # the warp-specialised Gluon kernel: the fastest measured on an H200 (flash_gluon_probe.json)
+            return gluon_attention.flash_attention_forward_hopper(q, k, v, causal, scale)
         if hopper.supports(q, k, v, mask, window):
             fast = hopper.flash_attention_forward_hopper(q, k, v, causal, scale, compile_only=_compile_only)
             if not _compile_only:
