@@ -154,6 +154,8 @@ def _compile_task(task: tuple) -> str:
     q, k, v = make_inputs(TOKENS // n, HIDDEN // head_dim, n, head_dim, dtype)
     try:
         if kind == "teaching":
+            if index >= len(ta._attn_fwd_tuned.configs):
+                return ""
             ta.HOPPER_FORWARD = False
             ta._attn_fwd_tuned.configs = [ta._attn_fwd_tuned.configs[index]]
             ta.precompile(q, k, v, causal=causal, backward=False, workers=1)
@@ -294,7 +296,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0 * len(panels), 12.0), 5.6), squeeze=False)
     for ax, (head_dim, causal) in zip(axes[0], panels):
         for method, label in LABELS.items():
             found = sorted((r for r in br.rows(results, method=method, head_dim=head_dim, causal=causal)
@@ -312,12 +314,13 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
     env = results["environment"]
-    fig.suptitle(f"What each Hopper step buys: attention forward on {env['card']} ({results['dtype']}, "
-                 f"B·N = {results['tokens']} tokens, H·D = {results['hidden']}; median of {results['runs']} runs)")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.suptitle(f"What each Hopper step buys: attention forward on {env['card']}\n({results['dtype']}, "
+                 f"B·N = {results['tokens']} tokens, H·D = {results['hidden']}; median of {results['runs']} runs; "
+                 f"torch {env['torch']}, triton {env['triton']})", fontsize=11)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -29,7 +29,7 @@ RESULTS = RESULTS_DIR
 README = ROOT / "README.md"
 CHAPTERS = ROOT / "notebooks" / "src"  # one source per chapter: what "the whole book" means
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-FILES = ("flash_benchmark.json", "flash_flex.json", "paged_decode.json", "decode_gqa.json", "mla_decode.json",
+FILES = ("flash_benchmark.json", "flash_flex.json", "flash_hopper.json", "paged_decode.json", "decode_gqa.json", "mla_decode.json",
          "hbm_traffic.json", "side_by_side.json", "notebooks_gpu.json")
 MIN_N = 4096  # the flash headline is about long sequences (DESIGN §5: "D=128, N ≥ 4k")
 WIDTH = 118  # README paragraphs are wrapped at this width
@@ -261,6 +261,32 @@ def flex_paragraph(results: dict, env: Environment, shared: bool) -> str:
         f"{fmt_range(*ratio_span(results, baseline='sdpa_cudnn'), unit='×')} cuDNN.")
 
 
+def hopper_paragraph(results: dict, env: Environment, shared: bool) -> str:
+    """Chapter 10's Hopper fast path (the warp-specialised Gluon forward, the library's choice on sm_90) against
+    cuDNN, FlexAttention and the teaching kernel, measured in one run."""
+    head_dims = sorted({row["head_dim"] for row in results["rows"]})
+    ns = sorted({row["n"] for row in results["rows"]})
+
+    def span(baseline: str) -> str:
+        ratios = []
+        for row in br.rows(results, method="gluon_ws"):
+            base = br.rows(results, method=baseline, head_dim=row["head_dim"], n=row["n"], causal=row["causal"])
+            if row["tflops"] and base and base[0]["tflops"]:
+                ratios.append(row["tflops"] / base[0]["tflops"])
+        if not ratios:
+            raise ValueError(f"no gluon_ws/{baseline} ratio in flash_hopper.json")
+        return fmt_range(min(ratios), max(ratios), unit="×")
+
+    tflops = [r["tflops"] for r in br.rows(results, method="gluon_ws") if r["tflops"]]
+    return wrap(
+        f"**Hopper fast path (chapter 10)** — `python3 benchmarks/hopper_steps.py`, {on(env, shared)}: the forward that "
+        f"`flash_attention` runs on an H100/H200, a warp-specialised Gluon kernel (a TMA producer warp, two consumer "
+        f"warpgroups, the softmax of one key block beside the next block's matrix products), at D ∈ "
+        f"{{{', '.join(map(str, head_dims))}}}, N = {tokens(ns[0])}–{tokens(ns[-1])}, causal and not: "
+        f"{fmt_range(min(tflops), max(tflops), fmt='{:.0f}')} TFLOP/s, **{span('sdpa_cudnn')} SDPA's cuDNN backend**, "
+        f"{span('flex')} FlexAttention and {span('triton')} the teaching kernel, all in the same run.")
+
+
 def paged_paragraph(results: dict, env: Environment, shared: bool) -> str:
     """Chapter 11's paged decode kernel: fraction of copy bandwidth and speed against contiguous SDPA."""
     rows = results["rows"]
@@ -403,6 +429,9 @@ def results_section(results_dir: Path = RESULTS, chapters: list[str] | None = No
         image(f"FlashAttention in Triton vs PyTorch SDPA {on_alt(flash)}", "attention_lab/results/flash_tflops.png"),
         flex_paragraph(*args("flash_flex.json")),
         image(f"FlashAttention in Triton vs FlexAttention {on_alt(flex)}", "attention_lab/results/flash_flex.png"),
+        hopper_paragraph(*args("flash_hopper.json")),
+        image(f"The Hopper fast path, step by step {on_alt(envs['flash_hopper.json'])}",
+              "attention_lab/results/flash_hopper.png"),
         paged_paragraph(*args("paged_decode.json")),
         image(f"Paged decode bandwidth {on_alt(envs['paged_decode.json'])}", "attention_lab/results/paged_decode.png"),
         gqa_paragraph(*args("decode_gqa.json")),

@@ -307,7 +307,9 @@ _KEY = ["q_bucket", "k_bucket", "HEAD_DIM", "CAUSAL", "PERSISTENT"]
 _attn_fwd_hopper_tuned = triton.autotune(HOPPER_CONFIGS, key=_KEY,
                                          prune_configs_by={"early_config_prune": prune_configs})(_attn_fwd_hopper)
 
-PERSISTENT = True  # the default of flash_attention_forward_hopper(persistent=None); the benchmark times both
+# the default of flash_attention_forward_hopper(persistent=None); the benchmark times both. Off: on an H200 the
+# persistent grid was 10-14 % slower than one program per tile (attention_lab/results/flash_hopper.json)
+PERSISTENT = False
 
 
 def _length_bucket(n: int) -> int:
