@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -74,42 +73,10 @@ def make_inputs(batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtyp
     return [torch.randn(batch, heads, n, head_dim, device="cuda", dtype=dtype, generator=g) for _ in range(3)]
 
 
-def sdpa(backend):
-    from torch.nn.attention import sdpa_kernel
-
-    def run(q, k, v, causal):
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    return run
-
-
-def flex_method():
-    """``(q, k, v, causal) -> out``: FlexAttention compiled once per shape; causal block masks cached per N."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    for limit in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, limit):
-            setattr(torch._dynamo.config, limit, 256)
-    compiled = torch.compile(flex_attention, dynamic=False)
-    masks = {}
-
-    def causal_mask(b, h, q_idx, kv_idx):
-        return q_idx >= kv_idx  # Nq == Nk here: the same as SDPA's is_causal
-
-    def run(q, k, v, causal):
-        block_mask = None
-        if causal:
-            n = q.shape[-2]
-            if n not in masks:
-                masks[n] = create_block_mask(causal_mask, None, None, n, n, device=q.device)
-            block_mask = masks[n]
-        return compiled(q, k, v, block_mask=block_mask)
-    return run
-
-
 def methods(with_flex: bool = True) -> dict:
     """Name -> ``(q, k, v, causal) -> out`` for every measured method (see the module docstring)."""
-    from torch.nn.attention import SDPBackend
+    import flash as fb  # benchmarks/flash.py: SDPA's backends as (q, k, v, causal) -> out
+    from flex import flex_method  # benchmarks/flex.py: FlexAttention compiled per shape, causal block masks cached
 
     from attention_lab.flash import gluon_attention, hopper
     from attention_lab.flash import triton_attention as ta
@@ -132,7 +99,7 @@ def methods(with_flex: bool = True) -> dict:
              "hopper_tma": fast(None, False), "hopper_persistent": fast(None, True),
              "gluon_pipelined": gluon({"BLOCK_N": 128, "NUM_STAGES": 2, "WARP_SPECIALIZE": False}),
              "gluon_ws": gluon(None),
-             "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION), "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION)}
+             "sdpa_cudnn": fb.METHODS["sdpa_cudnn"], "sdpa_flash": fb.METHODS["sdpa_flash"]}
     if with_flex:
         table["flex"] = flex_method()
     return table

@@ -110,19 +110,34 @@ if GLUON_AVAILABLE:
         tma_load(desc, [b, kv_h, j * BLOCK_N, 0], bar, ring.index(slot))
 
     @gluon.jit
+    def _query_tile(n_heads, group, n_queries, n_keys, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
+                    CAUSAL: gl.constexpr):
+        """This program's rows and the key blocks they see: ``(batch·head, batch, head, kv head, first row, number of
+        key blocks, first block that needs a mask)``. Causal rows are taken longest first (better load balance at the
+        tail); a query block sees keys up to its last row's diagonal (queries aligned to the end of the keys)."""
+        start_m = gl.program_id(0)
+        if CAUSAL:
+            start_m = gl.num_programs(0) - 1 - start_m
+        batch_head = gl.program_id(1)
+        h = batch_head % n_heads
+        m0 = start_m * ROWS
+        offset = n_keys - n_queries  # queries are the last n_queries positions
+        hi = n_keys
+        if CAUSAL:
+            hi = gl.minimum(hi, m0 + ROWS + offset)
+        first_masked = n_keys // BLOCK_N  # from this block on some pair is masked: the partial last block...
+        if CAUSAL:  # ... or the diagonal
+            first_masked = gl.minimum(first_masked, gl.maximum(m0 + offset + 1, 0) // BLOCK_N)
+        return batch_head, batch_head // n_heads, h, h // group, m0, gl.cdiv(gl.maximum(hi, 0), BLOCK_N), first_masked
+
+    @gluon.jit
     def _attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE,
                          n_heads, group, n_queries, n_keys, qk_scale,
                          HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                          NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr):
         """One program = BLOCK_M queries of one (batch, head). Descriptors are 4-D over (B, H, N, D)."""
-        start_m = gl.program_id(0)
-        if CAUSAL:
-            start_m = gl.num_programs(0) - 1 - start_m  # longest rows first
-        batch_head = gl.program_id(1)
-        b = batch_head // n_heads
-        h = batch_head % n_heads
-        kv_h = h // group
-        m0 = start_m * BLOCK_M
+        batch_head, b, h, kv_h, m0, n_blocks, first_masked = _query_tile(n_heads, group, n_queries, n_keys, BLOCK_M,
+                                                                         BLOCK_N, CAUSAL)
         offset = n_keys - n_queries  # queries are the last n_queries positions
 
         # wgmma layouts: S is (BLOCK_M, BLOCK_N), O is (BLOCK_M, HEAD_DIM); 8 warps = 2 warpgroups along M
@@ -146,16 +161,6 @@ if GLUON_AVAILABLE:
         for i in gl.static_range(NUM_STAGES):
             mbarrier.init(k_bars.index(i), count=1)
             mbarrier.init(v_bars.index(i), count=1)
-
-        # key blocks this query block sees: all (not causal), or up to its last row's diagonal
-        hi = n_keys
-        if CAUSAL:
-            hi = gl.minimum(hi, m0 + BLOCK_M + offset)
-        n_blocks = gl.cdiv(gl.maximum(hi, 0), BLOCK_N)
-        # from this block on, some (query, key) pair is masked: the diagonal or the partial last block
-        first_masked = n_keys // BLOCK_N
-        if CAUSAL:
-            first_masked = gl.minimum(first_masked, gl.maximum(m0 + offset + 1, 0) // BLOCK_N)
 
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma_load(q_desc, [b, h, m0, 0], q_bar, q_smem)
@@ -354,22 +359,8 @@ if GLUON_AVAILABLE:
         """Warp-specialised: one producer warp (TMA) and two consumer warpgroups of HALF_M query rows each.
         Q/O descriptors have blocks of HALF_M rows, K/V of BLOCK_N; one program = 2·HALF_M queries of one head."""
         HALF_M: gl.constexpr = q_desc.block_type.shape[2]
-        start_m = gl.program_id(0)
-        if CAUSAL:
-            start_m = gl.num_programs(0) - 1 - start_m  # longest rows first
-        batch_head = gl.program_id(1)
-        b = batch_head // n_heads
-        h = batch_head % n_heads
-        kv_h = h // group
-        m0 = start_m * 2 * HALF_M
-        offset = n_keys - n_queries
-        hi = n_keys
-        if CAUSAL:
-            hi = gl.minimum(hi, m0 + 2 * HALF_M + offset)
-        n_blocks = gl.cdiv(gl.maximum(hi, 0), BLOCK_N)
-        first_masked = n_keys // BLOCK_N
-        if CAUSAL:
-            first_masked = gl.minimum(first_masked, gl.maximum(m0 + offset + 1, 0) // BLOCK_N)
+        batch_head, b, h, kv_h, m0, n_blocks, first_masked = _query_tile(n_heads, group, n_queries, n_keys, 2 * HALF_M,
+                                                                         BLOCK_N, CAUSAL)
 
         dtype: gl.constexpr = q_desc.dtype
         q_bufs = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
