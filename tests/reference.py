@@ -89,3 +89,20 @@ def attention_fp64(q, k, v, mask=None, causal=False, window=None, scale=None) ->
     denom = weights.sum(-1, keepdim=True)
     weights = torch.where(denom > 0, weights / denom.clamp_min(1e-300), torch.zeros_like(weights))
     return torch.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
+def load_benchmark(name: str, module_name: str | None = None):
+    """The script ``benchmarks/<name>.py`` imported as a module (the scripts are not a package), its folder on the
+    path for their own imports; registered in ``sys.modules`` first, which dataclasses need while a class is built."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(module_name or name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,23 +1,15 @@
 """README.md's GPU results section is built from the committed JSON files (benchmarks/readme_results.py)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from reference import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_results.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("readme_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-rr = _load_script()
+rr = load_benchmark("readme_results")
 
 
 def test_readme_results_section_is_current():

@@ -329,14 +329,9 @@ def test_on_hopper_gradients_through_flash_attention_with_the_fast_forward(case,
 
 
 def _load_benchmark():
-    import importlib.util
-    from pathlib import Path
+    from reference import load_benchmark
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "hopper_steps.py"
-    spec = importlib.util.spec_from_file_location("hopper_steps", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("hopper_steps")
 
 
 def _fake_results(bench) -> dict:

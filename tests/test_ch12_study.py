@@ -2,7 +2,6 @@
 quality_ch12.json and the decode benchmark; the figures drawn from them; what the executed notebook prints
 and what its prose claims, checked against the JSON; the exercise's stub in the student notebook."""
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from attention_lab.exercises.ch12 import check_absorbed_query  # noqa: E402
 from attention_lab.mla_study import (KERNEL_TARGET, LEARNED, cache_numbers_per_token,  # noqa: E402
                                      kernel_fraction_of_copy, latent_rank_findings, latent_rank_summary, latent_ranks,
                                      plot_latent_rank_cost, plot_mla_decode, plot_recall_curves_by_seed)
+from reference import load_benchmark  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "12_mla.ipynb"
@@ -221,9 +221,7 @@ def test_decode_figure_without_a_kernel_sweep_has_two_panels(bench):
 
 
 def test_the_benchmark_saves_the_librarys_figure(tmp_path, bench):
-    spec = importlib.util.spec_from_file_location("mla_decode_bench", ROOT / "benchmarks" / "mla_decode.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("mla_decode", "mla_decode_bench")
     module.plot(bench, tmp_path / "mla_decode.png")
     assert (tmp_path / "mla_decode.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

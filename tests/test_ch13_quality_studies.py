@@ -2,7 +2,6 @@
 conclusions' wording from given numbers, and smoke runs that write the JSON the chapters load."""
 
 import doctest
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from attention_lab.receptive_field import receptive_field
 from attention_lab.quality import (STUDIES, compare, count_parameters, match_parameters, mean_sd, metric_values,
                                    ordering_by_step, results_name, run_chapter_study, stable_since, steps_to_accuracy,
                                    uptraining_values, window_recall_summary)
+from reference import load_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -161,11 +161,7 @@ def test_every_study_is_defined_with_three_seeds_and_matched_where_it_matters():
 
 
 def _load_script():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality_studies.py"
-    spec = importlib.util.spec_from_file_location("quality_studies", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("quality_studies")
 
 
 def test_smoke_run_of_the_script_writes_json_whose_claims_match_its_numbers(tmp_path):
