@@ -4,7 +4,6 @@ conclusions' wording from given numbers, and smoke runs that write the JSON the 
 import doctest
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
