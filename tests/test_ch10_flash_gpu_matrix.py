@@ -137,10 +137,9 @@ def _check(q, k, v, causal=False, window=None, mask=None, tile=TILE, seed=0):
         assert ours[0][:, :, :empty].abs().max() == 0 and ours[1][:, :, :empty].abs().max() == 0
 
 
-def _run_case(case, tile=TILE):
+def _case_inputs(case) -> dict:
+    """q, k, v (and mask, causal, window, seed) of one case: the same tensors for the compile and for the check."""
     head_dim, mode, dtype, n_queries, n_keys, ratio, window = case
-    if not _supported(dtype):
-        pytest.skip("bf16 needs sm_80 or newer")
     batch = 1 if max(n_queries, n_keys) >= 2048 else 2
     seed = head_dim * 1000 + n_queries + 7 * n_keys
     q, k, v = _qkv(batch, N_HEADS, N_HEADS // ratio, n_queries, n_keys, head_dim, dtype, seed)
@@ -149,7 +148,32 @@ def _run_case(case, tile=TILE):
     if mode.startswith("mask"):  # alternate the mask's layouts: (Nq, Nk), (B, 1, Nq, Nk), (B, H, Nq, Nk)
         shape = [(n_queries, n_keys), (batch, 1, n_queries, n_keys), (batch, N_HEADS, n_queries, n_keys)][seed % 3]
         mask = _random_mask(shape, n_queries, n_keys, causal, seed)
-    _check(q, k, v, causal=causal, window=window, mask=mask, tile=tile, seed=seed)
+    return dict(q=q, k=k, v=v, mask=mask, causal=causal, window=window, seed=seed)
+
+
+def _run_case(case, tile=TILE):
+    if not _supported(case[2]):
+        pytest.skip("bf16 needs sm_80 or newer")
+    inputs = _case_inputs(case)
+    _check(inputs["q"], inputs["k"], inputs["v"], causal=inputs["causal"], window=inputs["window"],
+           mask=inputs["mask"], tile=tile, seed=inputs["seed"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled_in_parallel():
+    """Every fixed-tile variant of the matrix compiled at once, in parallel threads (ta.precompile_many), before
+    the first case runs: one after another they took longer than a device call. A failure here only costs time
+    (each case then compiles its own kernels), so it is reported, not raised."""
+    if not torch.cuda.is_available():
+        return
+    try:
+        problems = [dict({key: value for key, value in _case_inputs(case).items() if key != "seed"}, tile=TILE)
+                    for case in MATRIX if _supported(case[2])]
+        ta.precompile_many(problems)
+    except Exception as error:  # noqa: BLE001 — compile ahead is an optimisation; the tests themselves still run
+        import warnings
+
+        warnings.warn(f"compiling the matrix ahead failed ({type(error).__name__}: {error}); compiling per case")
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=[_case_id(c) for c in MATRIX])

@@ -673,6 +673,18 @@ def precompile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     configs one after another while autotuning; this fills the same caches ahead of time. Uses
     Triton's asynchronous-compile mode when this Triton has it (3.5+), else compiles one by one.
     """
+    precompile_many([dict(q=q, k=k, v=v, mask=mask, causal=causal, window=window)], backward, workers)
+
+
+def precompile_many(problems: list[dict], backward: bool = True, workers: int = 16) -> None:
+    """:func:`precompile` for many problems at once, all their kernels compiled by one pool of ``workers`` threads.
+
+    Each problem is a dict of :func:`flash_attention`'s arguments: ``q``, ``k``, ``v`` and optionally ``mask``,
+    ``causal``, ``window`` and ``tile`` (a fixed tile compiles that tile only; none, every autotune config). The
+    tensors are only looked at (shapes, strides, dtypes: what Triton specialises on), never computed with; the
+    forward's outputs fed to the backward are placeholders. A GPU test matrix with a hundred variants compiles
+    them this way in about the time of the slowest few, instead of one after another.
+    """
     global _compile_only
     from concurrent.futures import ThreadPoolExecutor
 
@@ -685,9 +697,13 @@ def precompile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
         _compile_only = True
         try:
             with context:
-                out, lse = flash_attention_forward(q, k, v, mask, causal, window, None)
-                if backward:
-                    flash_attention_backward(out, q, k, v, out, lse, mask, causal, window, None)
+                for problem in problems:
+                    q, k, v = problem["q"], problem["k"], problem["v"]
+                    mask, causal, window = problem.get("mask"), problem.get("causal", False), problem.get("window")
+                    tile = problem.get("tile")
+                    out, lse = flash_attention_forward(q, k, v, mask, causal, window, None, tile)
+                    if backward:
+                        flash_attention_backward(out, q, k, v, out, lse, mask, causal, window, None, tile)
         finally:
             _compile_only = False
 
@@ -946,4 +962,4 @@ def compile_jobs(capability: int) -> list:
 
 
 __all__ = ["flash_attention", "flash_attention_forward", "flash_attention_backward", "FlashAttentionFunction",
-           "online_softmax_step_replaced", "check_dtype_supported", "precompile", "prepare_inputs", "compile_jobs"]
+           "online_softmax_step_replaced", "check_dtype_supported", "precompile", "precompile_many", "prepare_inputs", "compile_jobs"]
