@@ -46,20 +46,7 @@ TOKENS, HIDDEN = 32768, 2048
 RUNS = 3
 MAX_ERROR = 3e-2  # max |method − SDPA-flash| of a bf16 forward on N(0, 1) inputs (measured ~4e-3–1.6e-2)
 NAME = "flash_hopper"
-LABELS = {
-    "triton": "teaching kernel (pointer loads, autotuned)",
-    "hopper_tma_fixed": "(a) TMA, teaching's tile 128×64",
-    "hopper_tma": "(a+c) TMA, Hopper configs",
-    "hopper_persistent": "(a+c+b) + persistent grid",
-    "gluon_pipelined": "(d) Gluon: async wgmma, softmax beside P·V",
-    "gluon_ws": "(e) Gluon + warp specialisation (default)",
-    "sdpa_cudnn": "PyTorch SDPA, cuDNN backend",
-    "sdpa_flash": "PyTorch SDPA, flash backend",
-    "flex": "PyTorch FlexAttention",
-}
-STYLES = {"triton": ("tab:red", "*"), "hopper_tma_fixed": ("tab:pink", "v"), "hopper_tma": ("tab:olive", "s"),
-          "hopper_persistent": ("tab:gray", "P"), "gluon_pipelined": ("tab:cyan", "x"), "gluon_ws": ("black", "X"), "sdpa_cudnn": ("tab:green", "^"), "sdpa_flash": ("tab:orange", "o"),
-          "flex": ("tab:purple", "D")}
+LABELS = br.HOPPER_STEPS  # method -> label (attention_lab.flash.benchmark_report)
 
 
 def shapes(quick: bool) -> list[tuple[int, int, bool]]:
@@ -221,72 +208,17 @@ def autotune_choices() -> dict:
 # ---------------------------------------------------------------------- report
 
 
-def tflops(results: dict, method: str, head_dim: int, n: int, causal: bool) -> float | None:
-    found = br.rows(results, method=method, head_dim=head_dim, n=n, causal=causal)
-    return found[0]["tflops"] if found else None
-
-
-def ratio_lines(results: dict) -> list[str]:
-    """Each step's speed-up over the one before it, and the fast path against cuDNN and FlexAttention, per shape."""
-    steps = [("hopper_tma_fixed", "triton", "(a) TMA"), ("hopper_tma", "hopper_tma_fixed", "(c) Hopper configs"),
-             ("hopper_persistent", "hopper_tma", "(b) persistent"), ("gluon_pipelined", "triton", "(d) Gluon pipelined"),
-             ("gluon_ws", "gluon_pipelined", "(e) warp-specialised"), ("gluon_ws", "triton", "all steps"),
-             ("gluon_ws", "sdpa_cudnn", "fast path / cuDNN"), ("gluon_ws", "flex", "fast path / Flex")]
-    lines = []
-    keys = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
-    for method, baseline, label in steps:
-        for head_dim, causal in keys:
-            parts = []
-            for n in sorted({r["n"] for r in results["rows"]}):
-                a, b = tflops(results, method, head_dim, n, causal), tflops(results, baseline, head_dim, n, causal)
-                if a and b:
-                    parts.append(f"N={n // 1024}k {a / b:.2f}×")
-            if parts:
-                lines.append(f"{label:>18}, D={head_dim:<3} {'causal' if causal else 'full  '}: " + ", ".join(parts))
-    return lines
-
-
-def table_text(results: dict) -> str:
-    names = [m for m in LABELS if br.rows(results, method=m)]
-    lines = [f"{'D':>4} {'causal':>6} {'N':>6} " + " ".join(f"{m[:12]:>12}" for m in names)]
-    for head_dim, causal, n in sorted({(r["head_dim"], r["causal"], r["n"]) for r in results["rows"]}):
-        cells = [tflops(results, m, head_dim, n, causal) for m in names]
-        lines.append(f"{head_dim:>4} {str(causal):>6} {n:>6} " +
-                     " ".join(f"{c:>12.0f}" if c else f"{'—':>12}" for c in cells))
-    return "\n".join(lines)
+table_text = br.hopper_table
+ratio_lines = br.hopper_step_ratios
 
 
 def plot(results: dict, path: Path) -> None:
-    """TFLOP/s against N for every method, one panel per (head_dim, causal); saved as ``path``."""
+    """TFLOP/s against N for every method, one panel per (head_dim, causal) (:func:`br.plot_hopper_steps`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0 * len(panels), 12.0), 5.6), squeeze=False)
-    for ax, (head_dim, causal) in zip(axes[0], panels):
-        for method, label in LABELS.items():
-            found = sorted((r for r in br.rows(results, method=method, head_dim=head_dim, causal=causal)
-                            if r["tflops"]), key=lambda r: r["n"])
-            if found:
-                color, marker = STYLES[method]
-                ax.plot([r["n"] for r in found], [r["tflops"] for r in found], marker=marker, color=color,
-                        label=label, lw=2.5 if method == "gluon_ws" else 1.5)
-        ax.set_xscale("log", base=2)
-        lengths = sorted({r["n"] for r in results["rows"]})
-        ax.set_xticks(lengths, [f"{n // 1024}k" for n in lengths])
-        ax.set_title(f"forward, D={head_dim}{', causal' if causal else ''}", fontsize=10)
-        ax.set_xlabel("sequence length N (tokens)")
-        ax.set_ylabel("TFLOP/s")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
-    env = results["environment"]
-    fig.suptitle(f"What each Hopper step buys: attention forward on {env['card']}\n({results['dtype']}, "
-                 f"B·N = {results['tokens']} tokens, H·D = {results['hidden']}; median of {results['runs']} runs; "
-                 f"torch {env['torch']}, triton {env['triton']})", fontsize=11)
-    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig = br.plot_hopper_steps(results)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -114,3 +114,23 @@ def test_flash_attention_chooses_it_first_on_hopper_and_the_switch_turns_it_off(
     out, _ = ta.flash_attention_forward(q, k, v, None, True, None, None)
     assert calls == ["gluon"]  # an explicit tile, hopper_path=False and the switch: never the Gluon kernel
     torch.testing.assert_close(out.double(), attention_fp64(q, k, v, causal=True), atol=1e-4, rtol=1e-4)
+
+
+def test_chapter_10s_claims_about_the_committed_step_run_hold():
+    """Chapter 10, section 6, prints these statements about attention_lab/results/flash_hopper.json and its prose
+    relies on them: each must hold in the committed file (and each can fail: a ratio below its bound flips it)."""
+    import copy
+
+    from attention_lab.book.results import load
+    from attention_lab.flash import benchmark_report as br
+
+    results = load("flash_hopper")
+    claims = br.hopper_claims(results)
+    assert len(claims) == 5 and all(claims.values()), claims
+    slower = copy.deepcopy(results)
+    for row in slower["rows"]:
+        if row["method"] == "gluon_ws" and row["tflops"]:
+            row["tflops"] *= 0.8  # a fast path 20 % slower: behind cuDNN and behind (a+c)
+    flipped = br.hopper_claims(slower)
+    assert not flipped["(e) is at least 0.95x cuDNN at every N >= 4k"]
+    assert not flipped["(e) warp-specialised is the fastest of this book's kernels at every shape"]

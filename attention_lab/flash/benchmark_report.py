@@ -1,6 +1,7 @@
 """Read and plot the committed GPU results of ``benchmarks/flash.py`` (chapter 10 and the README).
 
-The benchmarks write ``flash_benchmark.json`` and ``flash_flex.json`` (read with :mod:`attention_lab.book.results`);
+The benchmarks write ``flash_benchmark.json``, ``flash_flex.json`` and ``flash_hopper.json`` (the Hopper fast path
+step by step, ``benchmarks/hopper_steps.py``; read with :mod:`attention_lab.book.results`);
 on a CPU the notebook plots them
 instead of measuring. Throughput is counted the usual way: a forward pass does ``4·B·H·N²·D`` floating
 point operations (two matrix products), half of that when causal, and forward + backward 3.5 times the
@@ -189,3 +190,119 @@ def plot_steps(results: dict, axes=None):
     else:
         axes[0].legend(fontsize=8)
     return axes
+
+
+# ---------------------------------------------------------------------- the Hopper fast path, step by step
+HOPPER_STEPS = {  # flash_hopper.json's methods, in the order the steps are taken
+    "triton": "teaching kernel (pointer loads, autotuned)",
+    "hopper_tma_fixed": "(a) TMA, teaching's tile 128×64",
+    "hopper_tma": "(a+c) TMA, Hopper configs",
+    "hopper_persistent": "(a+c+b) + persistent grid",
+    "gluon_pipelined": "(d) Gluon: async wgmma, softmax beside P·V",
+    "gluon_ws": "(e) Gluon + warp specialisation (default)",
+    "sdpa_cudnn": "PyTorch SDPA, cuDNN backend",
+    "sdpa_flash": "PyTorch SDPA, flash backend",
+    "flex": "PyTorch FlexAttention",
+}
+HOPPER_STYLES = {"triton": ("tab:red", "*"), "hopper_tma_fixed": ("tab:pink", "v"), "hopper_tma": ("tab:olive", "s"),
+                 "hopper_persistent": ("tab:gray", "P"), "gluon_pipelined": ("tab:cyan", "x"),
+                 "gluon_ws": ("black", "X"), "sdpa_cudnn": ("tab:green", "^"), "sdpa_flash": ("tab:orange", "o"),
+                 "flex": ("tab:purple", "D")}
+# (method, the method it is compared with, label): each step against the one before it, then the whole path
+HOPPER_COMPARISONS = [
+    ("hopper_tma_fixed", "triton", "(a) TMA"), ("hopper_tma", "hopper_tma_fixed", "(c) Hopper configs"),
+    ("hopper_persistent", "hopper_tma", "(b) persistent"), ("gluon_pipelined", "triton", "(d) Gluon pipelined"),
+    ("gluon_ws", "gluon_pipelined", "(e) warp-specialised"), ("gluon_ws", "triton", "all steps"),
+    ("gluon_ws", "sdpa_cudnn", "fast path / cuDNN"), ("gluon_ws", "flex", "fast path / Flex")]
+
+
+def forward_tflops(results: dict, method: str, head_dim: int, n: int, causal: bool) -> float | None:
+    """The forward TFLOP/s of ``method`` at one shape (None if it was not measured there)."""
+    found = rows(results, method=method, head_dim=head_dim, n=n, causal=causal)
+    return found[0]["tflops"] if found else None
+
+
+def hopper_step_ratios(results: dict) -> list[str]:
+    """One line per comparison of :data:`HOPPER_COMPARISONS` and panel (head_dim, causal): the ratio at each N."""
+    lines = []
+    panels = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
+    for method, baseline, label in HOPPER_COMPARISONS:
+        for head_dim, causal in panels:
+            parts = []
+            for n in sorted({r["n"] for r in results["rows"]}):
+                a = forward_tflops(results, method, head_dim, n, causal)
+                b = forward_tflops(results, baseline, head_dim, n, causal)
+                if a and b:
+                    parts.append(f"N={n // 1024}k {a / b:.2f}×")
+            if parts:
+                lines.append(f"{label:>18}, D={head_dim:<3} {'causal' if causal else 'full  '}: " + ", ".join(parts))
+    return lines
+
+
+def hopper_table(results: dict) -> str:
+    """Forward TFLOP/s of every measured method (columns) at every shape (rows)."""
+    names = [m for m in HOPPER_STEPS if rows(results, method=m)]
+    lines = [f"{'D':>4} {'causal':>6} {'N':>6} " + " ".join(f"{m[:12]:>12}" for m in names)]
+    for head_dim, causal, n in sorted({(r["head_dim"], r["causal"], r["n"]) for r in results["rows"]}):
+        cells = [forward_tflops(results, m, head_dim, n, causal) for m in names]
+        lines.append(f"{head_dim:>4} {str(causal):>6} {n:>6} " +
+                     " ".join(f"{c:>12.0f}" if c else f"{'—':>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot_hopper_steps(results: dict):
+    """TFLOP/s against N of every method, one panel per (head_dim, causal); returns the figure."""
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["head_dim"], r["causal"]) for r in results["rows"]})
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0 * len(panels), 12.0), 5.6), squeeze=False)
+    for ax, (head_dim, causal) in zip(axes[0], panels):
+        for method, label in HOPPER_STEPS.items():
+            found = sorted((r for r in rows(results, method=method, head_dim=head_dim, causal=causal) if r["tflops"]),
+                           key=lambda r: r["n"])
+            if found:
+                color, marker = HOPPER_STYLES[method]
+                ax.plot([r["n"] for r in found], [r["tflops"] for r in found], marker=marker, color=color,
+                        label=label, lw=2.5 if method == "gluon_ws" else 1.5)
+        ax.set_xscale("log", base=2)
+        lengths = sorted({r["n"] for r in results["rows"]})
+        ax.set_xticks(lengths, [f"{n // 1024}k" for n in lengths])
+        ax.set_title(f"forward, D={head_dim}{', causal' if causal else ''}", fontsize=11)
+        ax.set_xlabel("sequence length N (tokens)")
+        ax.set_ylabel("TFLOP/s")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    env = results["environment"]
+    fig.suptitle(f"What each Hopper step buys: attention forward on {env['card']}\n({results['dtype']}, "
+                 f"B·N = {results['tokens']} tokens, H·D = {results['hidden']}; median of {results['runs']} runs; "
+                 f"torch {env['torch']}, triton {env['triton']})", fontsize=11)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    return fig
+
+
+def hopper_claims(results: dict) -> dict[str, bool]:
+    """What chapter 10 says of the committed step run, as statements that hold or not (tested against the file)."""
+    shapes = sorted({(r["head_dim"], r["n"], r["causal"]) for r in results["rows"]})
+    ours = [m for m in HOPPER_STEPS if m not in ("sdpa_cudnn", "sdpa_flash", "flex")]
+
+    def ratio(method, baseline, shape):
+        a, b = forward_tflops(results, method, *shape), forward_tflops(results, baseline, *shape)
+        return a / b if a and b else None
+
+    long = [shape for shape in shapes if shape[1] >= 4096]
+    return {
+        "(e) warp-specialised is the fastest of this book's kernels at every shape": all(
+            forward_tflops(results, "gluon_ws", *shape) == max(forward_tflops(results, m, *shape) or 0 for m in ours)
+            for shape in shapes),
+        "(e) is at least 0.95x cuDNN at every N >= 4k": bool(long) and all(
+            ratio("gluon_ws", "sdpa_cudnn", shape) >= 0.95 for shape in long),
+        "(e) is at least FlexAttention's speed at every shape": all(
+            ratio("gluon_ws", "flex", shape) >= 1.0 for shape in shapes),
+        "(d) pipelining alone gains less than half of what (e) gains over the teaching kernel, at every shape": all(
+            ratio("gluon_pipelined", "triton", shape) - 1 < 0.5 * (ratio("gluon_ws", "triton", shape) - 1)
+            for shape in shapes),
+        "(b) the persistent grid is slower than one program per tile at every shape": all(
+            ratio("hopper_persistent", "hopper_tma", shape) < 1 for shape in shapes),
+    }

@@ -71,7 +71,7 @@ def show_source(module, name, start_at=None):
     """Display function ``name`` of ``module`` exactly as its file has it (decorator included);
     ``start_at``: show only from the first line containing that text."""
     text = inspect.getsource(module)
-    node = next(n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef) and n.name == name)
+    node = next(n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef) and n.name == name)
     lines = text.splitlines()[min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1:node.end_lineno]
     if start_at is not None and any(start_at in line for line in lines):
         lines = lines[next(i for i, line in enumerate(lines) if start_at in line):]
@@ -634,6 +634,59 @@ else:
     print("No triton: backend='flash' needs the kernel; the reference layer gives", tuple(reference_layer(x).shape))
 
 # %% [markdown]
+# ## 6. On an H100 or H200: the fast path
+#
+# The kernel above is written to be read, and to run on a T4. On Hopper (sm_90) it leaves speed behind: its
+# loads are pointer loads the compiler pipelines, and the exponentials of a key block wait for that block's
+# $QK^T$ product while the tensor cores wait for the exponentials. So `flash_attention` takes a second forward
+# on an H100 or H200, and only there: `attention_lab/flash/gluon_attention.py`, for head dims 64 and 128 in
+# fp16/bf16 without a mask or window. Everything else — other inputs, and every other GPU, Colab's T4
+# included — runs the kernel above. The fast path returns the same output and the same log-sum-exp, so the
+# backward kernels of section 3 take it as it is. It was built in steps, each timed against the one before
+# on the same inputs in one run (`benchmarks/hopper_steps.py`):
+#
+# * (a) **TMA.** The copy engine moves whole tiles between HBM and shared memory, each tensor described once by
+#   a descriptor (`TensorDescriptor`), instead of every thread computing its own addresses. (c) Hopper's own
+#   tile configurations; (b) a persistent grid, one program per SM looping over the tiles. These are plain
+#   Triton: `attention_lab/flash/hopper.py`, the path for head dims the fast path does not take.
+# * (d) **Gluon** (`triton.experimental.gluon`) is Triton one level down: the kernel itself writes the layouts,
+#   the shared memory, the barriers and the waits for each asynchronous matrix product. Its loop issues
+#   $S_j = QK_j^T$, then $O \mathrel{+}= P_{j-1}V_{j-1}$, waits only for $S_j$, and computes block $j$'s softmax
+#   while the tensor cores run $P_{j-1}V_{j-1}$. This is FlashAttention-3's intra-warpgroup pipelining (Shah et
+#   al., *FlashAttention-3*, 2024).
+# * (e) **Warp specialisation.** One producer warp issues every TMA copy. Two consumer warpgroups of 64 query
+#   rows each tell it, through barriers in shared memory, when they are done with a K or V slot. Without the
+#   barrier that (d) needs before refilling a slot, the two warpgroups drift apart, and one's exponentials run
+#   while the other's matrix products do. This is the library's default on sm_90.
+
+# %%
+hopper_steps = load_results("flash_hopper")  # benchmarks/hopper_steps.py on a GPU (package data)
+hopper_env = hopper_steps["environment"]
+print(f"{hopper_env['card']}, torch {hopper_env['torch']}, triton {hopper_env['triton']}, {hopper_steps['dtype']},",
+      f"B·N = {hopper_steps['tokens']} tokens, H·D = {hopper_steps['hidden']}, median of {hopper_steps['runs']} runs")
+print(benchmark_report.hopper_table(hopper_steps), "\n")
+print("\n".join(benchmark_report.hopper_step_ratios(hopper_steps)))
+benchmark_report.plot_hopper_steps(hopper_steps)
+plt.show()
+claims = benchmark_report.hopper_claims(hopper_steps)
+for claim, holds in claims.items():
+    print(f"{claim}: {holds}")
+
+# %% [markdown]
+# Reading the table and the lines under it. TMA and Hopper's tiles each buy a few percent; the persistent grid
+# loses here, so it is off. Pipelining alone, (d), buys little over the teaching kernel: a wait covers only
+# the warpgroup that issued the product, and both warpgroups read every K and V tile, so each refill of a slot
+# needs a barrier of the whole block. That barrier keeps the two warpgroups in step: their exponentials run at
+# the same moment, and the tensor cores wait for both. Warp specialisation, (e), removes that barrier and is the
+# step that counts, bringing the forward to within a few percent of cuDNN (the tests check the claims printed
+# last against the same file). The consumer's loop, as the library has it:
+
+# %%
+from attention_lab.flash import gluon_attention  # noqa: E402  (the fast path's module; its source reads without a GPU)
+
+show_source(gluon_attention, "_consume", start_at="for j in range(1, n_blocks)")
+
+# %% [markdown]
 # ## Summary
 #
 # * PyTorch's SDPA chooses among FlashAttention-2, memory-efficient, cuDNN and math backends;
@@ -645,9 +698,12 @@ else:
 #   the kv head's program) and a dQ kernel; both match the float64-checked reference.
 # * The measured ratios to PyTorch's flash and cuDNN backends and to FlexAttention, and the memory at
 #   the largest N, are printed by the cells of section 4: faster than SDPA-flash forward and backward,
-#   with the same forward memory and less for forward + backward (no fp32 dQ buffer); slower than cuDNN, whose Hopper kernel overlaps the softmax of one tile with the matrix
-#   products of the next using warp-specialised warpgroups and the TMA copy engine (the FlashAttention-3
-#   recipe, Shah et al., 2024) — the next step for this kernel.
+#   with the same forward memory and less for forward + backward (no fp32 dQ buffer); slower than cuDNN, whose
+#   Hopper kernel overlaps the softmax of one tile with the matrix products of the next using warp-specialised
+#   warpgroups and the TMA copy engine (the FlashAttention-3 recipe, Shah et al., 2024).
+# * On an H100/H200, `flash_attention`'s forward is that recipe written in Gluon (section 6): TMA copies, a
+#   producer warp and two consumer warpgroups. It reaches cuDNN's forward speed, with the output and
+#   log-sum-exp of the kernel above. The backward is still the kernels of section 3.
 # * The same code runs on a Colab T4 in fp16 (small tiles of its own, none spilling a register) — correct and
 #   readable there, not fast: Triton runs its `tl.dot` on the T4's FMA units while SDPA uses its tensor
 #   cores — and, without a GPU, under Triton's interpreter, which is how this chapter's exercise and tests
