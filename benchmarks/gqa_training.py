@@ -17,8 +17,9 @@ where the dK/dV kernel has the fewest programs (it owns the keys of one kv head:
 * ``flex`` — FlexAttention (``torch.compile(flex_attention)``, ``enable_gqa=True``, a causal block mask).
 
 Each time is the median of ``triton.testing.do_bench`` (L2 flushed), measured in 3 interleaved runs (median
-of the runs reported, every run recorded). TFLOP/s count 4·B·H·N²·D/2 for the causal forward and 3.5× that
-for forward+backward. Writes ``attention_lab/results/gqa_training.json`` and ``gqa_training.png``.
+of the runs reported, every run recorded); ``--graphs`` also replays every step from a CUDA graph (``graph_ms``),
+the kernels' time without the host's (at batch 1 the host's launches take longer than the GPU's work). TFLOP/s
+count 4·B·H·N²·D/2 for the causal forward and 3.5× that for forward+backward. Writes ``attention_lab/results/gqa_training.json`` and ``gqa_training.png``.
 """
 
 from __future__ import annotations
@@ -142,12 +143,38 @@ def errors_vs_sdpa(batch, n, n_kv_heads, dtype) -> dict:
             for method, got in results.items() if method != "sdpa_gqa"}
 
 
+def graph_times(q, k, v, grad_out, mode: str, failed: set) -> dict[str, float]:
+    """Milliseconds per step of every method replayed from a CUDA graph (median of 3 ``do_bench_cudagraph`` runs):
+    the GPU's time alone. At batch 1 a step takes less GPU time than the host needs to launch it (see
+    benchmarks/launch_overhead.py), so eager timing measures the host; this separates the two. A method that cannot
+    be captured is left out (recorded as missing), not fatal."""
+    from triton.testing import do_bench_cudagraph
+
+    times = {}
+    for method in METHODS:
+        if method in failed:
+            continue
+        step = step_fn(method, q, k, v, grad_out, mode)
+        try:
+            step()  # warm up outside the capture (autotuning, compiles, the gradient buffers)
+            torch.cuda.synchronize()
+            times[method] = statistics.median(do_bench_cudagraph(step, rep=50, return_mode="median") for _ in range(3))
+        except Exception as error:  # noqa: BLE001 — a backend that cannot be captured
+            print(f"  {method} {mode}: no CUDA graph ({type(error).__name__}: {str(error)[:100]})")
+    for x in (q, k, v):
+        x.grad = None
+    return times
+
+
 def main(argv=None) -> None:
     from triton.testing import do_bench
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--no-flex", action="store_true")
+    parser.add_argument("--graphs", action="store_true",
+                        help="also time every method replayed from a CUDA graph (no host work: the kernels' own speed)")
+    parser.add_argument("--batches", type=int, nargs="+", help="only these batch sizes (e.g. 1)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +194,8 @@ def main(argv=None) -> None:
                "timing": f"triton.testing.do_bench median, L2 flushed; {RUNS} interleaved runs, median of runs",
                "rows": [], "errors": []}
     for batch, n in SHAPES:
+        if args.batches and batch not in args.batches:
+            continue
         for n_kv_heads in KV_HEADS:
             results["errors"].append(dict(batch=batch, n=n, n_kv_heads=n_kv_heads,
                                           max_abs_vs_sdpa=errors_vs_sdpa(batch, n, n_kv_heads, dtype)))
@@ -185,15 +214,19 @@ def main(argv=None) -> None:
                         except RuntimeError as error:  # a backend that refuses GQA (or this shape)
                             failed.add(method)
                             print(f"  {method} B={batch} N={n} Hkv={n_kv_heads} {mode}: {str(error)[:100]}")
+                graph_ms = graph_times(q, k, v, grad_out, mode, failed) if args.graphs else {}
                 flops = br.attention_flops(batch, HEADS, n, HEAD_DIM, True, mode)
                 for method in METHODS:
                     times = None if method in failed else runs[method]
                     ms = statistics.median(times) * 1e3 if times else None
-                    results["rows"].append(dict(batch=batch, n=n, n_kv_heads=n_kv_heads, group=HEADS // n_kv_heads,
-                                                mode=mode, method=method, ms=ms,
-                                                runs_ms=[t * 1e3 for t in times] if times else None,
-                                                spread=(max(times) - min(times)) / statistics.median(times) if times else None,
-                                                tflops=flops / (ms * 1e-3) / 1e12 if ms else None))
+                    row = dict(batch=batch, n=n, n_kv_heads=n_kv_heads, group=HEADS // n_kv_heads, mode=mode,
+                               method=method, ms=ms, runs_ms=[t * 1e3 for t in times] if times else None,
+                               spread=(max(times) - min(times)) / statistics.median(times) if times else None,
+                               tflops=flops / (ms * 1e-3) / 1e12 if ms else None)
+                    if graph_ms.get(method):
+                        row["graph_ms"] = graph_ms[method]
+                        row["graph_tflops"] = flops / (graph_ms[method] * 1e-3) / 1e12
+                    results["rows"].append(row)
                 torch.cuda.empty_cache()
             print(f"B={batch} N={n} Hkv={n_kv_heads} done at {time.perf_counter() - started:.0f} s", flush=True)
             save_json(out_dir / "gqa_training.json", results)
