@@ -62,6 +62,7 @@ FAMILIES = {  # family -> the module whose compile_jobs(capability) lists its ke
     "decode": "attention_lab.kernels.decode_attention",
     "latent": "attention_lab.kernels.latent_decode",
     "gluon": "attention_lab.flash.gluon_attention",
+    "gluon_backward": "attention_lab.flash.gluon_backward",
     "hopper": "attention_lab.flash.hopper",
 }
 

@@ -1,0 +1,303 @@
+"""The dK/dV half of FlashAttention's backward for Hopper (sm_90) in Gluon, warp-specialised like the forward in
+:mod:`attention_lab.flash.gluon_attention`. Written and compiled on a CPU; not yet run on a GPU, and not chosen by
+:func:`attention_lab.flash.triton_attention.flash_attention_backward`.
+
+One program owns 128 keys of one (batch, kv head) and keeps their gradients in registers while it walks over every
+query block that sees them, in every query head of the kv head's group (GQA: the sums over the group happen here):
+
+    producer warp          K, V (128 rows, two halves of 64) once; then Q and dO tiles of 64 query rows into a ring
+    consumer warpgroup w   keys n0 + 64·w ... +64, for each (query head, query block):
+        Sᵀ  = K Qᵀ                          (wgmma, both operands in shared memory)
+        dPᵀ = V dOᵀ                         (issued right after Sᵀ: it does not need Pᵀ)
+        Pᵀ  = 2^(Sᵀ·qk_scale − lse)          (the forward's base-2 log-sum-exp; causal diagonal masked)
+        dV += Pᵀ dO                         (Pᵀ from registers)
+        dSᵀ = Pᵀ ∘ (dPᵀ − delta)             (delta = rowsum(dO ∘ O))
+        dK += dSᵀ Q                         (dSᵀ from registers); then the Q/dO slot is released to the producer
+    epilogue               dK · scale and dV through shared memory (K's and V's own tiles) and TMA stores.
+
+Same block-range logic as the teaching dK/dV kernel (``_query_blocks`` in triton_attention.py): causal queries are
+aligned to the end of the keys, and a key block is seen by the query blocks from its diagonal on; those that cross
+the diagonal are masked, the rest not. Keys beyond ``n_keys`` (the last, partial block) need no mask: TMA reads them
+as zeros and their gradient rows are never stored. Query rows beyond ``n_queries`` read Q = dO = 0, lse = +inf and
+delta = 0, so they add nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attention_lab.flash.gluon_attention import GLUON_AVAILABLE, HEAD_DIMS, WS_CONSUMER_REGISTERS, WS_MAX_REGISTERS, \
+    WS_PRODUCER_REGISTERS
+from attention_lab.kernels.common import LOG2_E, device_capability
+
+if GLUON_AVAILABLE:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
+        warpgroup_mma_wait
+
+    from attention_lab.flash.gluon_attention import _descriptor, tma_load, tma_store
+
+BLOCK_N = 128  # keys per program: two consumer warpgroups of 64
+HALF_N = BLOCK_N // 2
+BLOCK_M = 64  # query rows per step (one Q tile and one dO tile of the ring)
+NUM_STAGES = 2  # ring slots of (Q, dO): D=128 bf16: K, V 64 KiB + 2 × (Q + dO) 64 KiB = 128 KiB
+
+
+def unsupported_reason(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
+                       delta: torch.Tensor) -> str | None:
+    """Why :func:`flash_attention_backward_kv_hopper` cannot run these inputs (None: it can)."""
+    if not GLUON_AVAILABLE:
+        return "needs Triton >= 3.5 with Gluon"
+    if not (isinstance(q, torch.Tensor) and q.is_cuda):
+        return "needs CUDA tensors"
+    if device_capability(q.device) != 90:
+        return f"written for Hopper (sm_90), this is sm_{device_capability(q.device)}"
+    return input_reason(do, q, k, v, lse, delta)
+
+
+def input_reason(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
+                 delta: torch.Tensor) -> str | None:
+    """The part of :func:`unsupported_reason` that depends on the inputs only, not on the device."""
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or do.shape != q.shape:
+        return (f"q, do (B, H, Nq, D) and k, v (B, Hkv, Nk, D) expected, got q {tuple(q.shape)}, do "
+                f"{tuple(do.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    batch, n_heads, n_queries, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[-1] != head_dim or n_heads % k.shape[1]:
+        return f"k, v must be (B, Hkv, Nk, D) with H % Hkv == 0, got q {tuple(q.shape)}, k {tuple(k.shape)}"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"fp16 or bf16 only, got {q.dtype}"
+    if any(t.dtype != q.dtype for t in (k, v, do)):
+        return f"q, k, v, do must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}, {do.dtype}"
+    if head_dim not in HEAD_DIMS:
+        return f"head_dim in {HEAD_DIMS} only, got {head_dim}"
+    for name, t in (("lse", lse), ("delta", delta)):
+        if t.shape != (batch, n_heads, n_queries) or t.dtype != torch.float32 or not t.is_contiguous():
+            return f"{name} must be contiguous fp32 (B, H, Nq) = {(batch, n_heads, n_queries)}, got {t.dtype} " \
+                   f"{tuple(t.shape)} strides {t.stride()}"
+    for name, t in (("do", do), ("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1 or any(s * t.element_size() % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
+            return f"{name} must be contiguous in head_dim with 16-byte aligned strides (TMA), got {t.stride()}"
+    return None
+
+
+if GLUON_AVAILABLE:
+
+    @gluon.jit
+    def _consume_kv(WHICH: gl.constexpr, descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+                    HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        """A consumer warpgroup: keys ``[n0 + WHICH·HALF_N, +HALF_N)``, their dK and dV (HALF_N, HEAD_DIM) fp32 in
+        registers over every step, then stored (dK scaled) through K's and V's shared tiles."""
+        q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc = descs
+        q_ring, do_ring, k_bufs, v_bufs = bufs
+        kv_bar, ready, empty = bars
+        LSE, DELTA, b, kv_h, n0, n_heads, group, n_queries, n_keys, lo, mid_lo, qk_scale, scale = \
+            scalars
+        offset = n_keys - n_queries  # queries are the last n_queries positions
+        # wgmma layouts: Sᵀ, dPᵀ are (HALF_N keys, BLOCK_M queries); dK, dV are (HALF_N, HEAD_DIM); one warpgroup
+        st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                            instr_shape=[16, BLOCK_M, 16])
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, HEAD_DIM, 16])
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+        col_layout: gl.constexpr = gl.SliceLayout(0, st_layout)  # one value per query column of Sᵀ
+        dtype: gl.constexpr = q_desc.dtype
+
+        k_tile = k_bufs.index(WHICH).reshape([HALF_N, HEAD_DIM])
+        v_tile = v_bufs.index(WHICH).reshape([HALF_N, HEAD_DIM])
+        keys = n0 + WHICH * HALF_N + gl.arange(0, HALF_N, layout=gl.SliceLayout(1, st_layout))  # (HALF_N,)
+        cols = gl.arange(0, BLOCK_M, layout=col_layout)  # (BLOCK_M,)
+        dk = gl.zeros([HALF_N, HEAD_DIM], gl.float32, layout=acc_layout)
+        dv = gl.zeros([HALF_N, HEAD_DIM], gl.float32, layout=acc_layout)
+        st_zero = gl.zeros([HALF_N, BLOCK_M], gl.float32, layout=st_layout)
+
+        mbarrier.wait(kv_bar, 0)
+        t = 0  # steps so far: ring slot t % NUM_STAGES, its use t // NUM_STAGES
+        for h in range(kv_h * group, kv_h * group + group):  # the query heads sharing this kv head
+            for m in range(lo, n_queries, BLOCK_M):  # the query blocks that see these keys
+                slot = t % NUM_STAGES
+                # this step's rows of lse and delta (B, H, Nq), in Sᵀ's column layout: one base pointer, the
+                # columns' offsets and bound are the same every step (no per-step vectors of rows or pointers)
+                row_base = (b * n_heads + h).to(gl.int64) * n_queries + m
+                in_range = cols < n_queries - m
+                lse = gl.load(LSE + row_base + cols, mask=in_range, other=float("inf"))
+                delta = gl.load(DELTA + row_base + cols, mask=in_range, other=0.0)
+                mbarrier.wait(ready.index(slot), (t // NUM_STAGES) & 1)
+                q_tile = q_ring.index(slot).reshape([BLOCK_M, HEAD_DIM])
+                do_tile = do_ring.index(slot).reshape([BLOCK_M, HEAD_DIM])
+                # Sᵀ = K Qᵀ, then Pᵀ; dPᵀ = V dOᵀ is issued only after Pᵀ is computed: with both products in flight
+                # (32 registers each) beside dK, dV (128) and the rows' lse, delta (16 each), the registers spill
+                s_t = warpgroup_mma(k_tile, q_tile.permute((1, 0)), st_zero, use_acc=False, is_async=True)
+                s_t = warpgroup_mma_wait(0, deps=[s_t])
+                p_t = gl.exp2(s_t * qk_scale - lse[None, :])  # Pᵀ, recomputed from the saved lse  (HALF_N, BLOCK_M)
+                if CAUSAL:
+                    if m < mid_lo:  # a query block that crosses this key block's diagonal
+                        # key j is seen by query m + c iff j <= m + c + offset, i.e. j − m − offset <= c
+                        p_t = gl.where((keys - (m + offset))[:, None] <= cols[None, :], p_t, 0.0)
+                dp_t = warpgroup_mma(v_tile, do_tile.permute((1, 0)), st_zero, use_acc=False, is_async=True)
+                dp_t = warpgroup_mma_wait(0, deps=[dp_t])
+                ds_t = p_t * (dp_t - delta[None, :])  # dSᵀ = Pᵀ ∘ (dPᵀ − delta)  (HALF_N, BLOCK_M)
+                p_op = gl.convert_layout(p_t.to(dtype), a_layout)
+                ds_op = gl.convert_layout(ds_t.to(dtype), a_layout)
+                dv = warpgroup_mma(p_op, do_tile, dv, is_async=True)  # dV += Pᵀ dO  (HALF_N, HEAD_DIM)
+                dk = warpgroup_mma(ds_op, q_tile, dk, is_async=True)  # dK += dSᵀ Q  (HALF_N, HEAD_DIM)
+                dv, dk, p_op, ds_op = warpgroup_mma_wait(0, deps=[dv, dk, p_op, ds_op])
+                mbarrier.arrive(empty.index(slot), count=1)  # this warpgroup has read Q and dO of this slot
+                t += 1
+
+        # epilogue: this warpgroup's K and V tiles are no longer read (its products are waited for): they stage dK, dV
+        k_tile.store((dk * scale).to(dtype))  # dK = scale · dSᵀ Q
+        v_tile.store(dv.to(dtype))
+        fence_async_shared()
+        first = n0 + WHICH * HALF_N
+        tma_store(dk_desc, [b, kv_h, first, 0], k_bufs.index(WHICH))  # rows beyond n_keys are clipped by TMA
+        tma_store(dv_desc, [b, kv_h, first, 0], v_bufs.index(WHICH))
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _first_kv_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+                           HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        _consume_kv(0, descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)
+
+    @gluon.jit
+    def _second_kv_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+                            HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        _consume_kv(1, descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)
+
+    @gluon.jit
+    def _produce_q_do(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+                      HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        """The producer warp: K's and V's two halves once, then each step's Q and dO tiles into the ring, a slot as
+        soon as both consumers have released it (an ``empty`` barrier starts completed: the first round does not
+        wait)."""
+        q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc = descs
+        q_ring, do_ring, k_bufs, v_bufs = bufs
+        kv_bar, ready, empty = bars
+        LSE, DELTA, b, kv_h, n0, n_heads, group, n_queries, n_keys, lo, mid_lo, qk_scale, scale = \
+            scalars
+        mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes + 2 * v_desc.block_type.nbytes)
+        for half in gl.static_range(2):
+            tma_load(k_desc, [b, kv_h, n0 + half * HALF_N, 0], kv_bar, k_bufs.index(half))
+            tma_load(v_desc, [b, kv_h, n0 + half * HALF_N, 0], kv_bar, v_bufs.index(half))
+        t = 0
+        for h in range(kv_h * group, kv_h * group + group):  # the same steps as the consumers, in the same order
+            for m in range(lo, n_queries, BLOCK_M):
+                slot = t % NUM_STAGES
+                mbarrier.wait(empty.index(slot), ((t // NUM_STAGES) & 1) ^ 1)
+                mbarrier.expect(ready.index(slot), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+                tma_load(q_desc, [b, h, m, 0], ready.index(slot), q_ring.index(slot))
+                tma_load(do_desc, [b, h, m, 0], ready.index(slot), do_ring.index(slot))
+                t += 1
+
+    @gluon.jit
+    def _attn_bwd_kv_hopper_ws(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, LSE, DELTA,
+                               n_heads, n_kv_heads, n_queries, n_keys, qk_scale, scale,
+                               HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                               CONSUMER_REGISTERS: gl.constexpr, PRODUCER_REGISTERS: gl.constexpr,
+                               num_warps: gl.constexpr):
+        """One program = 2·HALF_N keys of one (batch, kv head). Descriptors are 4-D over (B, H, N, D): Q, dO with
+        blocks of BLOCK_M rows, K, V, dK, dV of HALF_N rows."""
+        BLOCK_M: gl.constexpr = q_desc.block_type.shape[2]
+        HALF_N: gl.constexpr = k_desc.block_type.shape[2]
+        n0 = gl.program_id(0) * (2 * HALF_N)
+        batch_kv_head = gl.program_id(1)
+        b = batch_kv_head // n_kv_heads
+        kv_h = batch_kv_head % n_kv_heads
+        group = n_heads // n_kv_heads
+        # the query blocks that see keys [n0, n0 + 2·HALF_N): [lo, mid_lo) cross the diagonal (masked), [mid_lo,
+        # n_queries) see every key (as _query_blocks in triton_attention.py; every numerator >= 0)
+        lo = 0
+        mid_lo = 0
+        if CAUSAL:
+            offset = n_keys - n_queries
+            lo = gl.maximum(n0 - offset, 0) // BLOCK_M * BLOCK_M  # query i sees key n0 once i >= n0 - offset
+            mid_lo = gl.minimum(gl.cdiv(gl.maximum(n0 + 2 * HALF_N - 1 - offset, 0), BLOCK_M) * BLOCK_M, n_queries)
+            mid_lo = gl.maximum(mid_lo, lo)
+
+        dtype: gl.constexpr = q_desc.dtype
+        q_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + q_desc.block_type.shape, q_desc.layout)
+        do_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + do_desc.block_type.shape, do_desc.layout)
+        k_bufs = gl.allocate_shared_memory(dtype, [2] + k_desc.block_type.shape, k_desc.layout)
+        v_bufs = gl.allocate_shared_memory(dtype, [2] + v_desc.block_type.shape, v_desc.layout)
+        kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(kv_bar, count=1)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=2)  # released by both consumers
+
+        descs = (q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc)
+        bufs = (q_ring, do_ring, k_bufs, v_bufs)
+        bars = (kv_bar, ready, empty)
+        scalars = (LSE, DELTA, b, kv_h, n0, n_heads, group, n_queries, n_keys, lo, mid_lo, qk_scale, scale)
+        # the argument tuples are written out: a tuple held in a variable would turn its constexprs into values
+        gl.warp_specialize([
+            (_first_kv_consumer, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)),
+            (_second_kv_consumer, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)),
+            (_produce_q_do, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)),
+        ], [4, 1], [CONSUMER_REGISTERS, PRODUCER_REGISTERS])
+        mbarrier.invalidate(kv_bar)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.invalidate(ready.index(i))
+            mbarrier.invalidate(empty.index(i))
+
+
+def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                       lse: torch.Tensor, delta: torch.Tensor, causal: bool,
+                                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """dK, dV ``(B, Hkv, Nk, D)`` in k's dtype, contiguous, summed over each kv head's group of query heads.
+
+    do, q ``(B, H, Nq, D)``; k, v ``(B, Hkv, Nk, D)`` (any strides TMA takes: a (B, N, H, D) view is fine);
+    lse ``(B, H, Nq)`` fp32, the forward's base-2 log-sum-exp (``P = 2^(S·scale·log2 e − lse)``, +inf for a row
+    that sees no key); delta ``(B, H, Nq)`` fp32, ``rowsum(dO ∘ O)``. ``causal``: queries aligned to the end of
+    the keys. Raises ValueError where :func:`unsupported_reason` names a reason.
+    """
+    reason = unsupported_reason(do, q, k, v, lse, delta)
+    if reason is not None:
+        raise ValueError(f"the Gluon dK/dV kernel cannot run these inputs: {reason}")
+    if not isinstance(causal, bool) or not isinstance(scale, float):
+        raise ValueError(f"causal must be a bool and scale a float, got {causal!r}, {scale!r}")
+    batch, n_heads, n_queries, head_dim = q.shape
+    n_kv_heads, n_keys = k.shape[1], k.shape[2]
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)  # (B, Hkv, Nk, D)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)  # (B, Hkv, Nk, D)
+    if dk.numel() == 0:
+        return dk, dv
+    if n_queries == 0:
+        return dk.zero_(), dv.zero_()
+    grid = (-(-n_keys // BLOCK_N), batch * n_kv_heads)
+    _attn_bwd_kv_hopper_ws[grid](
+        _descriptor(q, BLOCK_M), _descriptor(do, BLOCK_M), _descriptor(k, HALF_N), _descriptor(v, HALF_N),
+        _descriptor(dk, HALF_N), _descriptor(dv, HALF_N), lse, delta,
+        n_heads, n_kv_heads, n_queries, n_keys, scale * LOG2_E, scale,
+        HEAD_DIM=head_dim, NUM_STAGES=NUM_STAGES, CAUSAL=causal, CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS,
+        PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4, maxnreg=WS_MAX_REGISTERS)
+    return dk, dv
+
+
+def compile_jobs(capability: int) -> list:
+    """What CI compiles (:mod:`attention_lab.kernels.compile_check`): on sm_90, at each head dim, causal and not, in
+    bf16, the warp-specialised dK/dV kernel with :data:`NUM_STAGES` ring slots; on other architectures nothing. The
+    TMA descriptors' types are read from descriptors built over small CPU tensors."""
+    from attention_lab.kernels.compile_check import CompileJob
+
+    if capability != 90 or not GLUON_AVAILABLE:
+        return []
+    from triton.runtime.jit import mangle_type
+
+    jobs = []
+    for head_dim in HEAD_DIMS:
+        rows = torch.empty(1, 1, BLOCK_N, head_dim, dtype=torch.bfloat16)
+        q_type, kv_type = mangle_type(_descriptor(rows, BLOCK_M)), mangle_type(_descriptor(rows, HALF_N))
+        types = {"q_desc": q_type, "do_desc": q_type, "k_desc": kv_type, "v_desc": kv_type, "dk_desc": kv_type,
+                 "dv_desc": kv_type, "LSE": "*fp32", "DELTA": "*fp32", "qk_scale": "fp32", "scale": "fp32"}
+        for causal in (False, True):
+            constexprs = dict(HEAD_DIM=head_dim, NUM_STAGES=NUM_STAGES, CAUSAL=causal,
+                              CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS, PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS,
+                              num_warps=4)
+            jobs.append(CompileJob(family="gluon_backward", kernel="dkdv_ws" + "+causal" * causal,
+                                   fn=_attn_bwd_kv_hopper_ws, constexprs=constexprs, types=types, num_warps=4,
+                                   num_stages=1, config=dict(BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, NUM_STAGES=NUM_STAGES),
+                                   head_dim=head_dim, maxnreg=WS_MAX_REGISTERS))
+    return jobs
