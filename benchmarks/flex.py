@@ -26,19 +26,35 @@ import flash as fb  # benchmarks/flash.py: inputs, timing, precompilation, the o
 from attention_lab.book.results import RESULTS_DIR, load as load_result
 from attention_lab.flash import benchmark_report as br
 
-METHODS = ("sdpa_flash", "sdpa_cudnn", "flex", "triton", "triton_scaled")
+METHODS = ("sdpa_flash", "sdpa_cudnn", "flex", "triton", "triton_teaching")
 RUNS = 3  # every method measured 3 times per shape, interleaved; the median of the runs is reported
 
 
-def triton_scaled(q, k, v, causal):
-    """The same Triton kernel with the scores scaled before the max (RAW_MAX_SOFTMAX off): the A/B of the FMA."""
-    from attention_lab.flash import triton_attention as ta
+def triton_teaching(q, k, v, causal):
+    """Chapter 10's teaching kernels alone, forward and backward (``hopper_path=False``): what the Hopper fast path
+    (the Gluon forward and dK/dV kernels, flash/gluon_attention.py and flash/gluon_backward.py) adds on an H100/H200;
+    elsewhere the same as ``triton``."""
+    return TeachingKernels.apply(q, k, v, causal)
 
-    ta.RAW_MAX_SOFTMAX = False
-    try:
-        return ta.flash_attention(q, k, v, causal=causal)
-    finally:
-        ta.RAW_MAX_SOFTMAX = True
+
+class TeachingKernels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal):
+        from attention_lab.flash import triton_attention as ta
+
+        out, lse = ta.flash_attention_forward(q, k, v, None, causal, None, None, hopper_path=False)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal = causal
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from attention_lab.flash import triton_attention as ta
+
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ta.flash_attention_backward(grad_out, q, k, v, out, lse, None, ctx.causal, None, None,
+                                                 hopper_path=False)
+        return dq, dk, dv, None
 
 
 def flex_method():
@@ -81,7 +97,7 @@ def report(results: dict) -> None:
         print(f"\nTFLOP/s, {mode}:\n{br.table(results, mode)}")
     for mode in modes:
         for head_dim in sorted({r["head_dim"] for r in results["rows"]}):
-            for baseline in ("flex", "sdpa_flash", "sdpa_cudnn", "triton_scaled"):
+            for baseline in ("flex", "sdpa_flash", "sdpa_cudnn", "triton_teaching"):
                 span = br.ratio_range(results, head_dim, mode, baseline=baseline)
                 if span:
                     print(f"triton / {baseline:10}, {mode:7}, D={head_dim:3}, every N: {span[0]:.2f}–{span[1]:.2f}×")
@@ -108,7 +124,7 @@ def main(argv=None) -> None:
     dtype = fb.half_dtype()
     ns = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384]
     fb.METHODS["flex"] = flex_method()
-    fb.METHODS["triton_scaled"] = triton_scaled
+    fb.METHODS["triton_teaching"] = triton_teaching
     started = time.perf_counter()
     fb.precompile_all(args.head_dims, dtype)  # this kernel's autotune configs, in parallel processes
     print(f"precompiled in {time.perf_counter() - started:.0f} s", flush=True)
@@ -117,8 +133,9 @@ def main(argv=None) -> None:
                "hidden": fb.HIDDEN, "flops": "fwd 4·B·H·N²·D (÷2 causal), fwd_bwd 3.5 × fwd",
                "timing": f"triton.testing.do_bench median, L2 flushed; FlexAttention compiled before timing; "
                          f"{RUNS} interleaved runs per shape, median of the runs",
-               "methods_note": "triton: max on raw scores, one FMA per exponent (RAW_MAX_SOFTMAX); triton_scaled: "
-                               "the same kernel scaling the scores first (the version before)",
+               "methods_note": "triton: the library's choice (on an H100/H200 the Gluon forward and dK/dV kernels with "
+                               "the teaching dQ kernel); triton_teaching: chapter 10's teaching kernels alone "
+                               "(hopper_path=False)",
                "rows": [], "errors": []}
     for head_dim in args.head_dims:
         heads = fb.HIDDEN // head_dim

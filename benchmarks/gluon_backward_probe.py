@@ -71,7 +71,8 @@ def check(report: dict) -> bool:
             scale = d ** -0.5
             out, lse, delta = forward_state(do, q, k, v, causal, scale)
             dk, dv = gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
-            _, dk_t, dv_t = ta.flash_attention_backward(do, q, k, v, out, lse, None, causal, None, scale)
+            _, dk_t, dv_t = ta.flash_attention_backward(do, q, k, v, out, lse, None, causal, None, scale,
+                                                         hopper_path=False)
             q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
             attention_fp64(q64, k64, v64, causal=causal, scale=scale).backward(do.double())
             row = {"case": name}
@@ -102,7 +103,8 @@ def recorded_launches(do, q, k, v, out, lse, causal, scale) -> dict:
         launches[name] = lambda: original(tuned, kernel, grid, args, flags, tile)
     ta._launch = record
     try:
-        ta.flash_attention_backward(do, q, k, v, out, lse, None, causal, None, scale, fused_dq=False)
+        ta.flash_attention_backward(do, q, k, v, out, lse, None, causal, None, scale, fused_dq=False,
+                                    hopper_path=False)
     finally:
         ta._launch = original
     return launches

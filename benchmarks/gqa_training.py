@@ -8,8 +8,11 @@ heads (MHA, GQA-4, MQA), causal, bf16, at B·N = 32k tokens (B=8, N=4k) and at a
 where the dK/dV kernel has the fewest programs (it owns the keys of one kv head: B·Hkv·N/BLOCK_N programs,
 32 for MQA at B=1 on 132 SMs). Compared, in one process on the same inputs:
 
-* ``triton`` — :func:`attention_lab.flash.triton_attention.flash_attention` (k, v with Hkv heads, no copy);
-* ``triton_unsplit`` — the same with the dK/dV kernel's query-head split off (``kv_splits=1``): what it buys;
+* ``triton`` — :func:`attention_lab.flash.triton_attention.flash_attention` (k, v with Hkv heads, no copy): on an
+  H100/H200 the Gluon forward and, where no query-head split is needed, the Gluon dK/dV kernel;
+* ``triton_teaching_bwd`` — the same with the teaching dK/dV kernel (``hopper_path=False``): what the Gluon one buys;
+* ``triton_unsplit`` — the same with the dK/dV kernel's query-head split off (``kv_splits=1``; on Hopper that is
+  the Gluon kernel wherever it takes the inputs): what the split buys;
 * ``triton_fused_dq`` — the same with dQ added by the dK/dV programs (atomics into fp32, no dQ kernel);
 * ``sdpa_gqa`` — ``F.scaled_dot_product_attention(..., enable_gqa=True)``, PyTorch's own choice of backend;
 * ``sdpa_flash_gqa`` / ``sdpa_cudnn_gqa`` — the same forced to its FlashAttention-2 / cuDNN backend (a
@@ -79,7 +82,8 @@ def flex_method():
 
 
 def backward_variant(**options):
-    """``flash_attention`` (causal) whose backward runs with ``options`` (``kv_splits=1``, ``fused_dq=True``)."""
+    """``flash_attention`` (causal) whose backward runs with ``options`` (``kv_splits=1``, ``fused_dq=True``,
+    ``hopper_path=False``)."""
 
     class Variant(torch.autograd.Function):
         @staticmethod
@@ -98,6 +102,7 @@ def backward_variant(**options):
 
 METHODS = {
     "triton": lambda q, k, v: ta.flash_attention(q, k, v, causal=True),
+    "triton_teaching_bwd": backward_variant(hopper_path=False),
     "triton_unsplit": backward_variant(kv_splits=1),
     "triton_fused_dq": backward_variant(fused_dq=True),
     "sdpa_gqa": sdpa(),

@@ -1,5 +1,5 @@
-"""The Gluon dK/dV kernel for Hopper (attention_lab/flash/gluon_backward.py): written and compiled on a CPU, not
-yet run on a GPU and not wired into flash_attention_backward.
+"""The Gluon dK/dV kernel for Hopper (attention_lab/flash/gluon_backward.py), which flash_attention_backward takes on
+an H100/H200 where it applies (``uses_gluon_backward``).
 
 On the CPU: which inputs it takes (every refusal names its reason), and that it compiles for sm_90 with Triton's own
 compiler — shared memory within the limit, not one byte spilled (``ptxas -v``). On an H100/H200 (``-m gpu``): its
@@ -60,6 +60,41 @@ def test_compiles_for_sm90_within_shared_memory_and_without_spills():
     assert compile_check.compile_jobs("gluon_backward", 80) == []  # written for Hopper only
 
 
+def test_flash_attention_backward_takes_it_where_it_applies_and_every_switch_turns_it_off(monkeypatch):
+    """Where it takes the inputs (here: pretended), flash_attention_backward gets dK, dV from the Gluon kernel and
+    dQ from the teaching dQ kernel; a tile, a mask, a window, fused dQ, a query-head split, hopper_path=False and
+    GLUON_BACKWARD=False each keep the teaching dK/dV kernel."""
+    from attention_lab.flash import triton_attention as ta
+
+    calls = []
+
+    def fake_kernel(do, q, k, v, lse, delta, causal, scale):
+        calls.append((causal, scale))
+        return torch.full_like(k, 7.0), torch.full_like(v, 7.0)
+
+    monkeypatch.setattr(gb, "unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(gb, "flash_attention_backward_kv_hopper", fake_kernel)
+    do, q, k, v, _, _ = problem(b=1, h=4, hkv=2, nq=20, nk=24, d=16, dtype=torch.float32)
+    out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None)
+    dq, dk, dv = ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, None)
+    assert calls == [(True, 0.25)] and torch.all(dk == 7) and torch.all(dv == 7)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    attention_fp64(q64, k64, v64, causal=True).backward(do.double())
+    torch.testing.assert_close(dq.double(), q64.grad, atol=1e-4, rtol=1e-4)  # dQ still the teaching kernel's
+
+    mask = torch.ones(20, 24, dtype=torch.bool)
+    for options in (dict(tile={"BLOCK_M": 16, "BLOCK_N": 16}), dict(hopper_path=False), dict(fused_dq=True),
+                    dict(kv_splits=2), dict(mask=mask), dict(window=5)):
+        options = dict(dict(mask=None, window=None), **options)
+        _, dk, _ = ta.flash_attention_backward(do, q, k, v, out, lse, options.pop("mask"), True,
+                                               options.pop("window"), None, **options)
+        assert not torch.all(dk == 7), options
+    monkeypatch.setattr(ta, "GLUON_BACKWARD", False)
+    _, dk, _ = ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, None)
+    torch.testing.assert_close(dk.double(), k64.grad, atol=1e-4, rtol=1e-4)
+    assert len(calls) == 1
+
+
 def _on_hopper():
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and gb.GLUON_AVAILABLE
 
@@ -88,7 +123,8 @@ def test_dk_dv_equal_float64_autograd_as_closely_as_the_teaching_backward(case):
     out, lse = ta.flash_attention_forward(q, k, v, None, causal, None, scale)
     delta = (do.float() * out.float()).sum(-1)  # (B, H, Nq): rowsum(dO ∘ O)
     dk, dv = gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
-    _, dk_teaching, dv_teaching = ta.flash_attention_backward(do, q, k, v, out, lse, None, causal, None, scale)
+    _, dk_teaching, dv_teaching = ta.flash_attention_backward(do, q, k, v, out, lse, None, causal, None, scale,
+                                                               hopper_path=False)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     attention_fp64(q64, k64, v64, causal=causal, scale=scale).backward(do.double())
     assert dk.shape == k.shape and dv.shape == v.shape and dk.dtype == k.dtype

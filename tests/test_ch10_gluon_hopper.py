@@ -91,7 +91,8 @@ def test_equals_float64_and_the_teaching_kernels_lse(case, tile):
 
 @needs_gluon
 def test_flash_attention_chooses_it_first_on_hopper_and_the_switch_turns_it_off(monkeypatch):
-    """Where it takes the inputs (here: pretended), flash_attention_forward runs the Gluon kernel and nothing else;
+    """Where it takes the inputs (here: pretended) and is the faster, flash_attention_forward runs the Gluon kernel and
+    nothing else (at D=64 with at most 1k keys, measured slower, the teaching kernel);
     GLUON_FORWARD=False falls back to the next path; an explicit tile or hopper_path=False to the teaching kernel."""
     from attention_lab.flash import hopper
     from attention_lab.flash import triton_attention as ta
@@ -106,6 +107,11 @@ def test_flash_attention_chooses_it_first_on_hopper_and_the_switch_turns_it_off(
     monkeypatch.setattr(ga, "flash_attention_forward_hopper", fake_gluon)
     monkeypatch.setattr(hopper, "supports", lambda *args: False)  # the TMA path declines: the teaching kernel next
     q, k, v = qkv(dtype=torch.float32, d=64)
+    out, _ = ta.flash_attention_forward(q, k, v, None, True, None, None)
+    assert calls == [] and not torch.all(out == 0)  # D=64, 47 keys: measured slower than the teaching kernel
+    assert not ga.faster_than_teaching(64, 1024) and ga.faster_than_teaching(64, 1025)
+    assert ga.faster_than_teaching(128, 16)
+    monkeypatch.setattr(ga, "faster_than_teaching", lambda head_dim, n_keys: True)
     out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None)
     assert calls == ["gluon"] and torch.all(out == 0)
     ta.flash_attention_forward(q, k, v, None, True, None, None, tile={"BLOCK_M": 16, "BLOCK_N": 16})

@@ -13,7 +13,8 @@ from __future__ import annotations
 METHODS = {"naive": "naive (reference, N×N in fp32)", "sdpa_flash": "PyTorch SDPA, flash backend",
            "sdpa_cudnn": "PyTorch SDPA, cuDNN backend", "flex": "PyTorch FlexAttention (torch.compile)",
            "triton": "this chapter's Triton kernel",
-           "triton_scaled": "the same, scores scaled before the max (before the FMA)"}
+           "triton_scaled": "the same, scores scaled before the max (before the FMA)",
+           "triton_teaching": "the teaching kernels alone (no Hopper path)"}
 STEPS = {"two_pass": "1. two passes over K (safe softmax)", "online": "2. online softmax: one pass, all blocks masked",
          "skip": "3. + skip hidden blocks, unmasked interior", "tuned": "4. + autotuned tiles"}
 
@@ -93,9 +94,11 @@ def plot_tflops(results: dict, axes=None):
     return axes
 
 
-MARKERS = {"naive": "s", "sdpa_flash": "o", "sdpa_cudnn": "^", "flex": "D", "triton": "*", "triton_scaled": "x"}
+MARKERS = {"naive": "s", "sdpa_flash": "o", "sdpa_cudnn": "^", "flex": "D", "triton": "*", "triton_scaled": "x",
+           "triton_teaching": "x"}
 COLORS = {"naive": "tab:blue", "sdpa_flash": "tab:orange", "sdpa_cudnn": "tab:green", "flex": "tab:purple",
-          "triton": "tab:red", "triton_scaled": "tab:brown"}
+          "triton": "tab:red", "triton_scaled": "tab:brown",
+          "triton_teaching": "tab:brown"}
 
 
 def _memory_panel(results: dict, mode: str, ax) -> None:
@@ -306,3 +309,72 @@ def hopper_claims(results: dict) -> dict[str, bool]:
         "(b) the persistent grid is slower than one program per tile at every shape": all(
             ratio("hopper_persistent", "hopper_tma", shape) < 1 for shape in shapes),
     }
+
+
+def library_choice(results: dict, head_dim: int, n: int, causal: bool, mode: str) -> dict | None:
+    """The row of what ``flash_attention`` runs today at this shape, in a run that measured the library's choice at
+    the time (``triton``) and the teaching kernels alone (``triton_teaching``): the forward at D=64 with few keys is
+    the teaching kernel now (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`), and so is its row."""
+    from attention_lab.flash.gluon_attention import faster_than_teaching
+
+    method = "triton" if faster_than_teaching(head_dim, n) else "triton_teaching"
+    found = rows(results, head_dim=head_dim, n=n, causal=causal, mode=mode, method=method) or \
+        rows(results, head_dim=head_dim, n=n, causal=causal, mode=mode, method="triton")
+    return found[0] if found and found[0]["tflops"] else None
+
+
+def flex_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
+    """Chapter 10's reading of ``flash_flex.json`` (``benchmarks/flex.py``): printed lines — per mode and head dim,
+    the library's choice and the teaching kernels alone over FlexAttention and cuDNN across every N, causal and not
+    — and the statements its prose relies on (tested against the file)."""
+    shapes = sorted({(r["head_dim"], r["n"], r["causal"]) for r in results["rows"]})
+
+    def ratios(mode, baseline, teaching=False, where=lambda d, n, c: True):
+        out = []
+        for d, n, c in shapes:
+            if not where(d, n, c):
+                continue
+            ours = rows(results, head_dim=d, n=n, causal=c, mode=mode, method="triton_teaching")[0] if teaching \
+                else library_choice(results, d, n, c, mode)
+            base = rows(results, head_dim=d, n=n, causal=c, mode=mode, method=baseline)
+            if ours and ours["tflops"] and base and base[0]["tflops"]:
+                out.append(ours["tflops"] / base[0]["tflops"])
+        return out
+
+    lines = []
+    for mode in ("fwd", "fwd_bwd"):
+        for d in sorted({s[0] for s in shapes}):
+            at_d = lambda h, n, c, d=d: h == d  # noqa: E731
+            lib, teach = ratios(mode, "flex", where=at_d), ratios(mode, "flex", True, at_d)
+            cudnn = ratios(mode, "sdpa_cudnn", where=at_d)
+            if lib:
+                lines.append(f"{'forward' if mode == 'fwd' else 'fwd+bwd'} D={d:3}, N 1k–16k: library / Flex "
+                             f"{min(lib):.2f}–{max(lib):.2f}×, teaching kernels alone / Flex {min(teach):.2f}–"
+                             f"{max(teach):.2f}×, library / cuDNN {min(cudnn):.2f}–{max(cudnn):.2f}×")
+    long_128 = lambda d, n, c: d == 128 and n >= 4096  # noqa: E731
+    claims = {
+        "the library's forward is at least FlexAttention's speed at every shape":
+            min(ratios("fwd", "flex")) >= 1.0,
+        "the library's forward+backward is ahead of FlexAttention at every shape":
+            min(ratios("fwd_bwd", "flex")) > 1.0,
+        "the library's forward is at least 0.95x cuDNN at D=128, N >= 4k":
+            min(ratios("fwd", "sdpa_cudnn", where=long_128)) >= 0.95,
+        "the library's forward+backward is behind cuDNN at every shape":
+            max(ratios("fwd_bwd", "sdpa_cudnn")) < 1.0,
+        "the Hopper path's forward+backward is faster than the teaching kernels' at every shape": all(
+            a >= b for a, b in zip(ratios("fwd_bwd", "flex"), ratios("fwd_bwd", "flex", True))),
+    }
+    return lines, claims
+
+
+def gluon_backward_lines(probe: dict) -> list[str]:
+    """The dK/dV kernel's and the whole backward's speed-ups from ``flash_gluon_backward_probe.json``
+    (``benchmarks/gluon_backward_probe.py``: the Gluon dK/dV kernel against the teaching one, alone and inside the
+    backward with the teaching delta and dQ kernels)."""
+    lines = []
+    for row in probe["timing"]:
+        lines.append(f"B={row['B']} H={row['H']} N={row['N']:5} D={row['D']} {'causal' if row['causal'] else 'full  '}: "
+                     f"dK/dV kernel {row['teaching_kv']['ms']:.2f} ms → {row['gluon_kv']['ms']:.2f} ms "
+                     f"(×{row['kv_speedup']:.2f}); whole backward {row['teaching_backward']['ms']:.2f} → "
+                     f"{row['gluon_backward']['ms']:.2f} ms (×{row['backward_speedup']:.2f})")
+    return lines

@@ -57,6 +57,18 @@ WS_CONSUMER_REGISTERS = 240
 WS_PRODUCER_REGISTERS = 24
 
 
+SHORT_KEYS_D64 = 1024  # at D=64 up to this many keys the teaching kernel is the faster one (see below)
+
+
+def faster_than_teaching(head_dim: int, n_keys: int) -> bool:
+    """Whether the warp-specialised kernel beats the teaching kernel at this shape, as measured on an H200 (torch
+    2.11, triton 3.6, bf16, B·N = 32k, H·D = 2048): everywhere except D=64 with at most :data:`SHORT_KEYS_D64` keys,
+    where each program walks only 8 key blocks and the pipeline's fill and drain are not paid back (N=1k: teaching
+    387 vs 371 TFLOP/s full, 288 vs 259 causal; N=2k: 405 vs 427, 334 vs 342 — gluon_probe_d64.json;
+    flash_flex.json has the same order at N=1k)."""
+    return not (head_dim == 64 and n_keys <= SHORT_KEYS_D64)
+
+
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, window) -> str | None:
     """Why the Gluon kernel cannot run these inputs (None: it can). Checked before every launch."""
     if not GLUON_AVAILABLE:

@@ -618,6 +618,10 @@ HOPPER_FORWARD = True
 # ... and there, first the warp-specialised Gluon kernel (flash/gluon_attention.py) where it takes the inputs
 # (D 64 or 128, fp16/bf16, no mask or window); False: the TMA fast path (flash/hopper.py) instead.
 GLUON_FORWARD = True
+# The backward on an H100/H200 computes dK, dV with the warp-specialised Gluon kernel (flash/gluon_backward.py) where
+# it takes the inputs (D 64 or 128, fp16/bf16, no mask or window, no tile given, no query-head split needed) and
+# this file's dQ kernel; False (or flash_attention_backward(hopper_path=False)): the teaching dK/dV kernel.
+GLUON_BACKWARD = True
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
 
@@ -716,7 +720,9 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hop
 
     On an H100/H200 with no ``tile`` given, a Hopper fast path runs instead when it supports the inputs, returning
     the same two tensors: the warp-specialised Gluon kernel (:mod:`attention_lab.flash.gluon_attention`, D 64/128,
-    :data:`GLUON_FORWARD`), else the TMA kernel (:mod:`attention_lab.flash.hopper`: a persistent grid, its configs).
+    :data:`GLUON_FORWARD`; where it takes the inputs but is measured slower, D=64 with at most 1k keys, the teaching
+    kernel: :func:`attention_lab.flash.gluon_attention.faster_than_teaching`), else the TMA kernel
+    (:mod:`attention_lab.flash.hopper`: its configs).
     ``hopper_path``: None follows :data:`HOPPER_FORWARD`; False forces this file's teaching kernel.
     """
     check_tile(tile)
@@ -728,9 +734,10 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hop
         from attention_lab.flash import gluon_attention, hopper
 
         if GLUON_FORWARD and not _compile_only and gluon_attention.unsupported_reason(q, k, v, mask, window) is None:
-            # the warp-specialised Gluon kernel: the fastest measured on an H200 (flash_gluon_probe.json)
-            return gluon_attention.flash_attention_forward_hopper(q, k, v, causal, scale)
-        if hopper.supports(q, k, v, mask, window):
+            if gluon_attention.faster_than_teaching(head_dim, n_keys):
+                # the warp-specialised Gluon kernel: the fastest measured on an H200 (flash_gluon_probe.json)
+                return gluon_attention.flash_attention_forward_hopper(q, k, v, causal, scale)
+        elif hopper.supports(q, k, v, mask, window):
             fast = hopper.flash_attention_forward_hopper(q, k, v, causal, scale, compile_only=_compile_only)
             if not _compile_only:
                 return fast
@@ -768,8 +775,22 @@ def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: 
     return 1 if programs >= sms else min(group, triton.cdiv(sms, programs))
 
 
+def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, fused_dq, hopper_path) -> bool:
+    """Whether :func:`flash_attention_backward` takes dK, dV from the Gluon kernel for Hopper: the switch
+    (``hopper_path``, else :data:`GLUON_BACKWARD`) is on, no fixed tile, no mask or window, no fused dQ, one
+    program per key block owns all its query heads (``kv_splits`` 1: where the teaching kernel splits them to fill
+    the GPU, it stays), and :func:`attention_lab.flash.gluon_backward.unsupported_reason` names no reason."""
+    if not (GLUON_BACKWARD if hopper_path is None else hopper_path) or _compile_only:
+        return False
+    if tile is not None or mask is not None or window is not None or fused_dq or kv_splits != 1:
+        return False
+    from attention_lab.flash import gluon_backward
+
+    return gluon_backward.unsupported_reason(do, q, k, v, lse, delta) is None
+
+
 def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale, tile=None, tile_q=None,
-                             kv_splits=None, fused_dq=None):
+                             kv_splits=None, fused_dq=None, hopper_path=None):
     """Run the three backward kernels on ``do`` (dL/dO, like ``out``) and the forward's ``out`` and ``lse``.
 
     Returns dq, dk, dv shaped like q, k, v.
@@ -779,6 +800,10 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     kv head's query heads over that many dK/dV programs (None: :func:`kv_splits_for`), whose fp32 partial
     sums are then added. ``fused_dq``: the dK/dV kernel adds dQ too, into an fp32 buffer (atomic adds), and the dQ
     kernel is not launched (None: :data:`FUSED_DQ_BACKWARD`).
+
+    On an H100/H200 dK and dV come from the Gluon kernel (:mod:`attention_lab.flash.gluon_backward`) where
+    :func:`uses_gluon_backward` says so; ``hopper_path``: None follows :data:`GLUON_BACKWARD`, False forces the
+    teaching dK/dV kernel.
     """
     check_tile(tile)
     check_tile(tile_q, "tile_q")
@@ -830,7 +855,12 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
               n_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
     kv_grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads * kv_splits)  # noqa: E731
     q_grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
-    _launch(_attn_bwd_kv_tuned, _attn_bwd_kv, kv_grid, kv_args, dict(flags, FUSED_DQ=fused_dq), tile)
+    if uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, fused_dq, hopper_path):
+        from attention_lab.flash import gluon_backward
+
+        dk, dv = gluon_backward.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
+    else:
+        _launch(_attn_bwd_kv_tuned, _attn_bwd_kv, kv_grid, kv_args, dict(flags, FUSED_DQ=fused_dq), tile)
     if fused_dq:
         torch.mul(dq_acc, scale, out=dq_acc)  # dQ = scale · dS K
         dq.copy_(dq_acc)
