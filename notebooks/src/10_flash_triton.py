@@ -695,9 +695,9 @@ print(f"{gluon_backward_probe['device']}, torch {gluon_backward_probe['torch']},
 print("\n".join(benchmark_report.gluon_backward_lines(gluon_backward_probe)))
 
 # %% [markdown]
-# The dK/dV kernel gains a fifth to a third, and the whole backward less, because the dQ kernel and the small
-# kernel for $\delta_i$ are unchanged. That is why forward + backward, in the FlexAttention lines of section 4,
-# is still behind cuDNN's.
+# The dK/dV kernel gains the most (the first ratio of each line), the whole backward less (the second): the dQ
+# kernel and the small kernel for $\delta_i$ are unchanged. That is why forward + backward, in the FlexAttention
+# lines of section 4, is still behind cuDNN's.
 
 # %% [markdown]
 # ## Summary
