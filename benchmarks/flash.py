@@ -43,6 +43,29 @@ def sdpa(backend):
     return run
 
 
+def kernel_variant(forward_options: dict | None = None, backward_options: dict | None = None):
+    """``(q, k, v, causal) -> out``: ``flash_attention`` whose forward and backward run with these options of
+    ``flash_attention_forward`` / ``flash_attention_backward`` (``hopper_path=False``, ``kv_splits=1``, ...)."""
+    forward_options, backward_options = forward_options or {}, backward_options or {}
+
+    class Variant(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, causal):
+            out, lse = ta.flash_attention_forward(q, k, v, None, causal, None, None, **forward_options)
+            ctx.save_for_backward(q, k, v, out, lse)
+            ctx.causal = causal
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            q, k, v, out, lse = ctx.saved_tensors
+            dq, dk, dv = ta.flash_attention_backward(grad_out, q, k, v, out, lse, None, ctx.causal, None, None,
+                                                     **backward_options)
+            return dq, dk, dv, None
+
+    return Variant.apply
+
+
 METHODS = {
     "naive": lambda q, k, v, causal: scaled_dot_product_attention(q, k, v, causal=causal),
     "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION),

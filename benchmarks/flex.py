@@ -30,31 +30,9 @@ METHODS = ("sdpa_flash", "sdpa_cudnn", "flex", "triton", "triton_teaching")
 RUNS = 3  # every method measured 3 times per shape, interleaved; the median of the runs is reported
 
 
-def triton_teaching(q, k, v, causal):
-    """Chapter 10's teaching kernels alone, forward and backward (``hopper_path=False``): what the Hopper fast path
-    (the Gluon forward and dK/dV kernels, flash/gluon_attention.py and flash/gluon_backward.py) adds on an H100/H200;
-    elsewhere the same as ``triton``."""
-    return TeachingKernels.apply(q, k, v, causal)
-
-
-class TeachingKernels(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, causal):
-        from attention_lab.flash import triton_attention as ta
-
-        out, lse = ta.flash_attention_forward(q, k, v, None, causal, None, None, hopper_path=False)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal = causal
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        from attention_lab.flash import triton_attention as ta
-
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = ta.flash_attention_backward(grad_out, q, k, v, out, lse, None, ctx.causal, None, None,
-                                                 hopper_path=False)
-        return dq, dk, dv, None
+# chapter 10's teaching kernels alone, forward and backward: what the Hopper fast path (the Gluon forward and dK/dV
+# kernels, flash/gluon_attention.py and flash/gluon_backward.py) adds on an H100/H200; elsewhere the same as triton
+triton_teaching = fb.kernel_variant(dict(hopper_path=False), dict(hopper_path=False))
 
 
 def flex_method():

@@ -45,6 +45,7 @@ from attention_lab.book.results import RESULTS_DIR  # noqa: E402
 from attention_lab.flash import benchmark_report as br  # noqa: E402
 from attention_lab.flash import triton_attention as ta  # noqa: E402
 from decode_common import environment, half_dtype, save_json  # noqa: E402
+from flash import kernel_variant  # noqa: E402  (benchmarks/flash.py)
 
 HEADS, HEAD_DIM = 16, 128
 KV_HEADS = [16, 4, 1]
@@ -84,20 +85,8 @@ def flex_method():
 def backward_variant(**options):
     """``flash_attention`` (causal) whose backward runs with ``options`` (``kv_splits=1``, ``fused_dq=True``,
     ``hopper_path=False``)."""
-
-    class Variant(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v):
-            out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None)
-            ctx.save_for_backward(q, k, v, out, lse)
-            return out
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            q, k, v, out, lse = ctx.saved_tensors
-            return ta.flash_attention_backward(grad_out, q, k, v, out, lse, None, True, None, None, **options)
-
-    return Variant.apply
+    variant = kernel_variant(backward_options=options)
+    return lambda q, k, v: variant(q, k, v, True)
 
 
 METHODS = {

@@ -252,13 +252,7 @@ def flex_paragraph(results: dict, env: Environment, shared: bool) -> str:
 
     def span(mode: str, baseline: str, method: str = "triton") -> str:
         """``method`` ("triton": what the library runs today at each shape, br.library_choice) over ``baseline``."""
-        ratios = []
-        for d, n, causal in sorted({(r["head_dim"], r["n"], r["causal"]) for r in results["rows"]}):
-            found = br.rows(results, head_dim=d, n=n, causal=causal, mode=mode, method=method)
-            ours = br.library_choice(results, d, n, causal, mode) if method == "triton" else (found or [None])[0]
-            base = br.rows(results, head_dim=d, n=n, causal=causal, mode=mode, method=baseline)
-            if ours and ours["tflops"] and base and base[0]["tflops"]:
-                ratios.append(ours["tflops"] / base[0]["tflops"])
+        ratios = br.choice_ratios(results, mode, baseline, teaching=method == "triton_teaching")
         if not ratios:
             raise ValueError(f"no {method}/{baseline} ratio in flash_flex.json ({mode})")
         return fmt_range(min(ratios), max(ratios), unit="×")

@@ -323,23 +323,29 @@ def library_choice(results: dict, head_dim: int, n: int, causal: bool, mode: str
     return found[0] if found and found[0]["tflops"] else None
 
 
+def choice_ratios(results: dict, mode: str, baseline: str, teaching: bool = False, where=None) -> list[float]:
+    """Speed over ``baseline``'s at every shape (``where(head_dim, n, causal)`` true, default all) of what the library
+    runs today (:func:`library_choice`), or with ``teaching`` of the teaching kernels alone (``triton_teaching``)."""
+    out = []
+    for d, n, c in sorted({(r["head_dim"], r["n"], r["causal"]) for r in results["rows"]}):
+        if where is not None and not where(d, n, c):
+            continue
+        found = rows(results, head_dim=d, n=n, causal=c, mode=mode, method="triton_teaching")
+        ours = (found or [None])[0] if teaching else library_choice(results, d, n, c, mode)
+        base = rows(results, head_dim=d, n=n, causal=c, mode=mode, method=baseline)
+        if ours and ours["tflops"] and base and base[0]["tflops"]:
+            out.append(ours["tflops"] / base[0]["tflops"])
+    return out
+
+
 def flex_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
     """Chapter 10's reading of ``flash_flex.json`` (``benchmarks/flex.py``): printed lines — per mode and head dim,
     the library's choice and the teaching kernels alone over FlexAttention and cuDNN across every N, causal and not
     — and the statements its prose relies on (tested against the file)."""
     shapes = sorted({(r["head_dim"], r["n"], r["causal"]) for r in results["rows"]})
 
-    def ratios(mode, baseline, teaching=False, where=lambda d, n, c: True):
-        out = []
-        for d, n, c in shapes:
-            if not where(d, n, c):
-                continue
-            ours = rows(results, head_dim=d, n=n, causal=c, mode=mode, method="triton_teaching")[0] if teaching \
-                else library_choice(results, d, n, c, mode)
-            base = rows(results, head_dim=d, n=n, causal=c, mode=mode, method=baseline)
-            if ours and ours["tflops"] and base and base[0]["tflops"]:
-                out.append(ours["tflops"] / base[0]["tflops"])
-        return out
+    def ratios(mode, baseline, teaching=False, where=None):
+        return choice_ratios(results, mode, baseline, teaching, where)
 
     lines = []
     for mode in ("fwd", "fwd_bwd"):
