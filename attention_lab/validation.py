@@ -41,6 +41,12 @@ def check_int_range(name: str, value: int, low: int, high: int) -> int:
     return int(value)
 
 
+def check_optional_bool(name: str, value: bool | None) -> None:
+    """A switch that is True, False or None (None: the module's default); anything else is a ``ValueError``."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name} must be True, False or None, got {value!r}")
+
+
 def check_real(name: str, value: float, minimum: float | None = None, strict: bool = False) -> float:
     """Return ``value`` as a float if it is a finite real number (not a bool, a string or a tensor) ``>= minimum``
     (``> minimum`` when ``strict``); else raise ``ValueError`` naming ``name``."""

@@ -93,6 +93,12 @@ def test_flash_attention_backward_takes_it_where_it_applies_and_every_switch_tur
     _, dk, _ = ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, None)
     torch.testing.assert_close(dk.double(), k64.grad, atol=1e-4, rtol=1e-4)
     assert len(calls) == 1
+    for bad in ("yes", 1, 0.0):  # a switch is True, False or None: anything else is named, before any launch
+        with pytest.raises(ValueError, match="hopper_path must be True, False or None"):
+            ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, None, hopper_path=bad)
+        with pytest.raises(ValueError, match="hopper_path must be True, False or None"):
+            ta.flash_attention_forward(q, k, v, None, True, None, None, hopper_path=bad)
+    assert len(calls) == 1
 
 
 def _on_hopper():

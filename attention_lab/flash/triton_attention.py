@@ -34,7 +34,7 @@ import torch
 from attention_lab.kernels.optional_triton import require_triton, tl, triton
 
 from attention_lab.attention import check_qkv, check_scale
-from attention_lab.validation import check_int_range, is_integer
+from attention_lab.validation import check_int_range, check_optional_bool, is_integer
 from attention_lab.flash import triton_configs
 from attention_lab.kernels.common import (LOG2_E, device_capability, device_facts, head_offset, online_softmax_update,
                                          online_softmax_update_raw)
@@ -726,6 +726,7 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hop
     ``hopper_path``: None follows :data:`HOPPER_FORWARD`; False forces this file's teaching kernel.
     """
     check_tile(tile)
+    check_optional_bool("hopper_path", hopper_path)
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = prepare_inputs(
         q, k, v, mask, causal, window, scale)
     refuse_tiles_that_cannot_fit(q, mask is not None, {"forward": tile})
@@ -807,6 +808,8 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     """
     check_tile(tile)
     check_tile(tile_q, "tile_q")
+    check_optional_bool("fused_dq", fused_dq)
+    check_optional_bool("hopper_path", hopper_path)
     batch, n_heads, n_kv_heads, n_queries, n_keys, head_dim, causal, window, scale = prepare_inputs(
         q, k, v, mask, causal, window, scale)
     refuse_tiles_that_cannot_fit(q, mask is not None, {"backward_kv": tile, "backward_q": tile_q or tile})
@@ -838,8 +841,6 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     else:
         dk_out, dv_out = dk[None], dv[None]
     fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
-    if not isinstance(fused_dq, bool):
-        raise ValueError(f"fused_dq must be True, False or None, got {fused_dq!r}")
     # fused: dQ accumulated in fp32 by the dK/dV programs (zeroed first); else the dQ kernel writes dq itself
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if fused_dq else dq
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
