@@ -1,7 +1,8 @@
-"""GPU probe of the Gluon dK/dV kernel for Hopper (attention_lab/flash/gluon_backward.py): correctness first (dK, dV
-against the teaching backward and float64 autograd on odd shapes), then a timing of the Gluon dK/dV kernel against
-the teaching dK/dV kernel (``_attn_bwd_kv``), alone and inside the whole backward (delta kernel + dK/dV + dQ kernel),
-at bf16, D=128, H=16, B·N = 32k, N ∈ {1k, 4k}, causal and not (one process, 3 interleaved do_bench medians).
+"""GPU probe of the Gluon backward kernels for Hopper (attention_lab/flash/gluon_backward.py): correctness first (dK,
+dV, dQ against the teaching backward and float64 autograd on odd shapes), then a timing of the Gluon dK/dV and dQ
+kernels against the teaching ones (``_attn_bwd_kv``, ``_attn_bwd_q``), alone and inside the whole backward (delta
+kernel + dK/dV + dQ), at bf16, D=128, H=16, B·N = 32k, N ∈ {1k, 4k}, causal and not (one process, 3 interleaved
+do_bench medians); the dQ kernel also with other key blocks and ring depths (``Q_TILES``).
 Prints a table; ``--json PATH`` also writes what it measured. About a minute on an H200 (the teaching kernels
 autotune at each shape first).
 
@@ -39,6 +40,7 @@ CASES = [  # (B, H, Hkv, Nq, Nk, D, causal, layout, dtype)
     (1, 16, 2, 200, 1100, 64, False, "bhnd", torch.bfloat16),
     (4, 16, 16, 2048, 2048, 128, True, "bhnd", torch.bfloat16),  # many programs at once: races show here
 ]
+Q_TILES = [{"BLOCK_N": 64, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 3}, {"BLOCK_N": 128, "NUM_STAGES": 2}]
 TIMED = [(32768 // n, 16, n, causal) for n in (1024, 4096) for causal in (False, True)]  # (B, H, N, causal)
 
 
@@ -71,16 +73,18 @@ def check(report: dict) -> bool:
             scale = d ** -0.5
             out, lse, delta = forward_state(do, q, k, v, causal, scale)
             dk, dv = gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
-            _, dk_t, dv_t = ta.flash_attention_backward(do, q, k, v, out, lse, None, causal, None, scale,
-                                                         hopper_path=False)
+            dq = gb.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale)
+            dq_t, dk_t, dv_t = ta.flash_attention_backward(do, q, k, v, out, lse, None, causal, None, scale,
+                                                           hopper_path=False)
             q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
             attention_fp64(q64, k64, v64, causal=causal, scale=scale).backward(do.double())
             row = {"case": name}
-            for grad, got, teaching, want in (("dk", dk, dk_t, k64.grad), ("dv", dv, dv_t, v64.grad)):
+            for grad, got, teaching, want in (("dk", dk, dk_t, k64.grad), ("dv", dv, dv_t, v64.grad),
+                                              ("dq", dq, dq_t, q64.grad)):
                 row[f"{grad}_error"] = (got.double() - want).abs().max().item()
                 row[f"{grad}_teaching_error"] = (teaching.double() - want).abs().max().item()
                 row[f"{grad}_vs_teaching"] = (got.float() - teaching.float()).abs().max().item()
-            row["ok"] = all(row[f"{g}_error"] <= 2 * row[f"{g}_teaching_error"] + 1e-3 for g in ("dk", "dv"))
+            row["ok"] = all(row[f"{g}_error"] <= 2 * row[f"{g}_teaching_error"] + 1e-3 for g in ("dk", "dv", "dq"))
         except Exception:  # a failing case is reported, the others still run
             row = {"case": name, "ok": False, "error": traceback.format_exc(limit=3)}
         ok = ok and row["ok"]
@@ -88,7 +92,8 @@ def check(report: dict) -> bool:
         print(f"{'ok  ' if row['ok'] else 'FAIL'} {name}: " + (
             row.get("error", "").strip().splitlines()[-1] if "error" in row else
             f"dk err {row['dk_error']:.2e} (teaching {row['dk_teaching_error']:.2e}), "
-            f"dv err {row['dv_error']:.2e} (teaching {row['dv_teaching_error']:.2e})"), flush=True)
+            f"dv err {row['dv_error']:.2e} (teaching {row['dv_teaching_error']:.2e}), "
+            f"dq err {row['dq_error']:.2e} (teaching {row['dq_teaching_error']:.2e})"), flush=True)
     return ok
 
 
@@ -120,33 +125,46 @@ def timing(report: dict) -> None:
         out, lse, delta = forward_state(do, q, k, v, causal, scale)
         teaching = recorded_launches(do, q, k, v, out, lse, causal, scale)
         kv_delta = teaching["_attn_bwd_delta"]
+
+        def gluon_q(tile=None):
+            return lambda: gb.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale, tile)
+
+        def gluon_kv():
+            return gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
         methods = {
             "teaching_kv": teaching["_attn_bwd_kv"],
-            "gluon_kv": lambda: gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale),
+            "gluon_kv": gluon_kv,
+            "teaching_q": teaching["_attn_bwd_q"],
+            **{"gluon_q_{BLOCK_N}x{NUM_STAGES}".format(**tile): gluon_q(tile) for tile in Q_TILES},
             "teaching_backward": lambda: (kv_delta(), teaching["_attn_bwd_kv"](), teaching["_attn_bwd_q"]()),
-            "gluon_backward": lambda: (kv_delta(), gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta,
-                                                                                          causal, scale),
-                                       teaching["_attn_bwd_q"]()),
+            "gluon_kv_backward": lambda: (kv_delta(), gluon_kv(), teaching["_attn_bwd_q"]()),
+            "gluon_backward": lambda: (kv_delta(), gluon_kv(), gluon_q()()),
         }
         runs = {m: [] for m in methods}
         for _ in range(3):  # interleaved: each method once per round
             for m, fn in methods.items():
                 runs[m].append(do_bench(fn, warmup=10, rep=40, return_mode="median"))
         pairs = b * h * n * n * (0.5 if causal else 1.0)  # (query, key) pairs seen
-        flops = {"teaching_kv": 8 * pairs * d, "gluon_kv": 8 * pairs * d,  # 4 products of 2·pairs·D
-                 "teaching_backward": 14 * pairs * d, "gluon_backward": 14 * pairs * d}  # + 3 in the dQ kernel
-        row = {"B": b, "H": h, "N": n, "D": d, "causal": causal}
+        products = {"kv": 4, "q": 3, "backward": 7}  # matrix products of 2·pairs·D each
+        row = {"B": b, "H": h, "N": n, "D": d, "causal": causal, "default_q_tile": gb.q_tile_for(d)}
         for m, times in runs.items():
             ms = statistics.median(times)
-            row[m] = {"ms": ms, "tflops": flops[m] / ms / 1e9, "runs_ms": times}
+            kind = "backward" if m.endswith("backward") else m.split("_")[1]
+            row[m] = {"ms": ms, "tflops": 2 * products[kind] * pairs * d / ms / 1e9, "runs_ms": times,
+                      "spread": (max(times) - min(times)) / ms}
         row["kv_speedup"] = row["teaching_kv"]["ms"] / row["gluon_kv"]["ms"]
+        default_q = "gluon_q_{BLOCK_N}x{NUM_STAGES}".format(**gb.q_tile_for(d))
+        row["q_speedup"] = row["teaching_q"]["ms"] / row[default_q]["ms"]
         row["backward_speedup"] = row["teaching_backward"]["ms"] / row["gluon_backward"]["ms"]
         report["timing"].append(row)
-        print(f"N {n:>5} {'causal' if causal else 'full  '}  dK/dV kernel: teaching {row['teaching_kv']['ms']:.3f} ms "
+        q_tiles = ", ".join(f"{m[8:]} {row[m]['ms']:.3f}" for m in methods if m.startswith("gluon_q_"))
+        print(f"N {n:>5} {'causal' if causal else 'full  '}  dK/dV: teaching {row['teaching_kv']['ms']:.3f} ms "
               f"({row['teaching_kv']['tflops']:.0f} TFLOP/s), Gluon {row['gluon_kv']['ms']:.3f} ms "
-              f"({row['gluon_kv']['tflops']:.0f}), ×{row['kv_speedup']:.2f};  whole backward: teaching "
-              f"{row['teaching_backward']['ms']:.3f} ms, with Gluon dK/dV {row['gluon_backward']['ms']:.3f} ms, "
-              f"×{row['backward_speedup']:.2f}", flush=True)
+              f"({row['gluon_kv']['tflops']:.0f}), ×{row['kv_speedup']:.2f};  dQ: teaching {row['teaching_q']['ms']:.3f}"
+              f" ({row['teaching_q']['tflops']:.0f}), Gluon {q_tiles} ({row[default_q]['tflops']:.0f}), "
+              f"×{row['q_speedup']:.2f};  backward: teaching {row['teaching_backward']['ms']:.3f} ms, Gluon dK/dV "
+              f"{row['gluon_kv_backward']['ms']:.3f}, both Gluon {row['gluon_backward']['ms']:.3f} "
+              f"(×{row['backward_speedup']:.2f})", flush=True)
 
 
 def main() -> None:

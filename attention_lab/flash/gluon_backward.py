@@ -37,12 +37,13 @@ if GLUON_AVAILABLE:
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
         warpgroup_mma_wait
 
-    from attention_lab.flash.gluon_attention import _descriptor, tma_load, tma_store
+    from attention_lab.flash.gluon_attention import _descriptor, _query_tile, tma_load, tma_store
 
 BLOCK_N = 128  # keys per program: two consumer warpgroups of 64
 HALF_N = BLOCK_N // 2
 BLOCK_M = 64  # query rows per step (one Q tile and one dO tile of the ring)
 NUM_STAGES = 2  # ring slots of (Q, dO): D=128 bf16: K, V 64 KiB + 2 × (Q + dO) 64 KiB = 128 KiB
+Q_HALF_M = 64  # the dQ kernel: query rows per consumer warpgroup (a program owns 2 × 64 rows)
 
 
 def unsupported_reason(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
@@ -244,6 +245,149 @@ if GLUON_AVAILABLE:
             mbarrier.invalidate(empty.index(i))
 
 
+    # ---------------------------------------------------------------------------------------------------------------
+    # dQ: one program = 2·HALF_M query rows of one (batch, head), walking over the key blocks they see
+    # ---------------------------------------------------------------------------------------------------------------
+
+    @gluon.jit
+    def _consume_q(WHICH: gl.constexpr, descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
+                   BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        """A consumer warpgroup of the dQ kernel: query rows ``[m0 + WHICH·HALF_M, +HALF_M)``, their dQ (HALF_M,
+        HEAD_DIM) fp32 in registers over every key block, then stored (scaled) through the rows' own Q tile."""
+        q_desc, do_desc, k_desc, v_desc, dq_desc = descs
+        q_bufs, do_bufs, k_ring, v_ring = bufs
+        qdo_bar, k_ready, v_ready, kv_empty = bars
+        LSE, DELTA, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, scale, batch_head = scalars
+        offset = n_keys - n_queries  # queries are the last n_queries positions
+        # wgmma layouts: S, dP are (HALF_M, BLOCK_N); dQ is (HALF_M, HEAD_DIM); one warpgroup
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, HEAD_DIM, 16])
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+        row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)  # one value per query row of S
+        dtype: gl.constexpr = q_desc.dtype
+
+        first_row = m0 + WHICH * HALF_M
+        q_tile = q_bufs.index(WHICH).reshape([HALF_M, HEAD_DIM])
+        do_tile = do_bufs.index(WHICH).reshape([HALF_M, HEAD_DIM])
+        rows = first_row + gl.arange(0, HALF_M, layout=row_layout)  # (HALF_M,)
+        cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))  # (BLOCK_N,)
+        in_range = rows < n_queries  # rows beyond n_queries: lse = +inf, delta = 0, so P = dS = 0
+        lse = gl.load(LSE + batch_head.to(gl.int64) * n_queries + rows, mask=in_range, other=float("inf"))
+        delta = gl.load(DELTA + batch_head.to(gl.int64) * n_queries + rows, mask=in_range, other=0.0)
+        dq = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=acc_layout)
+        s_zero = gl.zeros([HALF_M, BLOCK_N], gl.float32, layout=s_layout)
+
+        mbarrier.wait(qdo_bar, 0)
+        for j in range(n_blocks):
+            slot = j % NUM_STAGES
+            phase = (j // NUM_STAGES) & 1
+            k_tile = k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM])
+            v_tile = v_ring.index(slot).reshape([BLOCK_N, HEAD_DIM])
+            # S = Q K_jᵀ and dP = dO V_jᵀ both issued (neither needs the other); wait for S only, so that P's
+            # exponentials run while dP is still on the tensor cores
+            mbarrier.wait(k_ready.index(slot), phase)
+            s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            mbarrier.wait(v_ready.index(slot), phase)
+            dp = warpgroup_mma(do_tile, v_tile.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(1, deps=[s])
+            p = gl.exp2(s * qk_scale - lse[:, None])  # P recomputed from the saved lse  (HALF_M, BLOCK_N)
+            if j >= first_masked:  # the causal diagonal or the last, partial key block
+                keys = j * BLOCK_N + cols
+                ok = keys[None, :] < n_keys
+                if CAUSAL:
+                    ok = ok & (keys[None, :] <= rows[:, None] + offset)
+                p = gl.where(ok, p, 0.0)
+            dp = warpgroup_mma_wait(0, deps=[dp])
+            ds = p * (dp - delta[:, None])  # dS = P ∘ (dP − delta)  (HALF_M, BLOCK_N)
+            ds_op = gl.convert_layout(ds.to(dtype), a_layout)
+            dq = warpgroup_mma(ds_op, k_tile, dq, is_async=True)  # dQ += dS K_j  (HALF_M, HEAD_DIM)
+            dq, ds_op = warpgroup_mma_wait(0, deps=[dq, ds_op])
+            mbarrier.arrive(kv_empty.index(slot), count=1)  # this warpgroup has read K_j and V_j
+
+        # epilogue: this warpgroup's Q rows are no longer read (its products are waited for): they stage dQ
+        q_tile.store((dq * scale).to(dtype))  # dQ = scale · dS K
+        fence_async_shared()
+        tma_store(dq_desc, [b, h, first_row, 0], q_bufs.index(WHICH))  # rows beyond n_queries are clipped by TMA
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _first_q_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
+                          BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        _consume_q(0, descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)
+
+    @gluon.jit
+    def _second_q_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
+                           BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        _consume_q(1, descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)
+
+    @gluon.jit
+    def _produce_k_v(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
+                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+        """The dQ kernel's producer warp: Q's and dO's two halves once, then every K and V block into the rings, a
+        slot as soon as both consumers have released it (``kv_empty`` starts completed: the first round does not
+        wait)."""
+        q_desc, do_desc, k_desc, v_desc, dq_desc = descs
+        q_bufs, do_bufs, k_ring, v_ring = bufs
+        qdo_bar, k_ready, v_ready, kv_empty = bars
+        LSE, DELTA, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, scale, batch_head = scalars
+        mbarrier.expect(qdo_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
+        for half in gl.static_range(2):
+            tma_load(q_desc, [b, h, m0 + half * HALF_M, 0], qdo_bar, q_bufs.index(half))
+            tma_load(do_desc, [b, h, m0 + half * HALF_M, 0], qdo_bar, do_bufs.index(half))
+        for j in range(n_blocks):
+            slot = j % NUM_STAGES
+            mbarrier.wait(kv_empty.index(slot), ((j // NUM_STAGES) & 1) ^ 1)
+            mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+            tma_load(k_desc, [b, kv_h, j * BLOCK_N, 0], k_ready.index(slot), k_ring.index(slot))
+            mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+            tma_load(v_desc, [b, kv_h, j * BLOCK_N, 0], v_ready.index(slot), v_ring.index(slot))
+
+    @gluon.jit
+    def _attn_bwd_q_hopper_ws(q_desc, do_desc, k_desc, v_desc, dq_desc, LSE, DELTA,
+                              n_heads, group, n_queries, n_keys, qk_scale, scale,
+                              HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+                              CAUSAL: gl.constexpr, CONSUMER_REGISTERS: gl.constexpr, PRODUCER_REGISTERS: gl.constexpr,
+                              num_warps: gl.constexpr):
+        """One program = 2·HALF_M queries of one (batch, head), the key blocks they see as the forward's
+        (``_query_tile``: causal programs longest first). Descriptors are 4-D over (B, H, N, D): Q, dO, dQ with
+        blocks of HALF_M rows, K, V of BLOCK_N."""
+        HALF_M: gl.constexpr = q_desc.block_type.shape[2]
+        batch_head, b, h, kv_h, m0, n_blocks, first_masked = _query_tile(n_heads, group, n_queries, n_keys, 2 * HALF_M,
+                                                                         BLOCK_N, CAUSAL)
+        dtype: gl.constexpr = q_desc.dtype
+        q_bufs = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        do_bufs = gl.allocate_shared_memory(dtype, [2] + do_desc.block_type.shape, do_desc.layout)
+        k_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
+        v_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + v_desc.block_type.shape, v_desc.layout)
+        qdo_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(qdo_bar, count=1)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(kv_empty.index(i), count=2)  # released by both consumers
+
+        descs = (q_desc, do_desc, k_desc, v_desc, dq_desc)
+        bufs = (q_bufs, do_bufs, k_ring, v_ring)
+        bars = (qdo_bar, k_ready, v_ready, kv_empty)
+        scalars = (LSE, DELTA, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, scale, batch_head)
+        # the argument tuples are written out: a tuple held in a variable would turn its constexprs into values
+        gl.warp_specialize([
+            (_first_q_consumer, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
+            (_second_q_consumer, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
+            (_produce_k_v, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
+        ], [4, 1], [CONSUMER_REGISTERS, PRODUCER_REGISTERS])
+        mbarrier.invalidate(qdo_bar)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.invalidate(k_ready.index(i))
+            mbarrier.invalidate(v_ready.index(i))
+            mbarrier.invalidate(kv_empty.index(i))
+
+
 def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                        lse: torch.Tensor, delta: torch.Tensor, causal: bool,
                                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +421,45 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
     return dk, dv
 
 
+def q_tile_for(head_dim: int) -> dict:
+    """The dQ kernel's key block and ring depth: ``BLOCK_N`` keys per step, ``NUM_STAGES`` (K, V) slots. At D=128
+    two (64, 64) fp32 products in flight beside dQ (64 × 128 fp32) fit the consumers' 240 registers; 128 keys would
+    not. Shared memory: Q, dO 2 × 32 KiB + 2 × (K + V) 64 KiB = 128 KiB at D=128."""
+    return {"BLOCK_N": 64 if head_dim > 64 else 128, "NUM_STAGES": 2}
+
+
+def flash_attention_backward_q_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                      lse: torch.Tensor, delta: torch.Tensor, causal: bool, scale: float,
+                                      tile: dict | None = None) -> torch.Tensor:
+    """dQ ``(B, H, Nq, D)`` in q's dtype, contiguous: ``scale · dS K`` with ``dS = P ∘ (dO Vᵀ − delta)``.
+
+    Same inputs as :func:`flash_attention_backward_kv_hopper`. ``tile``: ``{"BLOCK_N": .., "NUM_STAGES": ..}``
+    (default :func:`q_tile_for`). Raises ValueError where :func:`unsupported_reason` names a reason.
+    """
+    reason = unsupported_reason(do, q, k, v, lse, delta)
+    if reason is not None:
+        raise ValueError(f"the Gluon dQ kernel cannot run these inputs: {reason}")
+    if not isinstance(causal, bool) or not isinstance(scale, float):
+        raise ValueError(f"causal must be a bool and scale a float, got {causal!r}, {scale!r}")
+    batch, n_heads, n_queries, head_dim = q.shape
+    n_kv_heads, n_keys = k.shape[1], k.shape[2]
+    tile = dict(q_tile_for(head_dim), **(tile or {}))
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (B, H, Nq, D)
+    if dq.numel() == 0:
+        return dq
+    if n_keys == 0:
+        return dq.zero_()
+    grid = (-(-n_queries // (2 * Q_HALF_M)), batch * n_heads)
+    _attn_bwd_q_hopper_ws[grid](
+        _descriptor(q, Q_HALF_M), _descriptor(do, Q_HALF_M), _descriptor(k, tile["BLOCK_N"]),
+        _descriptor(v, tile["BLOCK_N"]), _descriptor(dq, Q_HALF_M), lse, delta,
+        n_heads, n_heads // n_kv_heads, n_queries, n_keys, scale * LOG2_E, scale,
+        HEAD_DIM=head_dim, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal,
+        CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS, PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4,
+        maxnreg=WS_MAX_REGISTERS)
+    return dq
+
+
 def compile_jobs(capability: int) -> list:
     """What CI compiles (:mod:`attention_lab.kernels.compile_check`): on sm_90, at each head dim, causal and not, in
     bf16, the warp-specialised dK/dV kernel with :data:`NUM_STAGES` ring slots; on other architectures nothing. The
@@ -301,4 +484,16 @@ def compile_jobs(capability: int) -> list:
                                    fn=_attn_bwd_kv_hopper_ws, constexprs=constexprs, types=types, num_warps=4,
                                    num_stages=1, config=dict(BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, NUM_STAGES=NUM_STAGES),
                                    head_dim=head_dim, maxnreg=WS_MAX_REGISTERS))
+            tile = q_tile_for(head_dim)
+            q_rows_type = mangle_type(_descriptor(rows, Q_HALF_M))
+            k_type = mangle_type(_descriptor(rows, tile["BLOCK_N"]))
+            q_types = {"q_desc": q_rows_type, "do_desc": q_rows_type, "dq_desc": q_rows_type, "k_desc": k_type,
+                       "v_desc": k_type, "LSE": "*fp32", "DELTA": "*fp32", "qk_scale": "fp32", "scale": "fp32"}
+            q_constexprs = dict(HEAD_DIM=head_dim, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"],
+                                CAUSAL=causal, CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS,
+                                PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4)
+            jobs.append(CompileJob(family="gluon_backward", kernel="dq_ws" + "+causal" * causal,
+                                   fn=_attn_bwd_q_hopper_ws, constexprs=q_constexprs, types=q_types, num_warps=4,
+                                   num_stages=1, config=dict(BLOCK_M=2 * Q_HALF_M, **tile), head_dim=head_dim,
+                                   maxnreg=WS_MAX_REGISTERS))
     return jobs

@@ -781,9 +781,16 @@ def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, 
     (``hopper_path``, else :data:`GLUON_BACKWARD`) is on, no fixed tile, no mask or window, no fused dQ, one
     program per key block owns all its query heads (``kv_splits`` 1: where the teaching kernel splits them to fill
     the GPU, it stays), and :func:`attention_lab.flash.gluon_backward.unsupported_reason` names no reason."""
+    return kv_splits == 1 and uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile, fused_dq, hopper_path)
+
+
+def uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile_q, fused_dq, hopper_path) -> bool:
+    """Whether :func:`flash_attention_backward` takes dQ from the Gluon dQ kernel for Hopper: as
+    :func:`uses_gluon_backward` but whatever the dK/dV kernel's head split (the dQ grid has one program per 128
+    query rows of each head, enough at any batch); ``tile_q`` is the dQ kernel's fixed tile (None: none)."""
     if not (GLUON_BACKWARD if hopper_path is None else hopper_path) or _compile_only:
         return False
-    if tile is not None or mask is not None or window is not None or fused_dq or kv_splits != 1:
+    if tile_q is not None or mask is not None or window is not None or fused_dq:
         return False
     from attention_lab.flash import gluon_backward
 
@@ -802,9 +809,9 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     sums are then added. ``fused_dq``: the dK/dV kernel adds dQ too, into an fp32 buffer (atomic adds), and the dQ
     kernel is not launched (None: :data:`FUSED_DQ_BACKWARD`).
 
-    On an H100/H200 dK and dV come from the Gluon kernel (:mod:`attention_lab.flash.gluon_backward`) where
-    :func:`uses_gluon_backward` says so; ``hopper_path``: None follows :data:`GLUON_BACKWARD`, False forces the
-    teaching dK/dV kernel.
+    On an H100/H200 dK, dV and dQ come from the Gluon kernels (:mod:`attention_lab.flash.gluon_backward`) where
+    :func:`uses_gluon_backward` and :func:`uses_gluon_dq` say so; ``hopper_path``: None follows
+    :data:`GLUON_BACKWARD`, False forces the teaching kernels.
     """
     check_tile(tile)
     check_tile(tile_q, "tile_q")
@@ -834,13 +841,23 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     check_int_range("kv_splits", kv_splits, 1, group + 1)
     heads_per_split = triton.cdiv(group, kv_splits)
     kv_splits = triton.cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
+    fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
+    gluon_kv = uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, fused_dq, hopper_path)
+    gluon_q = uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile_q or tile, fused_dq, hopper_path)
+    if gluon_kv or gluon_q:
+        from attention_lab.flash import gluon_backward
+    if gluon_kv:
+        dk, dv = gluon_backward.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
+    if gluon_q:
+        dq = gluon_backward.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale)
+    if gluon_kv and gluon_q:
+        return dq, dk, dv
     if kv_splits > 1:  # fp32 partial sums, one slice per split, added after the kernel
         dk_out = torch.empty((kv_splits, *k.shape), dtype=torch.float32, device=k.device)
         dv_out = torch.empty((kv_splits, *v.shape), dtype=torch.float32, device=v.device)
         wide = wide or dk_out.numel() >= 2 ** 31
     else:
         dk_out, dv_out = dk[None], dv[None]
-    fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
     # fused: dQ accumulated in fp32 by the dK/dV programs (zeroed first); else the dQ kernel writes dq itself
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if fused_dq else dq
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
@@ -856,16 +873,12 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
               n_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
     kv_grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads * kv_splits)  # noqa: E731
     q_grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
-    if uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, fused_dq, hopper_path):
-        from attention_lab.flash import gluon_backward
-
-        dk, dv = gluon_backward.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
-    else:
+    if not gluon_kv:
         _launch(_attn_bwd_kv_tuned, _attn_bwd_kv, kv_grid, kv_args, dict(flags, FUSED_DQ=fused_dq), tile)
     if fused_dq:
         torch.mul(dq_acc, scale, out=dq_acc)  # dQ = scale · dS K
         dq.copy_(dq_acc)
-    else:
+    elif not gluon_q:
         _launch(_attn_bwd_q_tuned, _attn_bwd_q, q_grid, q_args, flags, tile_q or tile)
     if kv_splits > 1:
         dk.copy_(dk_out.sum(0))
