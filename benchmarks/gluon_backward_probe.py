@@ -1,8 +1,8 @@
 """GPU probe of the Gluon backward kernels for Hopper (attention_lab/flash/gluon_backward.py): correctness first (dK,
 dV, dQ against the teaching backward and float64 autograd on odd shapes), then a timing of the Gluon dK/dV and dQ
 kernels against the teaching ones (``_attn_bwd_kv``, ``_attn_bwd_q``), alone and inside the whole backward (delta
-kernel + dK/dV + dQ), at bf16, D=128, H=16, B·N = 32k, N ∈ {1k, 4k}, causal and not (one process, 3 interleaved
-do_bench medians); the dQ kernel also with other key blocks and ring depths (``Q_TILES``).
+kernel + dK/dV + dQ), at bf16, D=128 (``--head-dim 64``: D=64), H·D = 2048, B·N = 32k, N ∈ {1k, 4k}, causal and
+not (one process, 3 interleaved do_bench medians); both kernels also with other tiles (``Q_TILES``, ``KV_TILES``).
 Prints a table; ``--json PATH`` also writes what it measured. About a minute on an H200 (the teaching kernels
 autotune at each shape first).
 
@@ -40,8 +40,15 @@ CASES = [  # (B, H, Hkv, Nq, Nk, D, causal, layout, dtype)
     (1, 16, 2, 200, 1100, 64, False, "bhnd", torch.bfloat16),
     (4, 16, 16, 2048, 2048, 128, True, "bhnd", torch.bfloat16),  # many programs at once: races show here
 ]
-Q_TILES = [{"BLOCK_N": 64, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 3}, {"BLOCK_N": 128, "NUM_STAGES": 2}]
-TIMED = [(32768 // n, 16, n, causal) for n in (1024, 4096) for causal in (False, True)]  # (B, H, N, causal)
+Q_TILES = {128: [{"BLOCK_N": 64, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 3}, {"BLOCK_N": 128, "NUM_STAGES": 2}],
+           64: [{"BLOCK_N": 128, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 2}, {"BLOCK_N": 128, "NUM_STAGES": 3}]}
+KV_TILES = {128: [{"BLOCK_M": 64, "NUM_STAGES": 2}],  # the default first; at D=128 nothing else fits without spills
+            64: [{"BLOCK_M": 64, "NUM_STAGES": 2}, {"BLOCK_M": 64, "NUM_STAGES": 3}, {"BLOCK_M": 128, "NUM_STAGES": 2}]}
+
+
+def timed_shapes(head_dim: int) -> list[tuple]:
+    """(B, H, N, causal): B·N = 32k tokens, H·D = 2048."""
+    return [(32768 // n, 2048 // head_dim, n, causal) for n in (1024, 4096) for causal in (False, True)]
 
 
 def make(b, h, hkv, nq, nk, d, layout, dtype, seed=0):
@@ -115,11 +122,10 @@ def recorded_launches(do, q, k, v, out, lse, causal, scale) -> dict:
     return launches
 
 
-def timing(report: dict) -> None:
+def timing(report: dict, d: int) -> None:
     from triton.testing import do_bench
 
-    for b, h, n, causal in TIMED:
-        d = 128
+    for b, h, n, causal in timed_shapes(d):
         do, q, k, v = make(b, h, h, n, n, d, "bhnd", torch.bfloat16)
         scale = d ** -0.5
         out, lse, delta = forward_state(do, q, k, v, causal, scale)
@@ -129,16 +135,17 @@ def timing(report: dict) -> None:
         def gluon_q(tile=None):
             return lambda: gb.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale, tile)
 
-        def gluon_kv():
-            return gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
+        def gluon_kv(tile=None):
+            return lambda: gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale, tile)
         methods = {
             "teaching_kv": teaching["_attn_bwd_kv"],
-            "gluon_kv": gluon_kv,
+            "gluon_kv": gluon_kv(),
+            **{"gluon_kv_{BLOCK_M}x{NUM_STAGES}".format(**tile): gluon_kv(tile) for tile in KV_TILES[d][1:]},
             "teaching_q": teaching["_attn_bwd_q"],
-            **{"gluon_q_{BLOCK_N}x{NUM_STAGES}".format(**tile): gluon_q(tile) for tile in Q_TILES},
+            **{"gluon_q_{BLOCK_N}x{NUM_STAGES}".format(**tile): gluon_q(tile) for tile in Q_TILES[d]},
             "teaching_backward": lambda: (kv_delta(), teaching["_attn_bwd_kv"](), teaching["_attn_bwd_q"]()),
-            "gluon_kv_backward": lambda: (kv_delta(), gluon_kv(), teaching["_attn_bwd_q"]()),
-            "gluon_backward": lambda: (kv_delta(), gluon_kv(), gluon_q()()),
+            "gluon_kv_backward": lambda: (kv_delta(), gluon_kv()(), teaching["_attn_bwd_q"]()),
+            "gluon_backward": lambda: (kv_delta(), gluon_kv()(), gluon_q()()),
         }
         runs = {m: [] for m in methods}
         for _ in range(3):  # interleaved: each method once per round
@@ -158,9 +165,11 @@ def timing(report: dict) -> None:
         row["backward_speedup"] = row["teaching_backward"]["ms"] / row["gluon_backward"]["ms"]
         report["timing"].append(row)
         q_tiles = ", ".join(f"{m[8:]} {row[m]['ms']:.3f}" for m in methods if m.startswith("gluon_q_"))
+        kv_tiles = "".join(f", {m[9:]} {row[m]['ms']:.3f}" for m in methods if m.startswith("gluon_kv_") and
+                           not m.endswith("backward"))
         print(f"N {n:>5} {'causal' if causal else 'full  '}  dK/dV: teaching {row['teaching_kv']['ms']:.3f} ms "
               f"({row['teaching_kv']['tflops']:.0f} TFLOP/s), Gluon {row['gluon_kv']['ms']:.3f} ms "
-              f"({row['gluon_kv']['tflops']:.0f}), ×{row['kv_speedup']:.2f};  dQ: teaching {row['teaching_q']['ms']:.3f}"
+              f"({row['gluon_kv']['tflops']:.0f}){kv_tiles}, ×{row['kv_speedup']:.2f};  dQ: teaching {row['teaching_q']['ms']:.3f}"
               f" ({row['teaching_q']['tflops']:.0f}), Gluon {q_tiles} ({row[default_q]['tflops']:.0f}), "
               f"×{row['q_speedup']:.2f};  backward: teaching {row['teaching_backward']['ms']:.3f} ms, Gluon dK/dV "
               f"{row['gluon_kv_backward']['ms']:.3f}, both Gluon {row['gluon_backward']['ms']:.3f} "
@@ -171,6 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-timing", action="store_true", help="correctness only")
+    parser.add_argument("--head-dim", type=int, default=128, choices=sorted(Q_TILES), help="of the timed shapes")
     args = parser.parse_args()
     if not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)):
         sys.exit("needs an sm_90 GPU (H100/H200)")
@@ -180,7 +190,7 @@ def main() -> None:
               "checks": [], "timing": []}
     ok = check(report)
     if ok and not args.no_timing:  # a wrong kernel is not timed
-        timing(report)
+        timing(report, args.head_dim)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     sys.exit(0 if ok else 1)

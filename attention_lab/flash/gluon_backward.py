@@ -389,18 +389,20 @@ if GLUON_AVAILABLE:
 
 
 def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                       lse: torch.Tensor, delta: torch.Tensor, causal: bool,
-                                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                                       lse: torch.Tensor, delta: torch.Tensor, causal: bool, scale: float,
+                                       tile: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """dK, dV ``(B, Hkv, Nk, D)`` in k's dtype, contiguous, summed over each kv head's group of query heads.
 
     do, q ``(B, H, Nq, D)``; k, v ``(B, Hkv, Nk, D)`` (any strides TMA takes: a (B, N, H, D) view is fine);
     lse ``(B, H, Nq)`` fp32, the forward's base-2 log-sum-exp (``P = 2^(S·scale·log2 e − lse)``, +inf for a row
     that sees no key); delta ``(B, H, Nq)`` fp32, ``rowsum(dO ∘ O)``. ``causal``: queries aligned to the end of
-    the keys. Raises ValueError where :func:`unsupported_reason` names a reason.
+    the keys. ``tile``: ``{"BLOCK_M": .., "NUM_STAGES": ..}``, query rows per step and (Q, dO) ring slots (default
+    :data:`BLOCK_M`, :data:`NUM_STAGES`). Raises ValueError where :func:`unsupported_reason` names a reason.
     """
     reason = unsupported_reason(do, q, k, v, lse, delta)
     if reason is not None:
         raise ValueError(f"the Gluon dK/dV kernel cannot run these inputs: {reason}")
+    tile = dict({"BLOCK_M": BLOCK_M, "NUM_STAGES": NUM_STAGES}, **(tile or {}))
     if not isinstance(causal, bool) or not isinstance(scale, float):
         raise ValueError(f"causal must be a bool and scale a float, got {causal!r}, {scale!r}")
     batch, n_heads, n_queries, head_dim = q.shape
@@ -413,10 +415,10 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
         return dk.zero_(), dv.zero_()
     grid = (-(-n_keys // BLOCK_N), batch * n_kv_heads)
     _attn_bwd_kv_hopper_ws[grid](
-        _descriptor(q, BLOCK_M), _descriptor(do, BLOCK_M), _descriptor(k, HALF_N), _descriptor(v, HALF_N),
-        _descriptor(dk, HALF_N), _descriptor(dv, HALF_N), lse, delta,
+        _descriptor(q, tile["BLOCK_M"]), _descriptor(do, tile["BLOCK_M"]), _descriptor(k, HALF_N),
+        _descriptor(v, HALF_N), _descriptor(dk, HALF_N), _descriptor(dv, HALF_N), lse, delta,
         n_heads, n_kv_heads, n_queries, n_keys, scale * LOG2_E, scale,
-        HEAD_DIM=head_dim, NUM_STAGES=NUM_STAGES, CAUSAL=causal, CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS,
+        HEAD_DIM=head_dim, NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal, CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS,
         PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4, maxnreg=WS_MAX_REGISTERS)
     return dk, dv
 
