@@ -111,9 +111,8 @@ def main(argv=None) -> None:
                "hidden": fb.HIDDEN, "flops": "fwd 4·B·H·N²·D (÷2 causal), fwd_bwd 3.5 × fwd",
                "timing": f"triton.testing.do_bench median, L2 flushed; FlexAttention compiled before timing; "
                          f"{RUNS} interleaved runs per shape, median of the runs",
-               "methods_note": "triton: the library's choice (on an H100/H200 the Gluon forward and dK/dV kernels with "
-                               "the teaching dQ kernel); triton_teaching: chapter 10's teaching kernels alone "
-                               "(hopper_path=False)",
+               "methods_note": "triton: the library's choice (on an H100/H200 the Gluon forward, dK/dV and dQ kernels); "
+                               "triton_teaching: chapter 10's teaching kernels alone (hopper_path=False)",
                "rows": [], "errors": []}
     for head_dim in args.head_dims:
         heads = fb.HIDDEN // head_dim

@@ -263,7 +263,7 @@ def flex_paragraph(results: dict, env: Environment, shared: bool) -> str:
                     f"Flex forward, {span('fwd_bwd', 'flex', 'triton_teaching')} forward+backward.")
     return wrap(
         f"**FlashAttention vs FlexAttention (chapter 10)** — `python3 benchmarks/flex.py`, {on(env, shared)}: "
-        f"`flash_attention` as the library runs it on this card (at D=64 with 1k keys its teaching kernel) against PyTorch's FlexAttention (`torch.compile`'d, "
+        f"`flash_attention` as the library runs it on this card (at D=64 with 1k keys its teaching forward) against PyTorch's FlexAttention (`torch.compile`'d, "
         f"default options) on every shape (D ∈ {{{', '.join(map(str, head_dims))}}}, N = {tokens(ns[0])}–"
         f"{tokens(ns[-1])}, causal and not), with SDPA's flash and cuDNN backends measured again in the same run. "
         f"Library/Flex: **{span('fwd', 'flex')} forward**, **{span('fwd_bwd', 'flex')} forward+backward**; against "

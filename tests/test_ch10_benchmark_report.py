@@ -33,8 +33,8 @@ def test_flops_count():
 
 def test_chapter_10_reading_of_the_flex_run():
     """What chapter 10 says about the committed FlexAttention run (library ahead of Flex at every shape, forward
-    level with cuDNN at D=128 N >= 4k, forward+backward behind cuDNN) holds in the file, and each statement fails
-    on a run where it is false."""
+    level with cuDNN at D=128 N >= 4k, forward+backward within 10 % of cuDNN there and behind it everywhere) holds in
+    the file, and each statement fails on a run where it is false."""
     import copy
 
     results = load("flash_flex")
@@ -43,9 +43,10 @@ def test_chapter_10_reading_of_the_flex_run():
     assert len(br.rows(results, method="triton_teaching")) == 40
     lines, claims = br.flex_reading(results)
     assert len(lines) == 4 and all(claims.values()), claims
-    # D=64 with 1k keys: the row counted is the teaching kernel's (what the library runs there now)
-    chosen = br.library_choice(results, 64, 1024, True, "fwd")
-    assert chosen["method"] == "triton_teaching" and br.library_choice(results, 128, 1024, True, "fwd")["method"] == "triton"
+    # D=64 with 1k keys: the row counted is the teaching kernels' (what the library runs there now, both ways)
+    for d, n, c in {(r["head_dim"], r["n"], r["causal"]) for r in results["rows"]}:
+        method = "triton_teaching" if (d, n) == (64, 1024) else "triton"
+        assert br.library_choice(results, d, n, c, "fwd_bwd")["method"] == method
     slower = copy.deepcopy(results)
     for row in br.rows(slower, method="triton", head_dim=128, n=4096, causal=True):
         row["tflops"] *= 0.5
@@ -54,6 +55,7 @@ def test_chapter_10_reading_of_the_flex_run():
     assert not broken["the library's forward is at least 0.95x cuDNN at D=128, N >= 4k"]
     assert not broken["the library's forward+backward is ahead of FlexAttention at every shape"]
     assert not broken["the Hopper path's forward+backward is faster than the teaching kernels' at every shape"]
+    assert not broken["the library's forward+backward is at least 0.9x cuDNN at D=128, N >= 4k"]
     faster = copy.deepcopy(results)
     br.rows(faster, method="triton", head_dim=128, n=4096, causal=True, mode="fwd_bwd")[0]["tflops"] *= 2
     assert not br.flex_reading(faster)[1]["the library's forward+backward is behind cuDNN at every shape"]
@@ -64,7 +66,25 @@ def test_chapter_10s_lines_about_the_gluon_backward_probe():
     lines = br.gluon_backward_lines(probe)
     assert len(lines) == len(probe["timing"]) == 4
     for line, row in zip(lines, probe["timing"]):
-        assert f"(×{row['kv_speedup']:.2f})" in line and f"(×{row['backward_speedup']:.2f})" in line
-        assert row["kv_speedup"] > row["backward_speedup"] > 1  # what the chapter says: dK/dV gains more
+        for speedup in ("kv_speedup", "q_speedup", "backward_speedup"):
+            assert f"(×{row[speedup]:.2f})" in line
+            assert row[speedup] > 1.1, (speedup, row)  # what the chapter says: each kernel, and the backward, gains
+        q_tile = "gluon_q_{BLOCK_N}x{NUM_STAGES}".format(**row["default_q_tile"])
+        assert row["q_speedup"] == row["teaching_q"]["ms"] / row[q_tile]["ms"]
+        # the default tile is the fastest measured, or within 3 % of it
+        tiles = [row[m]["ms"] for m in row if m.startswith("gluon_q_")]
+        assert row[q_tile]["ms"] <= 1.03 * min(tiles), row
     assert all(check["ok"] for check in probe["checks"])
 
+
+def test_the_d64_rule_of_the_backward_is_what_the_probe_measured():
+    """At D=64 the Gluon backward was slower than the teaching one with 1k keys and faster with 4k (both kernels'
+    default tiles): the library's rule (gluon_attention.faster_than_teaching, used by uses_gluon_dq) sends each shape
+    to the faster one."""
+    from attention_lab.flash.gluon_attention import faster_than_teaching
+
+    probe = load("flash_gluon_backward_probe_d64")
+    assert all(check["ok"] for check in probe["checks"]) and len(probe["timing"]) == 4
+    for row in probe["timing"]:
+        assert row["D"] == 64
+        assert faster_than_teaching(64, row["N"]) == (row["backward_speedup"] > 1), row["N"]

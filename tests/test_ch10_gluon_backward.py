@@ -74,8 +74,8 @@ def test_compiles_for_sm90_within_shared_memory_and_without_spills():
 def test_flash_attention_backward_takes_them_where_they_apply_and_every_switch_turns_them_off(monkeypatch):
     """Where they take the inputs (here: pretended), flash_attention_backward gets dK, dV and dQ from the Gluon
     kernels; a tile, a mask, a window, fused dQ, hopper_path=False and GLUON_BACKWARD=False each keep both teaching
-    kernels; a query-head split of the dK/dV kernel keeps the teaching dK/dV kernel only, a fixed dQ tile the teaching
-    dQ kernel only."""
+    kernels, and so does D=64 with few keys; a query-head split of the dK/dV kernel keeps the teaching dK/dV kernel
+    only, a fixed dQ tile the teaching dQ kernel only."""
     from attention_lab.flash import triton_attention as ta
 
     calls = []
@@ -112,6 +112,10 @@ def test_flash_attention_backward_takes_them_where_they_apply_and_every_switch_t
         assert calls == [("kv", True, 0.25)] * gluon_kv + [("q", True, 0.25)] * gluon_q, options
         assert torch.all(dk == 7) == gluon_kv and torch.all(dq == 5) == gluon_q, options
     calls.clear()
+    do64, q64_, k64_, v64_, _, _ = problem(b=1, h=2, hkv=2, nq=20, nk=24, d=64, dtype=torch.float32)
+    out64, lse64 = ta.flash_attention_forward(q64_, k64_, v64_, None, True, None, None)
+    ta.flash_attention_backward(do64, q64_, k64_, v64_, out64, lse64, None, True, None, None)
+    assert calls == []  # D=64 with few keys: the teaching kernels measured faster (gluon_attention.faster_than_teaching)
     monkeypatch.setattr(ta, "GLUON_BACKWARD", False)
     dq, dk, _ = ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, None)
     torch.testing.assert_close(dk.double(), k64.grad, atol=1e-4, rtol=1e-4)  # the teaching kernels' gradients

@@ -313,8 +313,9 @@ def hopper_claims(results: dict) -> dict[str, bool]:
 
 def library_choice(results: dict, head_dim: int, n: int, causal: bool, mode: str) -> dict | None:
     """The row of what ``flash_attention`` runs today at this shape, in a run that measured the library's choice at
-    the time (``triton``) and the teaching kernels alone (``triton_teaching``): the forward at D=64 with few keys is
-    the teaching kernel now (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`), and so is its row."""
+    the time (``triton``) and the teaching kernels alone (``triton_teaching``): at D=64 with few keys the library
+    runs the teaching kernels, forward and backward
+    (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`), and so that row is its row."""
     from attention_lab.flash.gluon_attention import faster_than_teaching
 
     method = "triton" if faster_than_teaching(head_dim, n) else "triton_teaching"
@@ -367,6 +368,8 @@ def flex_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
             min(ratios("fwd", "sdpa_cudnn", where=long_128)) >= 0.95,
         "the library's forward+backward is behind cuDNN at every shape":
             max(ratios("fwd_bwd", "sdpa_cudnn")) < 1.0,
+        "the library's forward+backward is at least 0.9x cuDNN at D=128, N >= 4k":
+            min(ratios("fwd_bwd", "sdpa_cudnn", where=long_128)) >= 0.9,
         "the Hopper path's forward+backward is faster than the teaching kernels' at every shape": all(
             a >= b for a, b in zip(ratios("fwd_bwd", "flex"), ratios("fwd_bwd", "flex", True))),
     }
@@ -374,13 +377,14 @@ def flex_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
 
 
 def gluon_backward_lines(probe: dict) -> list[str]:
-    """The dK/dV kernel's and the whole backward's speed-ups from ``flash_gluon_backward_probe.json``
-    (``benchmarks/gluon_backward_probe.py``: the Gluon dK/dV kernel against the teaching one, alone and inside the
-    backward with the teaching delta and dQ kernels)."""
+    """The Gluon dK/dV and dQ kernels' speed-ups over the teaching ones, and the whole backward's (delta, dK/dV, dQ),
+    from ``flash_gluon_backward_probe.json`` (``benchmarks/gluon_backward_probe.py``, one process on an H100/H200)."""
     lines = []
     for row in probe["timing"]:
+        q_tile = "gluon_q_{BLOCK_N}x{NUM_STAGES}".format(**row["default_q_tile"])
         lines.append(f"B={row['B']} H={row['H']} N={row['N']:5} D={row['D']} {'causal' if row['causal'] else 'full  '}: "
-                     f"dK/dV kernel {row['teaching_kv']['ms']:.2f} ms → {row['gluon_kv']['ms']:.2f} ms "
-                     f"(×{row['kv_speedup']:.2f}); whole backward {row['teaching_backward']['ms']:.2f} → "
-                     f"{row['gluon_backward']['ms']:.2f} ms (×{row['backward_speedup']:.2f})")
+                     f"dK/dV {row['teaching_kv']['ms']:.2f} → {row['gluon_kv']['ms']:.2f} ms (×{row['kv_speedup']:.2f}), "
+                     f"dQ {row['teaching_q']['ms']:.2f} → {row[q_tile]['ms']:.2f} ms (×{row['q_speedup']:.2f}); "
+                     f"whole backward {row['teaching_backward']['ms']:.2f} → {row['gluon_backward']['ms']:.2f} ms "
+                     f"(×{row['backward_speedup']:.2f})")
     return lines

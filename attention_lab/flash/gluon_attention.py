@@ -64,8 +64,9 @@ def faster_than_teaching(head_dim: int, n_keys: int) -> bool:
     """Whether the warp-specialised kernel beats the teaching kernel at this shape, as measured on an H200 (torch
     2.11, triton 3.6, bf16, B·N = 32k, H·D = 2048): everywhere except D=64 with at most :data:`SHORT_KEYS_D64` keys,
     where each program walks only 8 key blocks and the pipeline's fill and drain are not paid back (N=1k: teaching
-    387 vs 371 TFLOP/s full, 288 vs 259 causal; N=2k: 405 vs 427, 334 vs 342 — gluon_probe_d64.json;
-    flash_flex.json has the same order at N=1k)."""
+    387 vs 371 TFLOP/s full, 288 vs 259 causal; N=2k: 405 vs 427, 334 vs 342 — flash_gluon_probe_d64.json). The
+    backward follows the same rule (:func:`attention_lab.flash.triton_attention.uses_gluon_dq`): at D=64 with 1k keys
+    the Gluon dK/dV and dQ kernels were the slower ones too (``flash_gluon_backward_probe_d64.json``)."""
     return not (head_dim == 64 and n_keys <= SHORT_KEYS_D64)
 
 

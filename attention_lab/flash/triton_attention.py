@@ -787,13 +787,18 @@ def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, 
 def uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile_q, fused_dq, hopper_path) -> bool:
     """Whether :func:`flash_attention_backward` takes dQ from the Gluon dQ kernel for Hopper: as
     :func:`uses_gluon_backward` but whatever the dK/dV kernel's head split (the dQ grid has one program per 128
-    query rows of each head, enough at any batch); ``tile_q`` is the dQ kernel's fixed tile (None: none)."""
+    query rows of each head, enough at any batch); ``tile_q`` is the dQ kernel's fixed tile (None: none). At D=64
+    with few keys both stay the teaching kernels, as the forward does
+    (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`: there the teaching backward measured 3-8 %
+    faster on an H200, ``flash_gluon_backward_probe_d64.json``)."""
     if not (GLUON_BACKWARD if hopper_path is None else hopper_path) or _compile_only:
         return False
     if tile_q is not None or mask is not None or window is not None or fused_dq:
         return False
-    from attention_lab.flash import gluon_backward
+    from attention_lab.flash import gluon_attention, gluon_backward
 
+    if not gluon_attention.faster_than_teaching(q.shape[-1], k.shape[-2]):
+        return False
     return gluon_backward.unsupported_reason(do, q, k, v, lse, delta) is None
 
 
