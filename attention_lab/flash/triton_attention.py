@@ -777,23 +777,29 @@ def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: 
 
 
 def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, fused_dq, hopper_path) -> bool:
-    """Whether :func:`flash_attention_backward` takes dK, dV from the Gluon kernel for Hopper: the switch
-    (``hopper_path``, else :data:`GLUON_BACKWARD`) is on, no fixed tile, no mask or window, no fused dQ, one
-    program per key block owns all its query heads (``kv_splits`` 1: where the teaching kernel splits them to fill
-    the GPU, it stays), and :func:`attention_lab.flash.gluon_backward.unsupported_reason` names no reason."""
-    return kv_splits == 1 and uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile, fused_dq, hopper_path)
+    """Whether :func:`flash_attention_backward` takes dK, dV from the Gluon kernel for Hopper: the Hopper backward
+    applies (:func:`hopper_backward_applies`), no fixed tile, and one program per key block owns all its query heads
+    (``kv_splits`` 1: where the teaching kernel splits them to fill the GPU, it stays)."""
+    return tile is None and kv_splits == 1 and hopper_backward_applies(do, q, k, v, lse, delta, mask, window,
+                                                                       fused_dq, hopper_path)
 
 
 def uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile_q, fused_dq, hopper_path) -> bool:
-    """Whether :func:`flash_attention_backward` takes dQ from the Gluon dQ kernel for Hopper: as
-    :func:`uses_gluon_backward` but whatever the dK/dV kernel's head split (the dQ grid has one program per 128
-    query rows of each head, enough at any batch); ``tile_q`` is the dQ kernel's fixed tile (None: none). At D=64
-    with few keys both stay the teaching kernels, as the forward does
-    (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`: there the teaching backward measured 3-8 %
-    faster on an H200, ``flash_gluon_backward_probe_d64.json``)."""
+    """Whether :func:`flash_attention_backward` takes dQ from the Gluon dQ kernel for Hopper: the Hopper backward
+    applies (:func:`hopper_backward_applies`) and ``tile_q``, the dQ kernel's fixed tile, is None — whatever the
+    dK/dV kernel's head split (the dQ grid has one program per 128 query rows of each head, enough at any batch)."""
+    return tile_q is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
+
+
+def hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path) -> bool:
+    """What both Gluon backward kernels need, checked once per backward: the switch (``hopper_path``, else
+    :data:`GLUON_BACKWARD`) is on, no mask or window, no fused dQ, not D=64 with few keys (there the teaching kernels
+    are the faster ones, as for the forward: :func:`attention_lab.flash.gluon_attention.faster_than_teaching`; the
+    teaching backward measured 3-8 % faster on an H200, ``flash_gluon_backward_probe_d64.json``), and
+    :func:`attention_lab.flash.gluon_backward.unsupported_reason` names no reason."""
     if not (GLUON_BACKWARD if hopper_path is None else hopper_path) or _compile_only:
         return False
-    if tile_q is not None or mask is not None or window is not None or fused_dq:
+    if mask is not None or window is not None or fused_dq:
         return False
     from attention_lab.flash import gluon_attention, gluon_backward
 
@@ -847,8 +853,9 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     heads_per_split = triton.cdiv(group, kv_splits)
     kv_splits = triton.cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
     fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
-    gluon_kv = uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, fused_dq, hopper_path)
-    gluon_q = uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile_q or tile, fused_dq, hopper_path)
+    hopper = hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
+    gluon_kv = hopper and tile is None and kv_splits == 1  # as uses_gluon_backward, uses_gluon_dq (one check)
+    gluon_q = hopper and (tile_q or tile) is None
     if gluon_kv or gluon_q:
         from attention_lab.flash import gluon_backward
     if gluon_kv:
