@@ -6,8 +6,9 @@ At a batch of one (B=1, H=16, N=4k, D=128, causal, bf16) the forward runs ~0.2 m
 ``do_bench`` times a call from an event recorded before it is launched: when the host needs longer to launch a
 call than the GPU needs for the work queued ahead of it, the measured time is the host's. For each kv-head
 count this prints, for the Triton kernel and for SDPA: do_bench's median, the same call replayed from a CUDA
-graph (no host work), the host's own time per call (launches without waiting), and the 12 costliest Python
-functions of 200 Triton calls (cProfile). Prints only; nothing is written.
+graph (no host work) and the host's own time per call (launches without waiting); the same for
+forward+backward (also with the teaching backward kernels); then the costliest Python functions of 100 Triton
+calls (cProfile). Prints only; nothing is written.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
 from attention_lab.flash import triton_attention as ta  # noqa: E402
+from flash import kernel_variant  # noqa: E402  (benchmarks/flash.py)
 
 
 def host_ms(fn, calls: int = 200) -> float:
@@ -66,19 +70,31 @@ def main() -> None:
         k.requires_grad_(True)
         v.requires_grad_(True)
         grad = torch.randn_like(q)
-        step = lambda: ta.flash_attention(q, k, v, causal=True).backward(grad)  # noqa: E731
-        print(f"  fwd+bwd: do_bench {do_bench(step, grad_to_none=[q, k, v], return_mode='median'):.4f} ms, "
-              f"host {host_ms(step, 50):.4f} ms per call", flush=True)
-    with torch.no_grad():
+        teaching = kernel_variant(backward_options={"hopper_path": False})
+        steps = {"triton": lambda: ta.flash_attention(q, k, v, causal=True).backward(grad),
+                 "triton_teaching_bwd": lambda: teaching(q, k, v, True).backward(grad),
+                 "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                enable_gqa=True).backward(grad)}
+        for name, step in steps.items():
+            step()
+            bench = [do_bench(step, grad_to_none=[q, k, v], return_mode="median") for _ in range(3)]
+            graph = [do_bench_cudagraph(step, return_mode="median") for _ in range(3)]
+            print(f"  fwd+bwd {name:19}: do_bench {[round(b, 4) for b in bench]} ms, CUDA graph "
+                  f"{[round(x, 4) for x in graph]} ms, host {host_ms(step, 50):.4f} ms per call", flush=True)
+        for x in (q, k, v):
+            x.grad = None
+    for label, calls in (("forward", lambda: ta.flash_attention(q.detach(), k.detach(), v.detach(), causal=True)),
+                         ("forward+backward", steps["triton"])):
         profile = cProfile.Profile()
         profile.enable()
-        for _ in range(200):
-            ta.flash_attention(q, k, v, causal=True)
+        for _ in range(100):
+            calls()
         profile.disable()
-    text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(14)
-    print(text.getvalue()[-4000:])
-
+        torch.cuda.synchronize()
+        for order in ("cumulative", "tottime"):
+            text = io.StringIO()
+            pstats.Stats(profile, stream=text).sort_stats(order).print_stats(22)
+            print(f"--- {label}, 100 calls (MQA), by {order}\n" + text.getvalue()[-6000:])
 
 if __name__ == "__main__":
     main()

@@ -50,6 +50,16 @@ def test_it_takes_what_it_was_written_for_and_names_every_refusal():
         gb.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, True, 0.1)
 
 
+def test_the_dk_dv_kernel_refuses_a_head_split_outside_its_group(monkeypatch):
+    """kv_splits is a count of programs sharing one kv head's group: 1 … group, an int; anything else is named before
+    any buffer is made or kernel launched (the inputs themselves pretended supported)."""
+    monkeypatch.setattr(gb, "unsupported_reason", lambda *args: None)
+    do, q, k, v, lse, delta = problem(h=4, hkv=2)  # group 2
+    for bad in (0, 3, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"kv_splits must be an integer in \[1, 3\)"):
+            gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, True, 0.1, kv_splits=bad)
+
+
 @needs_gluon
 def test_compiles_for_sm90_within_shared_memory_and_without_spills():
     """Both kernels at each head dim, causal and not. Not one byte spilled, except the dK/dV kernel at D=128 under
@@ -61,7 +71,8 @@ def test_compiles_for_sm90_within_shared_memory_and_without_spills():
 
     rows = compile_check.check_in_subprocess(families=("gluon_backward",), capabilities=(90,), spills=True)
     assert sorted(row["kernel"] for row in rows) == sorted(
-        [kernel + causal for kernel in ("dkdv_ws", "dq_ws") for causal in ("", "+causal")] * len(gb.HEAD_DIMS))
+        [kernel + causal for kernel in ("dkdv_ws", "dq_ws") for causal in ("", "+causal")] * len(gb.HEAD_DIMS)
+        + ["dkdv_ws+causal+split"] * len(gb.HEAD_DIMS))
     old_triton = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
     for row in rows:
         assert row["fits"] and row["shared"] <= row["limit"], row
@@ -74,14 +85,16 @@ def test_compiles_for_sm90_within_shared_memory_and_without_spills():
 def test_flash_attention_backward_takes_them_where_they_apply_and_every_switch_turns_them_off(monkeypatch):
     """Where they take the inputs (here: pretended), flash_attention_backward gets dK, dV and dQ from the Gluon
     kernels; a tile, a mask, a window, fused dQ, hopper_path=False and GLUON_BACKWARD=False each keep both teaching
-    kernels, and so does D=64 with few keys; a query-head split of the dK/dV kernel keeps the teaching dK/dV kernel
-    only, a fixed dQ tile the teaching dQ kernel only."""
+    kernels, and so does D=64 with few keys; a query-head split of the dK/dV kernel is passed to the Gluon one, a
+    fixed dQ tile keeps the teaching dQ kernel only (and the Gluon dK, dV are kept, not overwritten by the teaching
+    path's split sums)."""
     from attention_lab.flash import triton_attention as ta
 
-    calls = []
+    calls, splits = [], []
 
-    def fake_kv(do, q, k, v, lse, delta, causal, scale):
+    def fake_kv(do, q, k, v, lse, delta, causal, scale, kv_splits=1):
         calls.append(("kv", causal, scale))
+        splits.append(kv_splits)
         return torch.full_like(k, 7.0), torch.full_like(v, 7.0)
 
     def fake_q(do, q, k, v, lse, delta, causal, scale):
@@ -104,13 +117,15 @@ def test_flash_attention_backward_takes_them_where_they_apply_and_every_switch_t
     for options, gluon_kv, gluon_q in (
             (dict(tile=tile), False, False), (dict(hopper_path=False), False, False),
             (dict(fused_dq=True), False, False), (dict(mask=mask), False, False), (dict(window=5), False, False),
-            (dict(kv_splits=2), False, True), (dict(tile_q=tile), True, False)):
+            (dict(kv_splits=2), True, True), (dict(tile_q=tile), True, False),
+            (dict(kv_splits=2, tile_q=tile), True, False)):
         calls.clear()
         options = dict(dict(mask=None, window=None), **options)
         dq, dk, _ = ta.flash_attention_backward(do, q, k, v, out, lse, options.pop("mask"), True,
                                                 options.pop("window"), None, **options)
         assert calls == [("kv", True, 0.25)] * gluon_kv + [("q", True, 0.25)] * gluon_q, options
         assert torch.all(dk == 7) == gluon_kv and torch.all(dq == 5) == gluon_q, options
+    assert splits == [1, 2, 1, 2]  # the split asked for reaches the Gluon dK/dV kernel
     calls.clear()
     do64, q64_, k64_, v64_, _, _ = problem(b=1, h=2, hkv=2, nq=20, nk=24, d=64, dtype=torch.float32)
     out64, lse64 = ta.flash_attention_forward(q64_, k64_, v64_, None, True, None, None)
@@ -163,8 +178,16 @@ def test_dk_dv_dq_equal_float64_autograd_as_closely_as_the_teaching_backward(cas
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     attention_fp64(q64, k64, v64, causal=causal, scale=scale).backward(do.double())
     assert dk.shape == k.shape and dv.shape == v.shape and dq.shape == q.shape and dq.dtype == q.dtype
-    for name, got, teaching, want in (("dk", dk, dk_teaching, k64.grad), ("dv", dv, dv_teaching, v64.grad),
-                                      ("dq", dq, dq_teaching, q64.grad)):
+    results = [("dk", dk, dk_teaching, k64.grad), ("dv", dv, dv_teaching, v64.grad), ("dq", dq, dq_teaching, q64.grad)]
+    group = q.shape[1] // k.shape[1]
+    for splits in sorted({2, 3, group} - {1} if group > 1 else set()):  # the query-head split: fp32 partial sums
+        if splits <= group:
+            dk_split, dv_split = gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale,
+                                                                       kv_splits=splits)
+            results += [(f"dk/{splits}", dk_split, dk_teaching, k64.grad), (f"dv/{splits}", dv_split, dv_teaching,
+                                                                             v64.grad)]
+    for name, got, teaching, want in results:
+        assert got.shape == want.shape and got.dtype == q.dtype, name
         error = (got.double() - want).abs().max().item()
         teaching_error = (teaching.double() - want).abs().max().item()
         assert error <= 2 * teaching_error + 1e-3, (name, error, teaching_error)
@@ -173,9 +196,9 @@ def test_dk_dv_dq_equal_float64_autograd_as_closely_as_the_teaching_backward(cas
 @pytest.mark.gpu
 @pytest.mark.skipif(not _on_hopper(), reason="needs an sm_90 GPU and Gluon")
 def test_the_library_backward_on_hopper_is_the_gluon_kernels_and_equals_float64():
-    """Through flash_attention (autograd), on a shape where both Gluon kernels apply, and on MQA at batch 1 (the
-    dK/dV kernel's head split: teaching dK/dV, Gluon dQ). D=128 both: at D=64 with <= 1k keys the teaching kernels
-    run."""
+    """Through flash_attention (autograd), on a shape where both Gluon kernels apply, and on MQA at batch 1 (where
+    kv_splits_for splits the group's query heads over several Gluon dK/dV programs). D=128 both: at D=64 with <= 1k
+    keys the teaching kernels run."""
     from attention_lab.flash import triton_attention as ta
 
     for case in (dict(b=2, h=4, hkv=2, nq=333, nk=333, d=128), dict(b=1, h=16, hkv=1, nq=1000, nk=1000, d=128)):
@@ -185,5 +208,6 @@ def test_the_library_backward_on_hopper_is_the_gluon_kernels_and_equals_float64(
         q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
         attention_fp64(q64, k64, v64, causal=True).backward(do.double())
         assert ta.uses_gluon_dq(do, q, k, v, lse, delta, None, None, None, False, None)
+        assert ta.uses_gluon_backward(do, q, k, v, lse, delta, None, None, None, False, None)
         for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
             assert (got.double() - want).abs().max().item() < 0.05 * want.abs().max().item() + 1e-2

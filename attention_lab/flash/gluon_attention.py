@@ -27,6 +27,8 @@ Without Triton >= 3.5 (Gluon) or without a Hopper GPU, :data:`GLUON_AVAILABLE` i
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from attention_lab.kernels.common import LOG2_E, device_capability
@@ -409,12 +411,18 @@ if GLUON_AVAILABLE:
             mbarrier.invalidate(v_empty.index(i))
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_layout(block_rows: int, head_dim: int, half: torch.dtype) -> "gl.NVMMASharedLayout":
+    """The swizzled shared-memory layout of a (1, 1, block_rows, head_dim) tile: a handful of distinct ones, each
+    built once (building it at every launch was a measurable part of a small call's host time)."""
+    gl_dtype = gl.float16 if half == torch.float16 else gl.bfloat16
+    return gl.NVMMASharedLayout.get_default_for([1, 1, block_rows, head_dim], gl_dtype)
+
+
 def _descriptor(t: torch.Tensor, block_rows: int) -> "TensorDescriptor":
     """A 4-D TMA descriptor over ``t`` (B, H, N, D) with its own strides, blocks of ``block_rows`` × D."""
-    gl_dtype = gl.float16 if t.dtype == torch.float16 else gl.bfloat16
     block = [1, 1, block_rows, t.shape[-1]]
-    layout = gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, _shared_layout(block_rows, t.shape[-1], t.dtype))
 
 
 def default_tile(head_dim: int) -> dict:

@@ -30,6 +30,7 @@ import torch
 from attention_lab.flash.gluon_attention import GLUON_AVAILABLE, HEAD_DIMS, WS_CONSUMER_REGISTERS, WS_MAX_REGISTERS, \
     WS_PRODUCER_REGISTERS
 from attention_lab.kernels.common import LOG2_E, device_capability
+from attention_lab.validation import check_int_range
 
 if GLUON_AVAILABLE:
     from triton.experimental import gluon
@@ -87,14 +88,15 @@ if GLUON_AVAILABLE:
 
     @gluon.jit
     def _consume_kv(WHICH: gl.constexpr, descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
-                    HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                    HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SPLIT: gl.constexpr):
         """A consumer warpgroup: keys ``[n0 + WHICH·HALF_N, +HALF_N)``, their dK and dV (HALF_N, HEAD_DIM) fp32 in
-        registers over every step, then stored (dK scaled) through K's and V's shared tiles."""
+        registers over every step, then stored (dK scaled) through K's and V's shared tiles — or, with ``SPLIT`` (the
+        program sums over a slice of the group's query heads only), as fp32 partial sums straight from registers."""
         q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc = descs
         q_ring, do_ring, k_bufs, v_bufs = bufs
         kv_bar, ready, empty = bars
-        LSE, DELTA, b, kv_h, n0, n_heads, group, n_queries, n_keys, lo, mid_lo, qk_scale, scale = \
-            scalars
+        LSE, DELTA, b, kv_h, n0, n_heads, h_lo, h_hi, n_queries, n_keys, lo, mid_lo, qk_scale, scale, DK_PART, \
+            DV_PART, part_row0 = scalars
         offset = n_keys - n_queries  # queries are the last n_queries positions
         # wgmma layouts: Sᵀ, dPᵀ are (HALF_N keys, BLOCK_M queries); dK, dV are (HALF_N, HEAD_DIM); one warpgroup
         st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -115,7 +117,7 @@ if GLUON_AVAILABLE:
 
         mbarrier.wait(kv_bar, 0)
         t = 0  # steps so far: ring slot t % NUM_STAGES, its use t // NUM_STAGES
-        for h in range(kv_h * group, kv_h * group + group):  # the query heads sharing this kv head
+        for h in range(h_lo, h_hi):  # the query heads sharing this kv head (this program's slice of them)
             for m in range(lo, n_queries, BLOCK_M):  # the query blocks that see these keys
                 slot = t % NUM_STAGES
                 # this step's rows of lse and delta (B, H, Nq), in Sᵀ's column layout: one base pointer, the
@@ -147,42 +149,51 @@ if GLUON_AVAILABLE:
                 mbarrier.arrive(empty.index(slot), count=1)  # this warpgroup has read Q and dO of this slot
                 t += 1
 
-        # epilogue: this warpgroup's K and V tiles are no longer read (its products are waited for): they stage dK, dV
-        k_tile.store((dk * scale).to(dtype))  # dK = scale · dSᵀ Q
-        v_tile.store(dv.to(dtype))
-        fence_async_shared()
         first = n0 + WHICH * HALF_N
-        tma_store(dk_desc, [b, kv_h, first, 0], k_bufs.index(WHICH))  # rows beyond n_keys are clipped by TMA
-        tma_store(dv_desc, [b, kv_h, first, 0], v_bufs.index(WHICH))
-        tma.store_wait(0)
+        if SPLIT:  # fp32 partial sums (splits, B, Hkv, Nk, D), added on the host: row part_row0 + key, HEAD_DIM wide
+            key_rows = first + gl.arange(0, HALF_N, layout=gl.SliceLayout(1, acc_layout))
+            dims = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc_layout))
+            offsets = key_rows[:, None] * HEAD_DIM + dims[None, :]  # within one (split, batch, kv head): < 2^31
+            keep = (key_rows[:, None] < n_keys) & (dims[None, :] < HEAD_DIM)
+            gl.store(DK_PART + part_row0 * HEAD_DIM + offsets, dk * scale, mask=keep)
+            gl.store(DV_PART + part_row0 * HEAD_DIM + offsets, dv, mask=keep)
+        else:
+            # epilogue: this warpgroup's K and V tiles are no longer read (its products are waited for): they stage
+            # dK, dV
+            k_tile.store((dk * scale).to(dtype))  # dK = scale · dSᵀ Q
+            v_tile.store(dv.to(dtype))
+            fence_async_shared()
+            tma_store(dk_desc, [b, kv_h, first, 0], k_bufs.index(WHICH))  # rows beyond n_keys are clipped by TMA
+            tma_store(dv_desc, [b, kv_h, first, 0], v_bufs.index(WHICH))
+            tma.store_wait(0)
 
     @gluon.jit
     def _first_kv_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
-                           HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-        _consume_kv(0, descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)
+                           HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SPLIT: gl.constexpr):
+        _consume_kv(0, descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL, SPLIT)
 
     @gluon.jit
     def _second_kv_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
-                            HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-        _consume_kv(1, descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)
+                            HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SPLIT: gl.constexpr):
+        _consume_kv(1, descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL, SPLIT)
 
     @gluon.jit
     def _produce_q_do(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
-                      HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                      HALF_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, SPLIT: gl.constexpr):
         """The producer warp: K's and V's two halves once, then each step's Q and dO tiles into the ring, a slot as
         soon as both consumers have released it (an ``empty`` barrier starts completed: the first round does not
         wait)."""
         q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc = descs
         q_ring, do_ring, k_bufs, v_bufs = bufs
         kv_bar, ready, empty = bars
-        LSE, DELTA, b, kv_h, n0, n_heads, group, n_queries, n_keys, lo, mid_lo, qk_scale, scale = \
-            scalars
+        LSE, DELTA, b, kv_h, n0, n_heads, h_lo, h_hi, n_queries, n_keys, lo, mid_lo, qk_scale, scale, DK_PART, \
+            DV_PART, part_row0 = scalars
         mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes + 2 * v_desc.block_type.nbytes)
         for half in gl.static_range(2):
             tma_load(k_desc, [b, kv_h, n0 + half * HALF_N, 0], kv_bar, k_bufs.index(half))
             tma_load(v_desc, [b, kv_h, n0 + half * HALF_N, 0], kv_bar, v_bufs.index(half))
         t = 0
-        for h in range(kv_h * group, kv_h * group + group):  # the same steps as the consumers, in the same order
+        for h in range(h_lo, h_hi):  # the same steps as the consumers, in the same order
             for m in range(lo, n_queries, BLOCK_M):
                 slot = t % NUM_STAGES
                 mbarrier.wait(empty.index(slot), ((t // NUM_STAGES) & 1) ^ 1)
@@ -192,20 +203,26 @@ if GLUON_AVAILABLE:
                 t += 1
 
     @gluon.jit
-    def _attn_bwd_kv_hopper_ws(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, LSE, DELTA,
-                               n_heads, n_kv_heads, n_queries, n_keys, qk_scale, scale,
+    def _attn_bwd_kv_hopper_ws(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, LSE, DELTA, DK_PART, DV_PART,
+                               n_heads, n_kv_heads, n_queries, n_keys, qk_scale, scale, n_splits, heads_per_split,
                                HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                               CONSUMER_REGISTERS: gl.constexpr, PRODUCER_REGISTERS: gl.constexpr,
-                               num_warps: gl.constexpr):
-        """One program = 2·HALF_N keys of one (batch, kv head). Descriptors are 4-D over (B, H, N, D): Q, dO with
-        blocks of BLOCK_M rows, K, V, dK, dV of HALF_N rows."""
+                               SPLIT: gl.constexpr, CONSUMER_REGISTERS: gl.constexpr,
+                               PRODUCER_REGISTERS: gl.constexpr, num_warps: gl.constexpr):
+        """One program = 2·HALF_N keys of one (batch, kv head) and, of its group's query heads, the
+        ``heads_per_split`` of its split (grid axis 1: (batch, kv head) × ``n_splits``; ``SPLIT`` when ``n_splits``
+        > 1: dK, dV go to the fp32 partial sums DK_PART, DV_PART ``(n_splits, B, Hkv, Nk, D)``, else through dk_desc,
+        dv_desc). Descriptors are 4-D over (B, H, N, D): Q, dO with blocks of BLOCK_M rows, K, V, dK, dV of HALF_N."""
         BLOCK_M: gl.constexpr = q_desc.block_type.shape[2]
         HALF_N: gl.constexpr = k_desc.block_type.shape[2]
         n0 = gl.program_id(0) * (2 * HALF_N)
-        batch_kv_head = gl.program_id(1)
+        batch_kv_head = gl.program_id(1) // n_splits
+        split = gl.program_id(1) % n_splits
         b = batch_kv_head // n_kv_heads
         kv_h = batch_kv_head % n_kv_heads
         group = n_heads // n_kv_heads
+        h_lo = kv_h * group + split * heads_per_split
+        h_hi = gl.minimum(h_lo + heads_per_split, kv_h * group + group)
+        part_row0 = (split * (gl.num_programs(1) // n_splits) + batch_kv_head).to(gl.int64) * n_keys
         # the query blocks that see keys [n0, n0 + 2·HALF_N): [lo, mid_lo) cross the diagonal (masked), [mid_lo,
         # n_queries) see every key (as _query_blocks in triton_attention.py; every numerator >= 0)
         lo = 0
@@ -232,12 +249,13 @@ if GLUON_AVAILABLE:
         descs = (q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc)
         bufs = (q_ring, do_ring, k_bufs, v_bufs)
         bars = (kv_bar, ready, empty)
-        scalars = (LSE, DELTA, b, kv_h, n0, n_heads, group, n_queries, n_keys, lo, mid_lo, qk_scale, scale)
+        scalars = (LSE, DELTA, b, kv_h, n0, n_heads, h_lo, h_hi, n_queries, n_keys, lo, mid_lo, qk_scale, scale,
+                   DK_PART, DV_PART, part_row0)
         # the argument tuples are written out: a tuple held in a variable would turn its constexprs into values
         gl.warp_specialize([
-            (_first_kv_consumer, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)),
-            (_second_kv_consumer, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)),
-            (_produce_q_do, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL)),
+            (_first_kv_consumer, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL, SPLIT)),
+            (_second_kv_consumer, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL, SPLIT)),
+            (_produce_q_do, (descs, bufs, bars, scalars, HEAD_DIM, BLOCK_M, HALF_N, NUM_STAGES, CAUSAL, SPLIT)),
         ], [4, 1], [CONSUMER_REGISTERS, PRODUCER_REGISTERS])
         mbarrier.invalidate(kv_bar)
         for i in gl.static_range(NUM_STAGES):
@@ -390,18 +408,23 @@ if GLUON_AVAILABLE:
 
 def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                        lse: torch.Tensor, delta: torch.Tensor, causal: bool, scale: float,
-                                       tile: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                       tile: dict | None = None, kv_splits: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """dK, dV ``(B, Hkv, Nk, D)`` in k's dtype, contiguous, summed over each kv head's group of query heads.
 
     do, q ``(B, H, Nq, D)``; k, v ``(B, Hkv, Nk, D)`` (any strides TMA takes: a (B, N, H, D) view is fine);
     lse ``(B, H, Nq)`` fp32, the forward's base-2 log-sum-exp (``P = 2^(S·scale·log2 e − lse)``, +inf for a row
     that sees no key); delta ``(B, H, Nq)`` fp32, ``rowsum(dO ∘ O)``. ``causal``: queries aligned to the end of
     the keys. ``tile``: ``{"BLOCK_M": .., "NUM_STAGES": ..}``, query rows per step and (Q, dO) ring slots (default
-    :data:`BLOCK_M`, :data:`NUM_STAGES`). Raises ValueError where :func:`unsupported_reason` names a reason.
+    :data:`BLOCK_M`, :data:`NUM_STAGES`). ``kv_splits``: the group's query heads are split over that many programs per
+    key block (``triton_attention.kv_splits_for``: when B·Hkv·Nk/128 programs would leave SMs idle), each writing fp32
+    partial sums ``(kv_splits, B, Hkv, Nk, D)`` that are then added (one reduction per tensor). Raises ValueError
+    where :func:`unsupported_reason` names a reason, or for a ``kv_splits`` outside 1 … group.
     """
     reason = unsupported_reason(do, q, k, v, lse, delta)
     if reason is not None:
         raise ValueError(f"the Gluon dK/dV kernel cannot run these inputs: {reason}")
+    group = q.shape[1] // k.shape[1]
+    check_int_range("kv_splits", kv_splits, 1, group + 1)
     tile = dict({"BLOCK_M": BLOCK_M, "NUM_STAGES": NUM_STAGES}, **(tile or {}))
     if not isinstance(causal, bool) or not isinstance(scale, float):
         raise ValueError(f"causal must be a bool and scale a float, got {causal!r}, {scale!r}")
@@ -413,13 +436,26 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
         return dk, dv
     if n_queries == 0:
         return dk.zero_(), dv.zero_()
-    grid = (-(-n_keys // BLOCK_N), batch * n_kv_heads)
+    if (n_keys + BLOCK_N) * head_dim >= 2 ** 31:  # the partial sums' 32-bit row offsets (never at real lengths)
+        kv_splits = 1
+    heads_per_split = -(-group // kv_splits)
+    kv_splits = -(-group // heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
+    if kv_splits > 1:
+        dk_part = torch.empty((kv_splits, *k.shape), dtype=torch.float32, device=k.device)
+        dv_part = torch.empty((kv_splits, *v.shape), dtype=torch.float32, device=v.device)
+    else:
+        dk_part = dv_part = lse  # not read: the program stores through dk_desc, dv_desc
+    grid = (-(-n_keys // BLOCK_N), batch * n_kv_heads * kv_splits)
     _attn_bwd_kv_hopper_ws[grid](
         _descriptor(q, tile["BLOCK_M"]), _descriptor(do, tile["BLOCK_M"]), _descriptor(k, HALF_N),
-        _descriptor(v, HALF_N), _descriptor(dk, HALF_N), _descriptor(dv, HALF_N), lse, delta,
-        n_heads, n_kv_heads, n_queries, n_keys, scale * LOG2_E, scale,
-        HEAD_DIM=head_dim, NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal, CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS,
-        PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4, maxnreg=WS_MAX_REGISTERS)
+        _descriptor(v, HALF_N), _descriptor(dk, HALF_N), _descriptor(dv, HALF_N), lse, delta, dk_part, dv_part,
+        n_heads, n_kv_heads, n_queries, n_keys, scale * LOG2_E, scale, kv_splits, heads_per_split,
+        HEAD_DIM=head_dim, NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal, SPLIT=kv_splits > 1,
+        CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS, PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4,
+        maxnreg=WS_MAX_REGISTERS)
+    if kv_splits > 1:
+        dk.copy_(dk_part.sum(0))  # fp32 sums, rounded once to k's dtype (sum(out=dk) would round each part first)
+        dv.copy_(dv_part.sum(0))
     return dk, dv
 
 
@@ -480,15 +516,18 @@ def compile_jobs(capability: int) -> list:
         rows = torch.empty(1, 1, BLOCK_N, head_dim, dtype=torch.bfloat16)
         q_type, kv_type = mangle_type(_descriptor(rows, BLOCK_M)), mangle_type(_descriptor(rows, HALF_N))
         types = {"q_desc": q_type, "do_desc": q_type, "k_desc": kv_type, "v_desc": kv_type, "dk_desc": kv_type,
-                 "dv_desc": kv_type, "LSE": "*fp32", "DELTA": "*fp32", "qk_scale": "fp32", "scale": "fp32"}
-        for causal in (False, True):
-            constexprs = dict(HEAD_DIM=head_dim, NUM_STAGES=NUM_STAGES, CAUSAL=causal,
+                 "dv_desc": kv_type, "LSE": "*fp32", "DELTA": "*fp32", "DK_PART": "*fp32", "DV_PART": "*fp32",
+                 "qk_scale": "fp32", "scale": "fp32"}
+        for causal, split in ((False, False), (True, False), (True, True)):
+            constexprs = dict(HEAD_DIM=head_dim, NUM_STAGES=NUM_STAGES, CAUSAL=causal, SPLIT=split,
                               CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS, PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS,
                               num_warps=4)
-            jobs.append(CompileJob(family="gluon_backward", kernel="dkdv_ws" + "+causal" * causal,
+            jobs.append(CompileJob(family="gluon_backward", kernel="dkdv_ws" + "+causal" * causal + "+split" * split,
                                    fn=_attn_bwd_kv_hopper_ws, constexprs=constexprs, types=types, num_warps=4,
                                    num_stages=1, config=dict(BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, NUM_STAGES=NUM_STAGES),
                                    head_dim=head_dim, maxnreg=WS_MAX_REGISTERS))
+            if split:
+                continue
             tile = q_tile_for(head_dim)
             q_rows_type = mangle_type(_descriptor(rows, Q_HALF_M))
             k_type = mangle_type(_descriptor(rows, tile["BLOCK_N"]))

@@ -776,18 +776,17 @@ def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: 
     return 1 if programs >= sms else min(group, triton.cdiv(sms, programs))
 
 
-def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, kv_splits, fused_dq, hopper_path) -> bool:
+def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, fused_dq, hopper_path) -> bool:
     """Whether :func:`flash_attention_backward` takes dK, dV from the Gluon kernel for Hopper: the Hopper backward
-    applies (:func:`hopper_backward_applies`), no fixed tile, and one program per key block owns all its query heads
-    (``kv_splits`` 1: where the teaching kernel splits them to fill the GPU, it stays)."""
-    return tile is None and kv_splits == 1 and hopper_backward_applies(do, q, k, v, lse, delta, mask, window,
-                                                                       fused_dq, hopper_path)
+    applies (:func:`hopper_backward_applies`) and no fixed tile is given — with or without a query-head split
+    (``kv_splits``: the Gluon kernel splits the group's heads as the teaching one does)."""
+    return tile is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
 
 
 def uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile_q, fused_dq, hopper_path) -> bool:
     """Whether :func:`flash_attention_backward` takes dQ from the Gluon dQ kernel for Hopper: the Hopper backward
-    applies (:func:`hopper_backward_applies`) and ``tile_q``, the dQ kernel's fixed tile, is None — whatever the
-    dK/dV kernel's head split (the dQ grid has one program per 128 query rows of each head, enough at any batch)."""
+    applies (:func:`hopper_backward_applies`) and ``tile_q``, the dQ kernel's fixed tile, is None (the dQ grid has
+    one program per 128 query rows of each head, enough at any batch)."""
     return tile_q is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
 
 
@@ -854,17 +853,18 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     kv_splits = triton.cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
     fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
     hopper = hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
-    gluon_kv = hopper and tile is None and kv_splits == 1  # as uses_gluon_backward, uses_gluon_dq (one check)
+    gluon_kv = hopper and tile is None  # as uses_gluon_backward, uses_gluon_dq (one check)
     gluon_q = hopper and (tile_q or tile) is None
     if gluon_kv or gluon_q:
         from attention_lab.flash import gluon_backward
     if gluon_kv:
-        dk, dv = gluon_backward.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale)
+        dk, dv = gluon_backward.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale,
+                                                                   kv_splits=kv_splits)
     if gluon_q:
         dq = gluon_backward.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale)
     if gluon_kv and gluon_q:
         return dq, dk, dv
-    if kv_splits > 1:  # fp32 partial sums, one slice per split, added after the kernel
+    if kv_splits > 1 and not gluon_kv:  # fp32 partial sums, one slice per split, added after the kernel
         dk_out = torch.empty((kv_splits, *k.shape), dtype=torch.float32, device=k.device)
         dv_out = torch.empty((kv_splits, *v.shape), dtype=torch.float32, device=v.device)
         wide = wide or dk_out.numel() >= 2 ** 31
@@ -892,7 +892,7 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
         dq.copy_(dq_acc)
     elif not gluon_q:
         _launch(_attn_bwd_q_tuned, _attn_bwd_q, q_grid, q_args, flags, tile_q or tile)
-    if kv_splits > 1:
+    if kv_splits > 1 and not gluon_kv:
         dk.copy_(dk_out.sum(0))
         dv.copy_(dv_out.sum(0))
     return dq, dk, dv
