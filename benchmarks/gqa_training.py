@@ -9,10 +9,11 @@ where the dK/dV kernel has the fewest programs (it owns the keys of one kv head:
 32 for MQA at B=1 on 132 SMs). Compared, in one process on the same inputs:
 
 * ``triton`` — :func:`attention_lab.flash.triton_attention.flash_attention` (k, v with Hkv heads, no copy): on an
-  H100/H200 the Gluon forward and, where no query-head split is needed, the Gluon dK/dV kernel;
-* ``triton_teaching_bwd`` — the same with the teaching dK/dV kernel (``hopper_path=False``): what the Gluon one buys;
-* ``triton_unsplit`` — the same with the dK/dV kernel's query-head split off (``kv_splits=1``; on Hopper that is
-  the Gluon kernel wherever it takes the inputs): what the split buys;
+  H100/H200 the Gluon forward and the Gluon dK/dV and dQ kernels (the dK/dV one with ``kv_splits_for``'s query-head
+  split where few programs would leave SMs idle);
+* ``triton_teaching_bwd`` — the same with the teaching backward kernels (``hopper_path=False``): what the Gluon ones
+  buy;
+* ``triton_unsplit`` — the same with the dK/dV kernel's query-head split off (``kv_splits=1``): what the split buys;
 * ``triton_fused_dq`` — the same with dQ added by the dK/dV programs (atomics into fp32, no dQ kernel);
 * ``sdpa_gqa`` — ``F.scaled_dot_product_attention(..., enable_gqa=True)``, PyTorch's own choice of backend;
 * ``sdpa_flash_gqa`` / ``sdpa_cudnn_gqa`` — the same forced to its FlashAttention-2 / cuDNN backend (a

@@ -61,6 +61,43 @@ def test_chapter_10_reading_of_the_flex_run():
     assert not br.flex_reading(faster)[1]["the library's forward+backward is behind cuDNN at every shape"]
 
 
+def test_chapter_10_reading_of_the_gqa_training_run():
+    """What chapter 10 says about GQA/MQA training (gqa_training.json, with CUDA-graph times): within 10 % of cuDNN
+    and ahead of Flex on the GPU at every batch and kv-head count, no cliff at batch 1 on the GPU, the head split
+    paying there, and the eager batch-1 step being the host's — each true in the file and false on a run where it
+    is not."""
+    import copy
+
+    results = load("gqa_training")
+    assert results is not None and results["environment"]["capability"] == "9.0"
+    lines, claims = br.gqa_training_reading(results)
+    assert len(lines) == 6 and all(claims.values()), claims
+    mqa = br.rows(results, batch=1, n_kv_heads=1, mode="fwd_bwd", method="triton")[0]
+    assert f"library {mqa['graph_ms']:.2f} ms from a CUDA graph, {mqa['ms']:.2f} ms eager" in lines[-1]
+
+    def broken(**where):
+        changed = copy.deepcopy(results)
+        for row in br.rows(changed, mode="fwd_bwd", method="triton", **where):
+            row["graph_ms"] *= 1.5
+            row["graph_tflops"] /= 1.5
+        return [claim for claim, holds in br.gqa_training_reading(changed)[1].items() if not holds]
+
+    assert {"from a CUDA graph the library's forward+backward is at least 0.9x cuDNN at every batch and kv-head count",
+            "on the GPU batch 1 keeps at least 80 % of batch 8's TFLOP/s at every kv-head count (no cliff)"} <= set(
+        broken(batch=1, n_kv_heads=4))
+    assert "from a CUDA graph the library's forward+backward is at least 0.9x cuDNN at every batch and kv-head " \
+           "count" in broken(batch=8, n_kv_heads=16)
+    no_host = copy.deepcopy(results)
+    for row in br.rows(no_host, batch=1, mode="fwd_bwd", method="triton"):
+        row["ms"] = row["graph_ms"]
+    assert not br.gqa_training_reading(no_host)[1]["at batch 1 an eager step takes at least 1.5x its GPU time (the " \
+                                                   "host's launches)"]
+    unsplit = copy.deepcopy(results)
+    br.rows(unsplit, batch=1, n_kv_heads=1, mode="fwd_bwd", method="triton_unsplit")[0]["graph_ms"] = 0.5
+    assert not br.gqa_training_reading(unsplit)[1]["at batch 1 the split of the query heads makes GQA/MQA's backward " \
+                                                  "faster"]
+
+
 def test_chapter_10s_lines_about_the_gluon_backward_probe():
     probe = load("flash_gluon_backward_probe")
     lines = br.gluon_backward_lines(probe)

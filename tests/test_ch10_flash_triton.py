@@ -485,7 +485,11 @@ def test_kv_splits_fill_a_gpu_only_when_batch_times_kv_heads_is_small(monkeypatc
 
     monkeypatch.setattr(ta, "device_facts", lambda device: DeviceFacts(capability=90, n_sms=132))
     gpu = torch.device("cuda")
-    assert ta.kv_splits_for(1, 1, 4096, 16, gpu) == 5  # MQA at batch 1: 32 key blocks of 128 -> about 132 programs
-    assert ta.kv_splits_for(8, 4, 4096, 4, gpu) == 1  # 1,024 programs already
+    assert ta.kv_splits_for(1, 1, 4096, 16, gpu) == 4  # MQA at batch 1: 32 key blocks of 128 -> about 132 programs
+    assert ta.kv_splits_for(1, 1, 4096, 16, gpu, causal=True) == 16  # causal: about 4 per SM (gqa_split_probe.json)
+    assert ta.kv_splits_for(1, 4, 4096, 4, gpu) == 1  # 128 programs: about one per SM already
+    assert ta.kv_splits_for(1, 4, 4096, 4, gpu, causal=True) == 4
+    assert ta.kv_splits_for(8, 1, 4096, 16, gpu, causal=True) == 2  # 256 programs, 528 aimed at
+    assert ta.kv_splits_for(8, 4, 4096, 4, gpu) == ta.kv_splits_for(8, 4, 4096, 4, gpu, causal=True) == 1  # 1,024
     assert ta.kv_splits_for(1, 16, 4096, 1, gpu) == 1  # MHA: one query head per kv head, nothing to split
     assert ta.kv_splits_for(1, 1, 4096, 16, torch.device("cpu")) == 1  # the interpreter: one split

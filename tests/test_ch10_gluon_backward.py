@@ -60,6 +60,29 @@ def test_the_dk_dv_kernel_refuses_a_head_split_outside_its_group(monkeypatch):
             gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, True, 0.1, kv_splits=bad)
 
 
+def test_the_split_rule_picks_what_the_probe_measured_fastest(monkeypatch):
+    """kv_splits_for against the committed H200 probe (gqa_split_probe.json, B=1 N=4k H=16 D=128, GPU time from CUDA
+    graphs): for GQA-4 and MQA, causal and not, the split the rule picks (as the kernels round it) is within 3 % of
+    the fastest backward measured, and splitting at all beats one program per key block."""
+    from attention_lab.book import results
+    from attention_lab.flash import triton_attention as ta
+    from attention_lab.kernels.common import DeviceFacts
+
+    probe = results.load("gqa_split_probe")
+    monkeypatch.setattr(ta, "device_facts", lambda device: DeviceFacts(capability=90, n_sms=probe["environment"]["sms"]))
+    cases = {(r["n_kv_heads"], r["causal"]) for r in probe["rows"]}
+    assert cases == {(4, True), (4, False), (1, True), (1, False)}
+    for n_kv_heads, causal in cases:
+        rows = {r["kv_splits"]: r["backward_ms"] for r in probe["rows"]
+                if (r["n_kv_heads"], r["causal"]) == (n_kv_heads, causal)}
+        group = probe["heads"] // n_kv_heads
+        chosen = ta.kv_splits_for(probe["batch"], n_kv_heads, probe["n"], group, torch.device("cuda"), causal)
+        chosen = -(-group // -(-group // chosen))  # as the kernels round it: 5 splits of 16 heads run as 4 of 4
+        assert rows[chosen] <= 1.03 * min(rows.values()), (n_kv_heads, causal, chosen, rows)
+        if n_kv_heads == 1:
+            assert rows[chosen] < 0.5 * rows[1], (causal, rows)  # MQA: 32 programs on 132 SMs without a split
+
+
 @needs_gluon
 def test_compiles_for_sm90_within_shared_memory_and_without_spills():
     """Both kernels at each head dim, causal and not. Not one byte spilled, except the dK/dV kernel at D=128 under

@@ -388,3 +388,44 @@ def gluon_backward_lines(probe: dict) -> list[str]:
                      f"whole backward {row['teaching_backward']['ms']:.2f} → {row['gluon_backward']['ms']:.2f} ms "
                      f"(×{row['backward_speedup']:.2f})")
     return lines
+
+
+def gqa_training_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
+    """Chapter 10's reading of ``gqa_training.json`` (``benchmarks/gqa_training.py --graphs``: H=16 query heads of
+    D=128 over 16 / 4 / 1 kv heads, causal, bf16, at B=8 and B=1 with N=4k): per (batch, kv heads), forward+backward
+    of the library (``triton``) over cuDNN's and FlexAttention's, timed eagerly and replayed from a CUDA graph (the
+    GPU's time alone), and the statements the chapter's prose relies on (tested against the file)."""
+    def one(batch, n_kv_heads, method):
+        found = rows(results, batch=batch, n_kv_heads=n_kv_heads, mode="fwd_bwd", method=method)
+        return found[0] if found else None
+
+    keys = sorted({(r["batch"], r["n_kv_heads"]) for r in results["rows"]}, key=lambda k: (-k[0], -k[1]))
+    lines, graph_cudnn, graph_flex, eager_over_graph, small_over_large, split_gain = [], [], [], [], [], []
+    for batch, n_kv_heads in keys:
+        ours, cudnn, flex = (one(batch, n_kv_heads, m) for m in ("triton", "sdpa_cudnn_gqa", "flex"))
+        graph = ours["graph_ms"]
+        graph_cudnn.append(cudnn["graph_ms"] / graph)
+        graph_flex.append(flex["graph_ms"] / graph)
+        eager_over_graph.append((batch, ours["ms"] / graph))
+        group = results["heads"] // n_kv_heads
+        lines.append(f"B={batch} Hkv={n_kv_heads:2} (group {group:2}): library {graph:.2f} ms from a CUDA "
+                     f"graph, {ours['ms']:.2f} ms eager; / cuDNN {graph_cudnn[-1]:.2f}× (graph) "
+                     f"{cudnn['ms'] / ours['ms']:.2f}× (eager); / Flex {graph_flex[-1]:.2f}× (graph)")
+        if batch == 1:
+            large = one(8, n_kv_heads, "triton")
+            small_over_large.append(ours["graph_tflops"] / large["graph_tflops"])
+            if n_kv_heads < 16:
+                split_gain.append(one(1, n_kv_heads, "triton_unsplit")["graph_ms"] / graph)
+    claims = {
+        "from a CUDA graph the library's forward+backward is at least 0.9x cuDNN at every batch and kv-head count":
+            min(graph_cudnn) >= 0.9,
+        "from a CUDA graph the library's forward+backward is ahead of FlexAttention at every batch and kv-head count":
+            min(graph_flex) > 1.0,
+        "on the GPU batch 1 keeps at least 80 % of batch 8's TFLOP/s at every kv-head count (no cliff)":
+            min(small_over_large) >= 0.8,
+        "at batch 1 the split of the query heads makes GQA/MQA's backward faster":
+            min(split_gain) > 1.0,
+        "at batch 1 an eager step takes at least 1.5x its GPU time (the host's launches)":
+            min(ratio for batch, ratio in eager_over_graph if batch == 1) >= 1.5,
+    }
+    return lines, claims

@@ -618,10 +618,14 @@ HOPPER_FORWARD = True
 # ... and there, first the warp-specialised Gluon kernel (flash/gluon_attention.py) where it takes the inputs
 # (D 64 or 128, fp16/bf16, no mask or window); False: the TMA fast path (flash/hopper.py) instead.
 GLUON_FORWARD = True
-# The backward on an H100/H200 computes dK, dV with the warp-specialised Gluon kernel (flash/gluon_backward.py) where
-# it takes the inputs (D 64 or 128, fp16/bf16, no mask or window, no tile given, no query-head split needed) and
-# this file's dQ kernel; False (or flash_attention_backward(hopper_path=False)): the teaching dK/dV kernel.
+# The backward on an H100/H200 computes dK, dV and dQ with the warp-specialised Gluon kernels (flash/gluon_backward.py)
+# where they take the inputs (D 64 or 128, fp16/bf16, no mask or window, no tile given; not D=64 with <= 1k keys);
+# False (or flash_attention_backward(hopper_path=False)): the teaching kernels.
 GLUON_BACKWARD = True
+# dK/dV programs per SM that kv_splits_for aims at, {causal: programs}: at B=1, N=4k, H=16, D=128 on an H200
+# (gqa_split_probe.json, GPU time from CUDA graphs) the causal backward was fastest with ~4 per SM (MQA: 16 splits,
+# 0.50 ms against 0.59 ms at ~1 per SM), the non-causal one with ~1 per SM (more only added partial sums).
+KV_SPLIT_PROGRAMS_PER_SM = {False: 1, True: 4}
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
 
@@ -760,20 +764,23 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hop
     return out, lse
 
 
-def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: torch.device) -> int:
+def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: torch.device,
+                  causal: bool = False) -> int:
     """How many programs share one (batch, kv head, key block) of the dK/dV kernel, each summing over a slice
     of the ``group`` query heads (:func:`flash_attention_backward`).
 
     One program per key block owns all ``group`` query heads — enough programs when batch × kv heads is
-    large. With few (MQA at batch 1: ``N / BLOCK_N`` programs for a GPU of 132 SMs) most SMs idle while each
-    program loops over every query head; then the heads are split so that the grid reaches about one program
-    per SM (counted with the largest key block, 128). Off a GPU (the interpreter) one split.
+    large. With few (MQA at batch 1: ``N / 128`` programs for a GPU of 132 SMs) most SMs idle while each
+    program loops over every query head; then the heads are split so that the grid reaches about
+    :data:`KV_SPLIT_PROGRAMS_PER_SM` programs per SM (counted with the largest key block, 128): one when not causal,
+    four when causal, where the first key block is seen by every query and the last by few, so that shorter
+    programs balance the SMs. Off a GPU (the interpreter) one split.
     """
     if device.type != "cuda" or group == 1:
         return 1
     programs = batch * n_kv_heads * triton.cdiv(n_keys, 128)
-    sms = device_facts(device).n_sms
-    return 1 if programs >= sms else min(group, triton.cdiv(sms, programs))
+    target = device_facts(device).n_sms * KV_SPLIT_PROGRAMS_PER_SM[bool(causal)]
+    return max(1, min(group, round(target / programs)))
 
 
 def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, fused_dq, hopper_path) -> bool:
@@ -847,7 +854,7 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
             dict(HEAD_DIM=head_dim, BLOCK_D=block_d, WIDE=wide), {"BLOCK_M": delta_block})
     group = n_heads // n_kv_heads
     if kv_splits is None:
-        kv_splits = kv_splits_for(batch, n_kv_heads, n_keys, group, q.device)
+        kv_splits = kv_splits_for(batch, n_kv_heads, n_keys, group, q.device, causal)
     check_int_range("kv_splits", kv_splits, 1, group + 1)
     heads_per_split = triton.cdiv(group, kv_splits)
     kv_splits = triton.cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2

@@ -686,11 +686,12 @@ show_source(gluon_attention, "_consume", start_at="for j in range(1, n_blocks)")
 # their dK and dV in registers and recompute $P^T = 2^{S^T \cdot \text{scale} - L}$ from the forward's
 # log-sum-exp, as in section 3. *dQ:* the forward's shape, one program per 128 query rows; the producer streams K and
 # V blocks, and each consumer warpgroup keeps dQ of its 64 rows, issuing $S = QK_j^T$ and $dP = dO\,V_j^T$ together
-# so that P's exponentials run while $dP$ is still on the tensor cores. The library takes the dQ kernel wherever the
-# inputs suit it, and the dK/dV kernel where one program per key block fills the GPU; where a kv head's query heads
-# must be split over several programs (MQA at batch 1) the teaching dK/dV kernel stays. At D=64 with 1k keys both
-# stay the teaching kernels, as the forward does: there they measured faster (the D=64 lines below). Measured on the
-# same GPU (`benchmarks/gluon_backward_probe.py`, teaching launches replayed beside them):
+# so that P's exponentials run while $dP$ is still on the tensor cores. The library takes both wherever the inputs
+# suit them; where one program per key block would leave SMs idle (MQA at batch 1: 32 programs for 132 SMs), the
+# dK/dV kernel splits a kv head's query heads over several programs, each adding its slice into fp32 partial sums
+# that one reduction adds up, as the teaching kernel does. At D=64 with 1k keys both stay the teaching kernels, as
+# the forward does: there they measured faster (the D=64 lines below). Measured on the same GPU
+# (`benchmarks/gluon_backward_probe.py`, teaching launches replayed beside them):
 
 # %%
 gluon_backward_probe = load_results("flash_gluon_backward_probe")  # package data, from an H200
@@ -706,6 +707,31 @@ print("\n".join(benchmark_report.gluon_backward_lines(load_results("flash_gluon_
 # is mostly structure: FlashAttention-3 computes the backward in one kernel with five matrix products, these two
 # kernels have seven, because the dQ kernel recomputes $S$ and $dP$ — the price of writing dQ once, without atomic
 # adds into an fp32 buffer.
+#
+# **Training with fewer kv heads.** The benchmarks above give q, k and v the same head count; a GQA or MQA model
+# does not. `benchmarks/gqa_training.py` times the attention of a training step with 16 query heads over 16, 4 or 1
+# kv heads (causal, D=128, N=4k) at batch 8 and at batch 1, against SDPA with `enable_gqa` and FlexAttention, timed
+# two ways: eagerly, as a Python loop runs it, and replayed from a CUDA graph, which removes the host's work and
+# leaves the GPU's. How many programs share a kv head's query heads at batch 1 was measured too
+# (`benchmarks/kv_split_probe.py`): about one per SM without a mask, about four per SM causal, where the first key
+# block is seen by every query and the last by few, so shorter programs even out the SMs.
+
+# %%
+gqa_training = load_results("gqa_training")  # benchmarks/gqa_training.py --graphs, package data
+print(f"{gqa_training['environment']['card']}, torch {gqa_training['environment']['torch']}, triton "
+      f"{gqa_training['environment']['triton']}: causal forward+backward, H={gqa_training['heads']}, "
+      f"D={gqa_training['head_dim']}, N=4k")
+gqa_lines, gqa_claims = benchmark_report.gqa_training_reading(gqa_training)
+print("\n".join(gqa_lines))
+for claim, holds in gqa_claims.items():
+    print(f"{claim}: {holds}")
+
+# %% [markdown]
+# On the GPU the kernels hold their place at every group size and at batch 1 (the graph columns). The eager batch-1
+# step is another matter: its GPU work is well under a millisecond, and the Python that launches the kernels — the
+# autograd function, the checks, four Triton launches (forward, delta, dK/dV, dQ) with their TMA descriptors —
+# takes longer than that, so the GPU waits on the host; SDPA's launches are C++. A training loop at such small batches is what CUDA graphs (or
+# `torch.compile(mode="reduce-overhead")`) are for.
 
 # %% [markdown]
 # ## Summary
