@@ -44,6 +44,33 @@ def host_ms(fn, calls: int = 200) -> float:
     return host
 
 
+def launcher_host_times(q, k, v) -> None:
+    """Host milliseconds per call of each piece of a causal forward+backward on these inputs (the last kv-head count
+    of :func:`main`), each launched 200 times without waiting: which launch costs the host what."""
+    from attention_lab.flash import gluon_attention, gluon_backward
+
+    scale = q.shape[-1] ** -0.5
+    out, lse = ta.flash_attention_forward(q, k, v, None, True, None, scale)
+    do = torch.randn_like(q)
+    delta = (do.float() * out.float()).sum(-1)
+    splits = ta.kv_splits_for(q.shape[0], k.shape[1], k.shape[2], q.shape[1] // k.shape[1], q.device, True)
+    pieces = {
+        "flash_attention_forward": lambda: ta.flash_attention_forward(q, k, v, None, True, None, scale),
+        "flash_attention_backward": lambda: ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, scale),
+        "gluon dK/dV launcher": lambda: gluon_backward.flash_attention_backward_kv_hopper(
+            do, q, k, v, lse, delta, True, scale, kv_splits=splits),
+        "gluon dQ launcher": lambda: gluon_backward.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, True,
+                                                                                      scale),
+        "one TMA descriptor": lambda: gluon_attention._descriptor(q, 64),
+        "prepare_inputs (checks)": lambda: ta.prepare_inputs(q, k, v, None, True, None, scale),
+        "hopper_backward_applies": lambda: ta.hopper_backward_applies(do, q, k, v, lse, delta, None, None, False,
+                                                                      None),
+        "torch.empty_like(q)": lambda: torch.empty_like(q),
+    }
+    for name, fn in pieces.items():
+        print(f"  host {name:26}: {host_ms(fn) * 1e3:7.1f} µs per call", flush=True)
+
+
 def main() -> None:
     from triton.testing import do_bench, do_bench_cudagraph
 
@@ -83,6 +110,7 @@ def main() -> None:
                   f"{[round(x, 4) for x in graph]} ms, host {host_ms(step, 50):.4f} ms per call", flush=True)
         for x in (q, k, v):
             x.grad = None
+    launcher_host_times(q.detach(), k.detach(), v.detach())
     for label, calls in (("forward", lambda: ta.flash_attention(q.detach(), k.detach(), v.detach(), causal=True)),
                          ("forward+backward", steps["triton"])):
         profile = cProfile.Profile()
