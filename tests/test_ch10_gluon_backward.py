@@ -50,14 +50,19 @@ def test_it_takes_what_it_was_written_for_and_names_every_refusal():
         gb.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, True, 0.1)
 
 
-def test_the_dk_dv_kernel_refuses_a_head_split_outside_its_group(monkeypatch):
-    """kv_splits is a count of programs sharing one kv head's group: 1 … group, an int; anything else is named before
-    any buffer is made or kernel launched (the inputs themselves pretended supported)."""
+def test_the_launchers_refuse_bad_arguments_before_anything_is_built(monkeypatch):
+    """kv_splits is a count of programs sharing one kv head's group: 1 … group, an int; causal a bool, scale a float;
+    anything else is named before any buffer is made or kernel launched (the inputs themselves pretended supported,
+    so that the launch itself, which needs a GPU, is never reached)."""
     monkeypatch.setattr(gb, "unsupported_reason", lambda *args: None)
     do, q, k, v, lse, delta = problem(h=4, hkv=2)  # group 2
     for bad in (0, 3, 1.5, True, "2"):
         with pytest.raises(ValueError, match=r"kv_splits must be an integer in \[1, 3\)"):
             gb.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, True, 0.1, kv_splits=bad)
+    for causal, scale in ((1, 0.1), (True, 1), (None, 0.1)):
+        for launcher in (gb.flash_attention_backward_kv_hopper, gb.flash_attention_backward_q_hopper):
+            with pytest.raises(ValueError, match="causal must be a bool and scale a float"):
+                launcher(do, q, k, v, lse, delta, causal, scale)
 
 
 def test_the_split_rule_picks_what_the_probe_measured_fastest(monkeypatch):

@@ -59,6 +59,17 @@ def unsupported_reason(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     return input_reason(do, q, k, v, lse, delta)
 
 
+def refuse_unsupported(kernel: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       lse: torch.Tensor, delta: torch.Tensor, causal: bool, scale: float) -> None:
+    """The ``ValueError`` both launchers raise before anything is built: where :func:`unsupported_reason` names a
+    reason (naming ``kernel``, "dK/dV" or "dQ"), or for a ``causal`` that is not a bool or a ``scale`` not a float."""
+    reason = unsupported_reason(do, q, k, v, lse, delta)
+    if reason is not None:
+        raise ValueError(f"the Gluon {kernel} kernel cannot run these inputs: {reason}")
+    if not isinstance(causal, bool) or not isinstance(scale, float):
+        raise ValueError(f"causal must be a bool and scale a float, got {causal!r}, {scale!r}")
+
+
 def input_reason(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
                  delta: torch.Tensor) -> str | None:
     """The part of :func:`unsupported_reason` that depends on the inputs only, not on the device."""
@@ -420,14 +431,10 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
     partial sums ``(kv_splits, B, Hkv, Nk, D)`` that are then added (one reduction per tensor). Raises ValueError
     where :func:`unsupported_reason` names a reason, or for a ``kv_splits`` outside 1 … group.
     """
-    reason = unsupported_reason(do, q, k, v, lse, delta)
-    if reason is not None:
-        raise ValueError(f"the Gluon dK/dV kernel cannot run these inputs: {reason}")
+    refuse_unsupported("dK/dV", do, q, k, v, lse, delta, causal, scale)
     group = q.shape[1] // k.shape[1]
     check_int_range("kv_splits", kv_splits, 1, group + 1)
     tile = dict({"BLOCK_M": BLOCK_M, "NUM_STAGES": NUM_STAGES}, **(tile or {}))
-    if not isinstance(causal, bool) or not isinstance(scale, float):
-        raise ValueError(f"causal must be a bool and scale a float, got {causal!r}, {scale!r}")
     batch, n_heads, n_queries, head_dim = q.shape
     n_kv_heads, n_keys = k.shape[1], k.shape[2]
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)  # (B, Hkv, Nk, D)
@@ -477,11 +484,7 @@ def flash_attention_backward_q_hopper(do: torch.Tensor, q: torch.Tensor, k: torc
     Same inputs as :func:`flash_attention_backward_kv_hopper`. ``tile``: ``{"BLOCK_N": .., "NUM_STAGES": ..}``
     (default :func:`q_tile_for`). Raises ValueError where :func:`unsupported_reason` names a reason.
     """
-    reason = unsupported_reason(do, q, k, v, lse, delta)
-    if reason is not None:
-        raise ValueError(f"the Gluon dQ kernel cannot run these inputs: {reason}")
-    if not isinstance(causal, bool) or not isinstance(scale, float):
-        raise ValueError(f"causal must be a bool and scale a float, got {causal!r}, {scale!r}")
+    refuse_unsupported("dQ", do, q, k, v, lse, delta, causal, scale)
     batch, n_heads, n_queries, head_dim = q.shape
     n_kv_heads, n_keys = k.shape[1], k.shape[2]
     tile = dict(q_tile_for(head_dim), **(tile or {}))

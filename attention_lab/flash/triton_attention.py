@@ -842,16 +842,11 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    mask_tensor, mask_strides = _mask_args(mask, batch, n_heads, n_queries, n_keys, q)
-    wide = needs_wide_offsets(q, k, v, out, do, dq, dk, dv, mask_tensor if mask is not None else None)
     delta = torch.empty_like(lse)  # (B, H, Nq) fp32
     delta_block = 16 if interpreting() else 64
     _launch(None, _attn_bwd_delta, (triton.cdiv(n_queries, delta_block), batch * n_heads),
             (out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries),
-            dict(HEAD_DIM=head_dim, BLOCK_D=block_d, WIDE=wide), {"BLOCK_M": delta_block})
+            dict(HEAD_DIM=head_dim, BLOCK_D=block_d, WIDE=needs_wide_offsets(out, do)), {"BLOCK_M": delta_block})
     group = n_heads // n_kv_heads
     if kv_splits is None:
         kv_splits = kv_splits_for(batch, n_kv_heads, n_keys, group, q.device, causal)
@@ -871,6 +866,14 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
         dq = gluon_backward.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale)
     if gluon_kv and gluon_q:
         return dq, dk, dv
+    # the teaching kernels write into these (where a Gluon kernel ran, its own result is kept)
+    if not gluon_q:
+        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if not gluon_kv:
+        dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+        dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    mask_tensor, mask_strides = _mask_args(mask, batch, n_heads, n_queries, n_keys, q)
+    wide = needs_wide_offsets(q, k, v, out, do, dq, dk, dv, mask_tensor if mask is not None else None)
     if kv_splits > 1 and not gluon_kv:  # fp32 partial sums, one slice per split, added after the kernel
         dk_out = torch.empty((kv_splits, *k.shape), dtype=torch.float32, device=k.device)
         dv_out = torch.empty((kv_splits, *v.shape), dtype=torch.float32, device=v.device)
