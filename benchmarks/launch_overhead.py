@@ -1,6 +1,7 @@
 """GPU diagnostic: how much of a small attention call is the host's (Python and launch) time, not the GPU's.
 
     export PYTHONPATH=$PWD; python3 benchmarks/launch_overhead.py
+    python3 benchmarks/launch_overhead.py --trace OUT/eager_step.json   # torch.profiler of eager MQA steps only
 
 At a batch of one (B=1, H=16, N=4k, D=128, causal, bf16) the forward runs ~0.2 ms on an H200, and
 ``do_bench`` times a call from an event recorded before it is launched: when the host needs longer to launch a
@@ -71,6 +72,37 @@ def launcher_host_times(q, k, v) -> None:
         print(f"  host {name:26}: {host_ms(fn) * 1e3:7.1f} µs per call", flush=True)
 
 
+def trace_eager_steps(q, k, v, steps: int = 20, path: str | None = None) -> None:
+    """``steps`` eager causal forward+backward steps under ``torch.profiler`` (CPU and CUDA): prints the host's
+    costliest operations by self CPU time and, per step, the host's wall time against the GPU's kernel time; with
+    ``path`` also writes a Chrome trace (open it in chrome://tracing or Perfetto to see where the GPU waits)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
+    grad = torch.randn_like(q)
+
+    def step():
+        ta.flash_attention(q, k, v, causal=True).backward(grad)
+        for x in (q, k, v):
+            x.grad = None
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps * 1e3
+    events = prof.key_averages()
+    kernel_ms = sum(e.self_device_time_total for e in events) / steps / 1e3
+    print(f"  traced: {wall:.3f} ms per step (profiler on), GPU kernels {kernel_ms:.3f} ms per step")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25))
+    if path:
+        prof.export_chrome_trace(path)
+
+
 def main() -> None:
     from triton.testing import do_bench, do_bench_cudagraph
 
@@ -125,4 +157,11 @@ def main() -> None:
             print(f"--- {label}, 100 calls (MQA), by {order}\n" + text.getvalue()[-6000:])
 
 if __name__ == "__main__":
-    main()
+    if "--trace" in sys.argv:  # only the profiler trace of eager MQA steps at batch 1 (a Chrome trace beside it)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(1, 16, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+        k = torch.randn(1, 1, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+        trace_eager_steps(q, k, torch.randn_like(k), path=sys.argv[sys.argv.index("--trace") + 1]
+                          if len(sys.argv) > sys.argv.index("--trace") + 1 else None)
+    else:
+        main()
