@@ -1,10 +1,13 @@
-"""The dK/dV half of FlashAttention's backward for Hopper (sm_90) in Gluon, warp-specialised like the forward in
-:mod:`attention_lab.flash.gluon_attention`. :func:`attention_lab.flash.triton_attention.flash_attention_backward`
-takes it on an H100/H200 where it applies (``uses_gluon_backward``); on an H200 it equals float64 autograd as closely
-as the teaching dK/dV kernel and is 1.18-1.30× faster than it (``attention_lab/results/flash_gluon_backward_probe.json``).
+"""FlashAttention's backward for Hopper (sm_90) in Gluon: a dK/dV kernel and a dQ kernel, warp-specialised like the
+forward in :mod:`attention_lab.flash.gluon_attention`. :func:`attention_lab.flash.triton_attention.flash_attention_backward`
+takes them on an H100/H200 where they apply (``uses_gluon_backward``, ``uses_gluon_dq``); on an H200 they equal
+float64 autograd as closely as the teaching kernels and are faster than them at D=128
+(``attention_lab/results/flash_gluon_backward_probe.json``).
 
-One program owns 128 keys of one (batch, kv head) and keeps their gradients in registers while it walks over every
-query block that sees them, in every query head of the kv head's group (GQA: the sums over the group happen here):
+The dK/dV kernel. One program owns 128 keys of one (batch, kv head) and keeps their gradients in registers while it walks over every
+query block that sees them, in every query head of the kv head's group (GQA: the sums over the group happen here) —
+or, where too few programs would leave SMs idle (``kv_splits``: MQA at batch 1), in a slice of the group's heads, its
+dK, dV then fp32 partial sums that the host adds:
 
     producer warp          K, V (128 rows, two halves of 64) once; then Q and dO tiles of 64 query rows into a ring
     consumer warpgroup w   keys n0 + 64·w ... +64, for each (query head, query block):
@@ -21,6 +24,10 @@ aligned to the end of the keys, and a key block is seen by the query blocks from
 the diagonal are masked, the rest not. Keys beyond ``n_keys`` (the last, partial block) need no mask: TMA reads them
 as zeros and their gradient rows are never stored. Query rows beyond ``n_queries`` read Q = dO = 0, lse = +inf and
 delta = 0, so they add nothing.
+
+The dQ kernel has the forward's shape: one program owns 128 query rows of one (batch, head); a producer warp streams
+K and V blocks through a ring, and each of two consumer warpgroups keeps dQ of its 64 rows in registers, issuing
+S = Q Kⱼᵀ and dP = dO Vⱼᵀ together so that P's exponentials run while dP is on the tensor cores.
 """
 
 from __future__ import annotations
