@@ -103,3 +103,23 @@ def test_kernel_chapters_run_without_triton(tmp_path):
                   for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{committed.stem} without triton: {errors}"
         assert "TRITON_LOADED False" in "".join(o.get("text", "") for o in ran.cells[-1].outputs)
+
+
+def test_the_host_helpers_are_triton_s_integer_functions_without_their_cost():
+    """cdiv and next_power_of_2 (host code: grids, splits, padded sizes) give what triton.cdiv and
+    triton.next_power_of_2 give, with or without Triton installed: the triton ones are constexpr functions in
+    Triton 3.x, microseconds per call from Python."""
+    from attention_lab.kernels.optional_triton import TRITON_AVAILABLE, _TritonPlaceholder, cdiv, next_power_of_2
+
+    for a in range(0, 300):
+        for b in (1, 2, 3, 16, 64, 128):
+            assert cdiv(a, b) == -(-a // b) == _TritonPlaceholder.cdiv(a, b)
+            assert cdiv(a, b) * b >= a > (cdiv(a, b) - 1) * b or a == 0
+    for n in range(1, 5000):
+        p = next_power_of_2(n)
+        assert p >= n and p & (p - 1) == 0 and p // 2 < n and _TritonPlaceholder.next_power_of_2(n) == p
+    if TRITON_AVAILABLE:
+        import triton
+
+        assert all(next_power_of_2(n) == triton.next_power_of_2(n) for n in range(1, 70000))
+        assert all(cdiv(a, b) == triton.cdiv(a, b) for a in range(0, 500) for b in range(1, 130))

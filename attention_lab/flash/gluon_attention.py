@@ -32,7 +32,7 @@ import functools
 import torch
 
 from attention_lab.kernels.common import LOG2_E, device_capability
-from attention_lab.kernels.optional_triton import TRITON_AVAILABLE
+from attention_lab.kernels.optional_triton import TRITON_AVAILABLE, cdiv
 
 try:  # Gluon and its Hopper pieces: Triton >= 3.5 (3.6 on the lent GPU and Colab, 3.9 in CI)
     from triton.experimental import gluon
@@ -447,7 +447,7 @@ def flash_attention_forward_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     lse = torch.empty(batch, n_heads, n_queries, device=q.device, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
-    grid = (triton_cdiv(n_queries, BLOCK_M), batch * n_heads)
+    grid = (cdiv(n_queries, BLOCK_M), batch * n_heads)
     kv = (_descriptor(k, tile["BLOCK_N"]), _descriptor(v, tile["BLOCK_N"]))
     scalars = (n_heads, n_heads // n_kv_heads, n_queries, n_keys, scale * LOG2_E)
     if tile.get("WARP_SPECIALIZE", False):  # a producer warp and two consumer warpgroups of BLOCK_M / 2 rows
@@ -462,10 +462,6 @@ def flash_attention_forward_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Te
                                HEAD_DIM=head_dim, BLOCK_M=BLOCK_M, BLOCK_N=tile["BLOCK_N"],
                                NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal, num_warps=NUM_WARPS)
     return out, lse
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def compile_jobs(capability: int) -> list:

@@ -37,6 +37,7 @@ import torch
 from attention_lab.flash.gluon_attention import GLUON_AVAILABLE, HEAD_DIMS, WS_CONSUMER_REGISTERS, WS_MAX_REGISTERS, \
     WS_PRODUCER_REGISTERS
 from attention_lab.kernels.common import LOG2_E, device_capability
+from attention_lab.kernels.optional_triton import cdiv
 from attention_lab.validation import check_int_range
 
 if GLUON_AVAILABLE:
@@ -452,14 +453,14 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
         return dk.zero_(), dv.zero_()
     if (n_keys + BLOCK_N) * head_dim >= 2 ** 31:  # the partial sums' 32-bit row offsets (never at real lengths)
         kv_splits = 1
-    heads_per_split = -(-group // kv_splits)
-    kv_splits = -(-group // heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
+    heads_per_split = cdiv(group, kv_splits)
+    kv_splits = cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
     if kv_splits > 1:
         dk_part = torch.empty((kv_splits, *k.shape), dtype=torch.float32, device=k.device)
         dv_part = torch.empty((kv_splits, *v.shape), dtype=torch.float32, device=v.device)
     else:
         dk_part = dv_part = lse  # not read: the program stores through dk_desc, dv_desc
-    grid = (-(-n_keys // BLOCK_N), batch * n_kv_heads * kv_splits)
+    grid = (cdiv(n_keys, BLOCK_N), batch * n_kv_heads * kv_splits)
     _attn_bwd_kv_hopper_ws[grid](
         _descriptor(q, tile["BLOCK_M"]), _descriptor(do, tile["BLOCK_M"]), _descriptor(k, HALF_N),
         _descriptor(v, HALF_N), _descriptor(dk, HALF_N), _descriptor(dv, HALF_N), lse, delta, dk_part, dv_part,
@@ -500,7 +501,7 @@ def flash_attention_backward_q_hopper(do: torch.Tensor, q: torch.Tensor, k: torc
         return dq
     if n_keys == 0:
         return dq.zero_()
-    grid = (-(-n_queries // (2 * Q_HALF_M)), batch * n_heads)
+    grid = (cdiv(n_queries, 2 * Q_HALF_M), batch * n_heads)
     _attn_bwd_q_hopper_ws[grid](
         _descriptor(q, Q_HALF_M), _descriptor(do, Q_HALF_M), _descriptor(k, tile["BLOCK_N"]),
         _descriptor(v, tile["BLOCK_N"]), _descriptor(dq, Q_HALF_M), lse, delta,

@@ -45,7 +45,7 @@ from attention_lab.flash.triton_attention import key_blocks, may_attend
 from attention_lab.kernels.common import (KIB, device_capability, device_facts, online_softmax_update_raw,
                                          shared_memory_limit)
 from attention_lab.kernels.interpreter import interpreting
-from attention_lab.kernels.optional_triton import TRITON_AVAILABLE, tl, triton
+from attention_lab.kernels.optional_triton import TRITON_AVAILABLE, cdiv, next_power_of_2, tl, triton
 
 try:  # the host-side TMA descriptor: Triton 3.6 (the lent GPU, Colab) and 3.9 (CI)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -314,7 +314,7 @@ PERSISTENT = False
 
 def _length_bucket(n: int) -> int:
     """Autotuning key for a length: the next power of two (>= 16), as the teaching kernel's."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 def descriptor(t: torch.Tensor, rows: int, block_d: int) -> "TensorDescriptor":
@@ -363,7 +363,7 @@ def flash_attention_forward_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     batch, n_heads, n_queries, head_dim = q.shape
     n_kv_heads, n_keys = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (B, H, Nq, D), contiguous
     lse = torch.empty(batch, n_heads, n_queries, device=q.device, dtype=torch.float32)
     if out.numel() == 0 or k.numel() == 0:
@@ -389,7 +389,7 @@ def flash_attention_forward_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     n_programs = device_facts(q.device).n_sms
 
     def grid(meta):
-        query_blocks = triton.cdiv(n_queries, meta["BLOCK_M"])
+        query_blocks = cdiv(n_queries, meta["BLOCK_M"])
         if persistent:
             return (min(n_programs, query_blocks * n_batch_heads),)
         return (query_blocks, n_batch_heads)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from attention_lab.kernels.optional_triton import require_triton, tl, triton
+from attention_lab.kernels.optional_triton import cdiv, next_power_of_2, require_triton, tl, triton
 
 from attention_lab.attention import check_qkv, check_scale
 from attention_lab.validation import check_int_range, check_optional_bool, is_integer
@@ -518,7 +518,7 @@ INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 16}  # small tiles: many block bou
 
 def _bucket(n: int) -> int:
     """Autotuning key for a length: the next power of two (>= 16), so a growing cache is not re-tuned at every step."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 def needs_wide_offsets(*tensors: torch.Tensor | None) -> bool:
@@ -658,7 +658,7 @@ def refuse_tiles_that_cannot_fit(q: torch.Tensor, has_mask: bool, tiles: dict) -
         check_tile(tile)
         if tile is None or interpreting() or not (isinstance(q, torch.Tensor) and q.is_cuda and q.dim() == 4):
             continue
-        block_d = max(16, triton.next_power_of_2(q.shape[-1]))
+        block_d = max(16, next_power_of_2(q.shape[-1]))
         triton_configs.check_tile_fits(kernel, tile, block_d, q.element_size(), device_capability(q.device), has_mask)
 
 
@@ -750,7 +750,7 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hop
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(batch, n_heads, n_queries, device=q.device, dtype=torch.float32)
     mask_tensor, mask_strides = _mask_args(mask, batch, n_heads, n_queries, n_keys, q)
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     args = (q, k, v, out, lse, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             *mask_strides, n_heads, n_queries, n_keys, n_heads // n_kv_heads, window or 0, scale * LOG2_E,
             _bucket(n_queries), _bucket(n_keys))
@@ -759,7 +759,7 @@ def flash_attention_forward(q, k, v, mask, causal, window, scale, tile=None, hop
     flags = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, HAS_WINDOW=window is not None,
                  HAS_MASK=mask is not None, WIDE=needs_wide_offsets(q, k, v, out, mask_tensor if mask is not None else None),
                  RAW_MAX=RAW_MAX_SOFTMAX)
-    grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
+    grid = lambda meta: (cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
     _launch(_attn_fwd_tuned, _attn_fwd, grid, args, flags, tile)
     return out, lse
 
@@ -778,7 +778,7 @@ def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: 
     """
     if device.type != "cuda" or group == 1:
         return 1
-    programs = batch * n_kv_heads * triton.cdiv(n_keys, 128)
+    programs = batch * n_kv_heads * cdiv(n_keys, 128)
     target = device_facts(device).n_sms * KV_SPLIT_PROGRAMS_PER_SM[bool(causal)]
     return max(1, min(group, round(target / programs)))
 
@@ -841,18 +841,18 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     q, k, v, out, do = (_last_dim_contiguous(x) for x in (q, k, v, out, do))
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     delta = torch.empty_like(lse)  # (B, H, Nq) fp32
     delta_block = 16 if interpreting() else 64
-    _launch(None, _attn_bwd_delta, (triton.cdiv(n_queries, delta_block), batch * n_heads),
+    _launch(None, _attn_bwd_delta, (cdiv(n_queries, delta_block), batch * n_heads),
             (out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries),
             dict(HEAD_DIM=head_dim, BLOCK_D=block_d, WIDE=needs_wide_offsets(out, do)), {"BLOCK_M": delta_block})
     group = n_heads // n_kv_heads
     if kv_splits is None:
         kv_splits = kv_splits_for(batch, n_kv_heads, n_keys, group, q.device, causal)
     check_int_range("kv_splits", kv_splits, 1, group + 1)
-    heads_per_split = triton.cdiv(group, kv_splits)
-    kv_splits = triton.cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
+    heads_per_split = cdiv(group, kv_splits)
+    kv_splits = cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
     fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
     hopper = hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
     gluon_kv = hopper and tile is None  # as uses_gluon_backward, uses_gluon_dq (one check)
@@ -893,8 +893,8 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     q_args = (q, k, v, do, dq, lse, delta, mask_tensor, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
               *do.stride()[:3], *dq.stride()[:3], *mask_strides,
               n_heads, n_queries, n_keys, group, window or 0, scale * LOG2_E, scale, *buckets)
-    kv_grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads * kv_splits)  # noqa: E731
-    q_grid = lambda meta: (triton.cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
+    kv_grid = lambda meta: (cdiv(n_keys, meta["BLOCK_N"]), batch * n_kv_heads * kv_splits)  # noqa: E731
+    q_grid = lambda meta: (cdiv(n_queries, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
     if not gluon_kv:
         _launch(_attn_bwd_kv_tuned, _attn_bwd_kv, kv_grid, kv_args, dict(flags, FUSED_DQ=fused_dq), tile)
     if fused_dq:
@@ -1015,7 +1015,7 @@ def compile_jobs(capability: int) -> list:
                 if head_dim is None:
                     jobs.append(CompileJob(constexprs={}, skipped="pruned at every head_dim", **common))
                     continue
-                constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, next_power_of_2(head_dim)),
                                   CAUSAL=True, HAS_WINDOW=masked, HAS_MASK=masked, WIDE=False, **config.kwargs,
                                   **({"RAW_MAX": RAW_MAX_SOFTMAX} if kernel == "forward" else {}),
                                   **({"FUSED_DQ": False} if kernel == "backward_kv" else {}))

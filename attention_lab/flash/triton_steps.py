@@ -17,7 +17,7 @@ measured, and support the forward only (no window, mask or backward).
 from __future__ import annotations
 
 import torch
-from attention_lab.kernels.optional_triton import tl, triton
+from attention_lab.kernels.optional_triton import cdiv, next_power_of_2, tl, triton
 
 from attention_lab.flash.triton_attention import flash_attention, load_rows, may_attend, prepare_inputs
 from attention_lab.kernels.common import LOG2_E, device_capability, head_offset, online_softmax_update
@@ -140,10 +140,10 @@ def step_forward(step: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     kernel = _fwd_two_pass if step == "two_pass" else _fwd_online_every_block
-    grid = (triton.cdiv(n_queries, tile["BLOCK_M"]), batch * n_heads)
+    grid = (cdiv(n_queries, tile["BLOCK_M"]), batch * n_heads)
     kernel[grid](q, k, v, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                  n_heads, n_queries, n_keys, n_heads // n_kv_heads, scale * LOG2_E,
-                 HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), CAUSAL=causal, **tile)
+                 HEAD_DIM=head_dim, BLOCK_D=max(16, next_power_of_2(head_dim)), CAUSAL=causal, **tile)
     return out
 
 

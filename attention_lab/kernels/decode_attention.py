@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from attention_lab.kernels.optional_triton import require_triton, tl, triton
+from attention_lab.kernels.optional_triton import next_power_of_2, require_triton, tl, triton
 
 from attention_lab.attention import check_scale
 from attention_lab.validation import check_float_dtype, check_int_dtype, check_rank, is_integer
@@ -298,10 +298,10 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_strides: tuple[
         out.stride(0), out.stride(1),
         *partials.o_strides, *partials.m_strides,
         scale * LOG2_E, partition_size, max_len,
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), PAGE_SIZE=page_size, TILE_N=config.tile_n,
+        GROUP=group, GROUP_PAD=max(16, next_power_of_2(group)), HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=max(16, next_power_of_2(head_dim)), PAGE_SIZE=page_size, TILE_N=config.tile_n,
         PAGED=block_tables is not None, SINGLE_PARTITION=single, FUSED_MERGE=fused,
-        PARTS_PAD=triton.next_power_of_2(n_parts), HAS_LENS=has_lens, DOT_PRECISION=dot_precision(q.dtype),
+        PARTS_PAD=next_power_of_2(n_parts), HAS_LENS=has_lens, DOT_PRECISION=dot_precision(q.dtype),
         PREFETCH_BLOCKS=block_tables is not None and prefetch_block_ids(batch * n_kv_heads * n_parts, n_sms),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

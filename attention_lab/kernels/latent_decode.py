@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from attention_lab.kernels.optional_triton import require_triton, tl, triton
+from attention_lab.kernels.optional_triton import next_power_of_2, require_triton, tl, triton
 
 from attention_lab.validation import check_float_dtype, check_rank, check_real, is_integer
 from attention_lab.kernels.common import LOG2_E, device_facts, dot_precision, head_offset, online_softmax_update
@@ -213,8 +213,8 @@ def latent_decode(q: torch.Tensor, rows: torch.Tensor, latent_dim: int, scale: f
         q, rows, out, partials.m_part, partials.l_part, partials.o_part,
         q.stride(0), q.stride(1), rows.stride(0), rows.stride(1), out.stride(0), out.stride(1),
         *partials.o_strides, *partials.m_strides, n_heads, n_keys, scale * LOG2_E, partition_size,
-        LATENT=latent_dim, LATENT_PAD=max(16, triton.next_power_of_2(latent_dim)),
-        ROPE=rope_dim, ROPE_PAD=max(16, triton.next_power_of_2(rope_dim)),
+        LATENT=latent_dim, LATENT_PAD=max(16, next_power_of_2(latent_dim)),
+        ROPE=rope_dim, ROPE_PAD=max(16, next_power_of_2(rope_dim)),
         BLOCK_H=config.block_h, TILE_N=config.tile_n, SINGLE_PARTITION=single,
         DOT_PRECISION=dot_precision(q.dtype), KEYS_FIRST=config.keys_first,
         num_warps=config.num_warps, num_stages=config.num_stages,

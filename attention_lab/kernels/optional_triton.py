@@ -67,6 +67,17 @@ class _Config:
         return f"Config({self.kwargs}, num_warps={self.num_warps}, num_stages={self.num_stages})"
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for host code (grids, splits). ``triton.cdiv`` is a constexpr function in Triton 3.x, and each
+    call from Python pays its argument unwrapping: microseconds per call, several per launch."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``) for host code, as :func:`cdiv` is to ``triton.cdiv``."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 class _TritonPlaceholder:
     """The few ``triton.*`` names used at import time by the kernel modules."""
 
@@ -84,13 +95,8 @@ class _TritonPlaceholder:
     def heuristics(*args: Any, **kwargs: Any) -> Callable:
         return lambda kernel: kernel if isinstance(kernel, _KernelPlaceholder) else _KernelPlaceholder(kernel)
 
-    @staticmethod
-    def cdiv(a: int, b: int) -> int:
-        return -(-a // b)
-
-    @staticmethod
-    def next_power_of_2(n: int) -> int:
-        return 1 << max(0, int(n) - 1).bit_length()
+    cdiv = staticmethod(cdiv)
+    next_power_of_2 = staticmethod(next_power_of_2)
 
     def __getattr__(self, name: str):
         raise TritonUnavailableError(f"triton.{name}")
@@ -123,4 +129,4 @@ def require_triton(what: str) -> None:
         raise TritonUnavailableError(what)
 
 
-__all__ = ["TRITON_AVAILABLE", "TritonUnavailableError", "require_triton", "tl", "triton"]
+__all__ = ["TRITON_AVAILABLE", "TritonUnavailableError", "cdiv", "next_power_of_2", "require_triton", "tl", "triton"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from attention_lab.kernels.optional_triton import tl, triton
+from attention_lab.kernels.optional_triton import next_power_of_2, tl, triton
 
 from attention_lab.kernels.common import head_offset
 
@@ -185,8 +185,8 @@ def merge_partitions(partials: PartialBuffers, context_lens: torch.Tensor | int,
         partials.m_part, partials.l_part, partials.o_part, context_lens if has_lens else out, out,
         *partials.o_strides, *partials.m_strides, out.stride(0), out.stride(1), partition_size,
         0 if has_lens else context_lens,
-        HEAD_DIM=width, HEAD_DIM_PAD=max(16, triton.next_power_of_2(width)),
-        PARTS_PAD=triton.next_power_of_2(n_parts), CHUNK=MERGE_CHUNK, HAS_LENS=has_lens, num_warps=4,
+        HEAD_DIM=width, HEAD_DIM_PAD=max(16, next_power_of_2(width)),
+        PARTS_PAD=next_power_of_2(n_parts), CHUNK=MERGE_CHUNK, HAS_LENS=has_lens, num_warps=4,
     )
 
 
@@ -194,8 +194,8 @@ def merge_compile_job(family: str, width: int, n_parts: int = 128):
     """The merge kernel at ``width`` values per row and ``n_parts`` partitions, for :mod:`.compile_check`."""
     from attention_lab.kernels.compile_check import CompileJob
 
-    constexprs = dict(HEAD_DIM=width, HEAD_DIM_PAD=max(16, triton.next_power_of_2(width)),
-                      PARTS_PAD=triton.next_power_of_2(n_parts), CHUNK=MERGE_CHUNK, HAS_LENS=True)
+    constexprs = dict(HEAD_DIM=width, HEAD_DIM_PAD=max(16, next_power_of_2(width)),
+                      PARTS_PAD=next_power_of_2(n_parts), CHUNK=MERGE_CHUNK, HAS_LENS=True)
     return CompileJob(family=family, kernel="merge", fn=merge_kernel, constexprs=constexprs,
                       types={"M_PART": "*fp32", "L_PART": "*fp32", "O_PART": "*fp16", "CONTEXT_LENS": "*i32",
                              "OUT": "*fp16"},
