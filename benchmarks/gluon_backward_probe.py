@@ -1,7 +1,7 @@
 """GPU probe of the Gluon backward kernels for Hopper (attention_lab/flash/gluon_backward.py): correctness first (dK,
 dV, dQ against the teaching backward and float64 autograd on odd shapes), then a timing of the Gluon dK/dV and dQ
 kernels against the teaching ones (``_attn_bwd_kv``, ``_attn_bwd_q``), alone and inside the whole backward (delta
-kernel + dK/dV + dQ), at bf16, D=128 (``--head-dim 64``: D=64), H·D = 2048, B·N = 32k, N ∈ {1k, 4k}, causal and
+kernel + dK/dV + dQ; and with delta computed in the dQ kernel's prologue, ``FUSED_DELTA_BACKWARD``), at bf16, D=128 (``--head-dim 64``: D=64), H·D = 2048, B·N = 32k, N ∈ {1k, 4k}, causal and
 not (one process, 3 interleaved do_bench medians); both kernels also with other tiles (``Q_TILES``, ``KV_TILES``).
 Prints a table; ``--json PATH`` also writes what it measured. About a minute on an H200 (the teaching kernels
 autotune at each shape first).
@@ -131,6 +131,7 @@ def timing(report: dict, d: int) -> None:
         out, lse, delta = forward_state(do, q, k, v, causal, scale)
         teaching = recorded_launches(do, q, k, v, out, lse, causal, scale)
         kv_delta = teaching["_attn_bwd_delta"]
+        fused_delta = torch.empty_like(delta)  # written by the dQ kernel of "gluon_fused_delta_backward"
 
         def gluon_q(tile=None):
             return lambda: gb.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale, tile)
@@ -146,6 +147,10 @@ def timing(report: dict, d: int) -> None:
             "teaching_backward": lambda: (kv_delta(), teaching["_attn_bwd_kv"](), teaching["_attn_bwd_q"]()),
             "gluon_kv_backward": lambda: (kv_delta(), gluon_kv()(), teaching["_attn_bwd_q"]()),
             "gluon_backward": lambda: (kv_delta(), gluon_kv()(), gluon_q()()),
+            # delta computed in the dQ kernel's prologue (FUSED_DELTA_BACKWARD): no delta kernel, dQ before dK/dV
+            "gluon_fused_delta_backward": lambda: (gb.flash_attention_backward_q_hopper(
+                do, q, k, v, lse, fused_delta, causal, scale, out=out), gb.flash_attention_backward_kv_hopper(
+                do, q, k, v, lse, fused_delta, causal, scale)),
         }
         runs = {m: [] for m in methods}
         for _ in range(3):  # interleaved: each method once per round
@@ -163,6 +168,7 @@ def timing(report: dict, d: int) -> None:
         default_q = "gluon_q_{BLOCK_N}x{NUM_STAGES}".format(**gb.q_tile_for(d))
         row["q_speedup"] = row["teaching_q"]["ms"] / row[default_q]["ms"]
         row["backward_speedup"] = row["teaching_backward"]["ms"] / row["gluon_backward"]["ms"]
+        row["fused_delta_speedup"] = row["gluon_backward"]["ms"] / row["gluon_fused_delta_backward"]["ms"]
         report["timing"].append(row)
         q_tiles = ", ".join(f"{m[8:]} {row[m]['ms']:.3f}" for m in methods if m.startswith("gluon_q_"))
         kv_tiles = "".join(f", {m[9:]} {row[m]['ms']:.3f}" for m in methods if m.startswith("gluon_kv_") and
@@ -173,7 +179,8 @@ def timing(report: dict, d: int) -> None:
               f" ({row['teaching_q']['tflops']:.0f}), Gluon {q_tiles} ({row[default_q]['tflops']:.0f}), "
               f"×{row['q_speedup']:.2f};  backward: teaching {row['teaching_backward']['ms']:.3f} ms, Gluon dK/dV "
               f"{row['gluon_kv_backward']['ms']:.3f}, both Gluon {row['gluon_backward']['ms']:.3f} "
-              f"(×{row['backward_speedup']:.2f})", flush=True)
+              f"(×{row['backward_speedup']:.2f}), delta in the dQ kernel {row['gluon_fused_delta_backward']['ms']:.3f} "
+              f"(×{row['fused_delta_speedup']:.2f})", flush=True)
 
 
 def main() -> None:

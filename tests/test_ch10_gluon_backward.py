@@ -100,7 +100,7 @@ def test_compiles_for_sm90_within_shared_memory_and_without_spills():
     rows = compile_check.check_in_subprocess(families=("gluon_backward",), capabilities=(90,), spills=True)
     assert sorted(row["kernel"] for row in rows) == sorted(
         [kernel + causal for kernel in ("dkdv_ws", "dq_ws") for causal in ("", "+causal")] * len(gb.HEAD_DIMS)
-        + ["dkdv_ws+causal+split"] * len(gb.HEAD_DIMS))
+        + ["dkdv_ws+causal+split", "dq_ws+causal+delta"] * len(gb.HEAD_DIMS))
     old_triton = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
     for row in rows:
         assert row["fits"] and row["shared"] <= row["limit"], row
@@ -125,7 +125,7 @@ def test_flash_attention_backward_takes_them_where_they_apply_and_every_switch_t
         splits.append(kv_splits)
         return torch.full_like(k, 7.0), torch.full_like(v, 7.0)
 
-    def fake_q(do, q, k, v, lse, delta, causal, scale):
+    def fake_q(do, q, k, v, lse, delta, causal, scale, out=None):
         calls.append(("q", causal, scale))
         return torch.full_like(q, 5.0)
 
@@ -135,7 +135,7 @@ def test_flash_attention_backward_takes_them_where_they_apply_and_every_switch_t
     do, q, k, v, _, _ = problem(b=1, h=4, hkv=2, nq=20, nk=24, d=16, dtype=torch.float32)
     out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None)
     dq, dk, dv = ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, None)
-    assert calls == [("kv", True, 0.25), ("q", True, 0.25)]
+    assert calls == [("q", True, 0.25), ("kv", True, 0.25)]
     assert torch.all(dk == 7) and torch.all(dv == 7) and torch.all(dq == 5)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     attention_fp64(q64, k64, v64, causal=True).backward(do.double())
@@ -151,7 +151,7 @@ def test_flash_attention_backward_takes_them_where_they_apply_and_every_switch_t
         options = dict(dict(mask=None, window=None), **options)
         dq, dk, _ = ta.flash_attention_backward(do, q, k, v, out, lse, options.pop("mask"), True,
                                                 options.pop("window"), None, **options)
-        assert calls == [("kv", True, 0.25)] * gluon_kv + [("q", True, 0.25)] * gluon_q, options
+        assert calls == [("q", True, 0.25)] * gluon_q + [("kv", True, 0.25)] * gluon_kv, options
         assert torch.all(dk == 7) == gluon_kv and torch.all(dq == 5) == gluon_q, options
     assert splits == [1, 2, 1, 2]  # the split asked for reaches the Gluon dK/dV kernel
     calls.clear()
@@ -170,6 +170,59 @@ def test_flash_attention_backward_takes_them_where_they_apply_and_every_switch_t
         with pytest.raises(ValueError, match="hopper_path must be True, False or None"):
             ta.flash_attention_forward(q, k, v, None, True, None, None, hopper_path=bad)
     assert calls == []
+
+
+def test_with_fused_delta_the_dq_kernel_computes_delta_and_runs_before_dk_dv(monkeypatch):
+    """FUSED_DELTA_BACKWARD: where the Gluon dQ kernel runs it is given the forward's O, runs first, and the dK/dV
+    kernel then reads the delta it wrote — no delta kernel is launched; switched off, or where the teaching dQ kernel
+    runs (a fixed dQ tile), the delta kernel is launched first as before. (The kernels pretended, as above.)"""
+    from attention_lab.flash import triton_attention as ta
+
+    seen, launched = [], []
+
+    def fake_q(do, q, k, v, lse, delta, causal, scale, out=None):
+        seen.append(("q", out))
+        if out is not None:
+            delta.copy_((do * out).sum(-1))  # what the kernel's prologue computes
+        return torch.full_like(q, 5.0)
+
+    def fake_kv(do, q, k, v, lse, delta, causal, scale, kv_splits=1):
+        seen.append(("kv", delta.clone()))
+        return torch.full_like(k, 7.0), torch.full_like(v, 7.0)
+
+    real_launch = ta._launch
+
+    def recording_launch(tuned, kernel, *args):
+        launched.append(kernel)
+        return real_launch(tuned, kernel, *args)
+
+    monkeypatch.setattr(gb, "unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(gb, "flash_attention_backward_kv_hopper", fake_kv)
+    monkeypatch.setattr(gb, "flash_attention_backward_q_hopper", fake_q)
+    monkeypatch.setattr(ta, "_launch", recording_launch)
+    do, q, k, v, _, _ = problem(b=1, h=4, hkv=2, nq=20, nk=24, d=16, dtype=torch.float32)
+    out, lse = ta.flash_attention_forward(q, k, v, None, True, None, None)
+    want_delta = (do * out).sum(-1)
+    for fused in (True, False):
+        monkeypatch.setattr(ta, "FUSED_DELTA_BACKWARD", fused)
+        seen.clear(), launched.clear()
+        ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, None)
+        assert [name for name, _ in seen] == ["q", "kv"]
+        assert (seen[0][1] is out) == fused and (ta._attn_bwd_delta in launched) == (not fused)
+        torch.testing.assert_close(seen[1][1], want_delta, atol=1e-5, rtol=1e-5)  # dK/dV reads the finished delta
+    seen.clear(), launched.clear()
+    monkeypatch.setattr(ta, "FUSED_DELTA_BACKWARD", True)
+    ta.flash_attention_backward(do, q, k, v, out, lse, None, True, None, None, tile_q={"BLOCK_M": 16, "BLOCK_N": 16})
+    assert [name for name, _ in seen] == ["kv"] and launched[0] is ta._attn_bwd_delta  # the teaching dQ: delta first
+    torch.testing.assert_close(seen[0][1], want_delta, atol=1e-5, rtol=1e-5)
+
+
+def test_the_dq_launcher_refuses_an_out_unlike_q(monkeypatch):
+    monkeypatch.setattr(gb, "unsupported_reason", lambda *args: None)
+    do, q, k, v, lse, delta = problem(h=4, hkv=2)
+    for bad in (q[:, :, :-1], q.half(), torch.randn(1, 4, 33, 256).to(torch.bfloat16)[..., ::2], "O"):
+        with pytest.raises(ValueError, match="dQ kernel cannot run these inputs: out must"):
+            gb.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, True, 0.1, out=bad)
 
 
 def _on_hopper():
@@ -207,6 +260,10 @@ def test_dk_dv_dq_equal_float64_autograd_as_closely_as_the_teaching_backward(cas
     attention_fp64(q64, k64, v64, causal=causal, scale=scale).backward(do.double())
     assert dk.shape == k.shape and dv.shape == v.shape and dq.shape == q.shape and dq.dtype == q.dtype
     results = [("dk", dk, dk_teaching, k64.grad), ("dv", dv, dv_teaching, v64.grad), ("dq", dq, dq_teaching, q64.grad)]
+    fused_delta = torch.full_like(delta, float("nan"))  # the dQ kernel computes delta itself from O (FUSED_DELTA)
+    dq_fused = gb.flash_attention_backward_q_hopper(do, q, k, v, lse, fused_delta, causal, scale, out=out)
+    torch.testing.assert_close(fused_delta, delta, atol=1e-3, rtol=1e-3)
+    results.append(("dq, delta fused", dq_fused, dq_teaching, q64.grad))
     group = q.shape[1] // k.shape[1]
     for splits in sorted({2, 3, group} - {1} if group > 1 else set()):  # the query-head split: fp32 partial sums
         if splits <= group:
@@ -223,12 +280,14 @@ def test_dk_dv_dq_equal_float64_autograd_as_closely_as_the_teaching_backward(cas
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _on_hopper(), reason="needs an sm_90 GPU and Gluon")
-def test_the_library_backward_on_hopper_is_the_gluon_kernels_and_equals_float64():
+@pytest.mark.parametrize("fused_delta", [False, True])
+def test_the_library_backward_on_hopper_is_the_gluon_kernels_and_equals_float64(fused_delta, monkeypatch):
     """Through flash_attention (autograd), on a shape where both Gluon kernels apply, and on MQA at batch 1 (where
     kv_splits_for splits the group's query heads over several Gluon dK/dV programs). D=128 both: at D=64 with <= 1k
     keys the teaching kernels run."""
     from attention_lab.flash import triton_attention as ta
 
+    monkeypatch.setattr(ta, "FUSED_DELTA_BACKWARD", fused_delta)  # delta from its own kernel, or the dQ kernel's
     for case in (dict(b=2, h=4, hkv=2, nq=333, nk=333, d=128), dict(b=1, h=16, hkv=1, nq=1000, nk=1000, d=128)):
         do, q, k, v, lse, delta = problem(device="cuda", **case)
         q, k, v = (t.requires_grad_() for t in (q, k, v))

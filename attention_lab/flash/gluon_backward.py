@@ -98,8 +98,17 @@ def input_reason(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Te
             return f"{name} must be contiguous fp32 (B, H, Nq) = {(batch, n_heads, n_queries)}, got {t.dtype} " \
                    f"{tuple(t.shape)} strides {t.stride()}"
     for name, t in (("do", do), ("q", q), ("k", k), ("v", v)):
-        if t.stride(-1) != 1 or any(s * t.element_size() % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
-            return f"{name} must be contiguous in head_dim with 16-byte aligned strides (TMA), got {t.stride()}"
+        reason = tma_reason(name, t)
+        if reason is not None:
+            return reason
+    return None
+
+
+def tma_reason(name: str, t: torch.Tensor) -> str | None:
+    """Why a TMA descriptor cannot cover ``t`` (None: it can): stride 1 along head_dim, the others and the address
+    16-byte aligned."""
+    if t.stride(-1) != 1 or any(s * t.element_size() % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
+        return f"{name} must be contiguous in head_dim with 16-byte aligned strides (TMA), got {t.stride()}"
     return None
 
 
@@ -288,11 +297,11 @@ if GLUON_AVAILABLE:
 
     @gluon.jit
     def _consume_q(WHICH: gl.constexpr, descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
-                   BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                   BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr, FUSED_DELTA: gl.constexpr):
         """A consumer warpgroup of the dQ kernel: query rows ``[m0 + WHICH·HALF_M, +HALF_M)``, their dQ (HALF_M,
         HEAD_DIM) fp32 in registers over every key block, then stored (scaled) through the rows' own Q tile."""
-        q_desc, do_desc, k_desc, v_desc, dq_desc = descs
-        q_bufs, do_bufs, k_ring, v_ring = bufs
+        q_desc, do_desc, k_desc, v_desc, dq_desc, o_desc = descs
+        q_bufs, do_bufs, k_ring, v_ring, o_bufs = bufs
         qdo_bar, k_ready, v_ready, kv_empty = bars
         LSE, DELTA, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, scale, batch_head = scalars
         offset = n_keys - n_queries  # queries are the last n_queries positions
@@ -312,11 +321,20 @@ if GLUON_AVAILABLE:
         cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))  # (BLOCK_N,)
         in_range = rows < n_queries  # rows beyond n_queries: lse = +inf, delta = 0, so P = dS = 0
         lse = gl.load(LSE + batch_head.to(gl.int64) * n_queries + rows, mask=in_range, other=float("inf"))
-        delta = gl.load(DELTA + batch_head.to(gl.int64) * n_queries + rows, mask=in_range, other=0.0)
+        if FUSED_DELTA:  # delta = rowsum(dO ∘ O) from the rows' own tiles, stored for the dK/dV kernel after this one
+            mbarrier.wait(qdo_bar, 0)
+            TPW_D: gl.constexpr = HEAD_DIM // 8  # threads along D, 8 elements each
+            rows_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_D, TPW_D], [4, 1], [1, 0])
+            o_rows = o_bufs.index(WHICH).reshape([HALF_M, HEAD_DIM]).load(rows_layout)
+            do_rows = do_tile.load(rows_layout)
+            delta = gl.convert_layout(gl.sum(o_rows.to(gl.float32) * do_rows.to(gl.float32), axis=1), row_layout)
+            gl.store(DELTA + batch_head.to(gl.int64) * n_queries + rows, delta, mask=in_range)
+        else:
+            delta = gl.load(DELTA + batch_head.to(gl.int64) * n_queries + rows, mask=in_range, other=0.0)
+            mbarrier.wait(qdo_bar, 0)
         dq = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=acc_layout)
         s_zero = gl.zeros([HALF_M, BLOCK_N], gl.float32, layout=s_layout)
 
-        mbarrier.wait(qdo_bar, 0)
         for j in range(n_blocks):
             slot = j % NUM_STAGES
             phase = (j // NUM_STAGES) & 1
@@ -351,28 +369,34 @@ if GLUON_AVAILABLE:
 
     @gluon.jit
     def _first_q_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
-                          BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-        _consume_q(0, descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)
+                          BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                          FUSED_DELTA: gl.constexpr):
+        _consume_q(0, descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DELTA)
 
     @gluon.jit
     def _second_q_consumer(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
-                           BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-        _consume_q(1, descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)
+                           BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                           FUSED_DELTA: gl.constexpr):
+        _consume_q(1, descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DELTA)
 
     @gluon.jit
     def _produce_k_v(descs, bufs, bars, scalars, HEAD_DIM: gl.constexpr, HALF_M: gl.constexpr,
-                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-        """The dQ kernel's producer warp: Q's and dO's two halves once, then every K and V block into the rings, a
-        slot as soon as both consumers have released it (``kv_empty`` starts completed: the first round does not
-        wait)."""
-        q_desc, do_desc, k_desc, v_desc, dq_desc = descs
-        q_bufs, do_bufs, k_ring, v_ring = bufs
+                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                     FUSED_DELTA: gl.constexpr):
+        """The dQ kernel's producer warp: Q's and dO's two halves once (and O's, with ``FUSED_DELTA``), then every K
+        and V block into the rings, a slot as soon as both consumers have released it (``kv_empty`` starts
+        completed: the first round does not wait)."""
+        q_desc, do_desc, k_desc, v_desc, dq_desc, o_desc = descs
+        q_bufs, do_bufs, k_ring, v_ring, o_bufs = bufs
         qdo_bar, k_ready, v_ready, kv_empty = bars
         LSE, DELTA, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, scale, batch_head = scalars
-        mbarrier.expect(qdo_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
+        mbarrier.expect(qdo_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes
+                        + FUSED_DELTA * 2 * o_desc.block_type.nbytes)
         for half in gl.static_range(2):
             tma_load(q_desc, [b, h, m0 + half * HALF_M, 0], qdo_bar, q_bufs.index(half))
             tma_load(do_desc, [b, h, m0 + half * HALF_M, 0], qdo_bar, do_bufs.index(half))
+            if FUSED_DELTA:
+                tma_load(o_desc, [b, h, m0 + half * HALF_M, 0], qdo_bar, o_bufs.index(half))
         for j in range(n_blocks):
             slot = j % NUM_STAGES
             mbarrier.wait(kv_empty.index(slot), ((j // NUM_STAGES) & 1) ^ 1)
@@ -382,14 +406,15 @@ if GLUON_AVAILABLE:
             tma_load(v_desc, [b, kv_h, j * BLOCK_N, 0], v_ready.index(slot), v_ring.index(slot))
 
     @gluon.jit
-    def _attn_bwd_q_hopper_ws(q_desc, do_desc, k_desc, v_desc, dq_desc, LSE, DELTA,
+    def _attn_bwd_q_hopper_ws(q_desc, do_desc, k_desc, v_desc, dq_desc, o_desc, LSE, DELTA,
                               n_heads, group, n_queries, n_keys, qk_scale, scale,
                               HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-                              CAUSAL: gl.constexpr, CONSUMER_REGISTERS: gl.constexpr, PRODUCER_REGISTERS: gl.constexpr,
-                              num_warps: gl.constexpr):
+                              CAUSAL: gl.constexpr, FUSED_DELTA: gl.constexpr, CONSUMER_REGISTERS: gl.constexpr,
+                              PRODUCER_REGISTERS: gl.constexpr, num_warps: gl.constexpr):
         """One program = 2·HALF_M queries of one (batch, head), the key blocks they see as the forward's
-        (``_query_tile``: causal programs longest first). Descriptors are 4-D over (B, H, N, D): Q, dO, dQ with
-        blocks of HALF_M rows, K, V of BLOCK_N."""
+        (``_query_tile``: causal programs longest first). Descriptors are 4-D over (B, H, N, D): Q, dO, dQ (and O,
+        read with ``FUSED_DELTA``, which computes DELTA here instead of reading it) with blocks of HALF_M rows, K, V
+        of BLOCK_N."""
         HALF_M: gl.constexpr = q_desc.block_type.shape[2]
         batch_head, b, h, kv_h, m0, n_blocks, first_masked = _query_tile(n_heads, group, n_queries, n_keys, 2 * HALF_M,
                                                                          BLOCK_N, CAUSAL)
@@ -398,6 +423,10 @@ if GLUON_AVAILABLE:
         do_bufs = gl.allocate_shared_memory(dtype, [2] + do_desc.block_type.shape, do_desc.layout)
         k_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_ring = gl.allocate_shared_memory(dtype, [NUM_STAGES] + v_desc.block_type.shape, v_desc.layout)
+        if FUSED_DELTA:  # O's two halves (2 × 16 KiB at D=128)
+            o_bufs = gl.allocate_shared_memory(dtype, [2] + o_desc.block_type.shape, o_desc.layout)
+        else:
+            o_bufs = q_bufs  # not read
         qdo_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -408,15 +437,17 @@ if GLUON_AVAILABLE:
             mbarrier.init(v_ready.index(i), count=1)
             mbarrier.init(kv_empty.index(i), count=2)  # released by both consumers
 
-        descs = (q_desc, do_desc, k_desc, v_desc, dq_desc)
-        bufs = (q_bufs, do_bufs, k_ring, v_ring)
+        descs = (q_desc, do_desc, k_desc, v_desc, dq_desc, o_desc)
+        bufs = (q_bufs, do_bufs, k_ring, v_ring, o_bufs)
         bars = (qdo_bar, k_ready, v_ready, kv_empty)
         scalars = (LSE, DELTA, b, h, kv_h, m0, n_queries, n_keys, n_blocks, first_masked, qk_scale, scale, batch_head)
         # the argument tuples are written out: a tuple held in a variable would turn its constexprs into values
         gl.warp_specialize([
-            (_first_q_consumer, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
-            (_second_q_consumer, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
-            (_produce_k_v, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL)),
+            (_first_q_consumer, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL,
+                                 FUSED_DELTA)),
+            (_second_q_consumer, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL,
+                                  FUSED_DELTA)),
+            (_produce_k_v, (descs, bufs, bars, scalars, HEAD_DIM, HALF_M, BLOCK_N, NUM_STAGES, CAUSAL, FUSED_DELTA)),
         ], [4, 1], [CONSUMER_REGISTERS, PRODUCER_REGISTERS])
         mbarrier.invalidate(qdo_bar)
         for i in gl.static_range(NUM_STAGES):
@@ -486,13 +517,23 @@ def q_tile_for(head_dim: int) -> dict:
 
 def flash_attention_backward_q_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                       lse: torch.Tensor, delta: torch.Tensor, causal: bool, scale: float,
-                                      tile: dict | None = None) -> torch.Tensor:
+                                      tile: dict | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """dQ ``(B, H, Nq, D)`` in q's dtype, contiguous: ``scale · dS K`` with ``dS = P ∘ (dO Vᵀ − delta)``.
 
     Same inputs as :func:`flash_attention_backward_kv_hopper`. ``tile``: ``{"BLOCK_N": .., "NUM_STAGES": ..}``
-    (default :func:`q_tile_for`). Raises ValueError where :func:`unsupported_reason` names a reason.
+    (default :func:`q_tile_for`). ``out``: the forward's O ``(B, H, Nq, D)``; given, each program computes delta =
+    rowsum(dO ∘ O) of its rows from tiles it loads anyway (dO) or beside them (O) and writes it into ``delta``
+    (whatever ``delta`` held is not read), so that no separate delta kernel runs before it — the dK/dV kernel, which
+    needs delta too, then runs after it. Raises ValueError where :func:`unsupported_reason` names a reason, or for
+    an ``out`` not shaped like q or not TMA-readable.
     """
     refuse_unsupported("dQ", do, q, k, v, lse, delta, causal, scale)
+    if out is not None:
+        reason = tma_reason("out", out) if isinstance(out, torch.Tensor) and out.shape == q.shape and \
+            out.dtype == q.dtype and out.device == q.device else f"out must be shaped like q {tuple(q.shape)} " \
+            f"with q's dtype {q.dtype}, got {getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}"
+        if reason is not None:
+            raise ValueError(f"the Gluon dQ kernel cannot run these inputs: {reason}")
     batch, n_heads, n_queries, head_dim = q.shape
     n_kv_heads, n_keys = k.shape[1], k.shape[2]
     tile = dict(q_tile_for(head_dim), **(tile or {}))
@@ -500,15 +541,18 @@ def flash_attention_backward_q_hopper(do: torch.Tensor, q: torch.Tensor, k: torc
     if dq.numel() == 0:
         return dq
     if n_keys == 0:
+        if out is not None:
+            delta.copy_((do.float() * out.float()).sum(-1))
         return dq.zero_()
     grid = (cdiv(n_queries, 2 * Q_HALF_M), batch * n_heads)
+    q_rows = _descriptor(q, Q_HALF_M)
     _attn_bwd_q_hopper_ws[grid](
-        _descriptor(q, Q_HALF_M), _descriptor(do, Q_HALF_M), _descriptor(k, tile["BLOCK_N"]),
-        _descriptor(v, tile["BLOCK_N"]), _descriptor(dq, Q_HALF_M), lse, delta,
+        q_rows, _descriptor(do, Q_HALF_M), _descriptor(k, tile["BLOCK_N"]), _descriptor(v, tile["BLOCK_N"]),
+        _descriptor(dq, Q_HALF_M), q_rows if out is None else _descriptor(out, Q_HALF_M), lse, delta,
         n_heads, n_heads // n_kv_heads, n_queries, n_keys, scale * LOG2_E, scale,
         HEAD_DIM=head_dim, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"], CAUSAL=causal,
-        CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS, PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4,
-        maxnreg=WS_MAX_REGISTERS)
+        FUSED_DELTA=out is not None, CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS, PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS,
+        num_warps=4, maxnreg=WS_MAX_REGISTERS)
     return dq
 
 
@@ -542,13 +586,16 @@ def compile_jobs(capability: int) -> list:
             tile = q_tile_for(head_dim)
             q_rows_type = mangle_type(_descriptor(rows, Q_HALF_M))
             k_type = mangle_type(_descriptor(rows, tile["BLOCK_N"]))
-            q_types = {"q_desc": q_rows_type, "do_desc": q_rows_type, "dq_desc": q_rows_type, "k_desc": k_type,
-                       "v_desc": k_type, "LSE": "*fp32", "DELTA": "*fp32", "qk_scale": "fp32", "scale": "fp32"}
-            q_constexprs = dict(HEAD_DIM=head_dim, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"],
-                                CAUSAL=causal, CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS,
-                                PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4)
-            jobs.append(CompileJob(family="gluon_backward", kernel="dq_ws" + "+causal" * causal,
-                                   fn=_attn_bwd_q_hopper_ws, constexprs=q_constexprs, types=q_types, num_warps=4,
-                                   num_stages=1, config=dict(BLOCK_M=2 * Q_HALF_M, **tile), head_dim=head_dim,
-                                   maxnreg=WS_MAX_REGISTERS))
+            q_types = {"q_desc": q_rows_type, "do_desc": q_rows_type, "dq_desc": q_rows_type, "o_desc": q_rows_type,
+                       "k_desc": k_type, "v_desc": k_type, "LSE": "*fp32", "DELTA": "*fp32", "qk_scale": "fp32",
+                       "scale": "fp32"}
+            for fused_delta in (False, True) if causal else (False,):
+                q_constexprs = dict(HEAD_DIM=head_dim, BLOCK_N=tile["BLOCK_N"], NUM_STAGES=tile["NUM_STAGES"],
+                                    CAUSAL=causal, FUSED_DELTA=fused_delta, CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS,
+                                    PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS, num_warps=4)
+                jobs.append(CompileJob(family="gluon_backward",
+                                       kernel="dq_ws" + "+causal" * causal + "+delta" * fused_delta,
+                                       fn=_attn_bwd_q_hopper_ws, constexprs=q_constexprs, types=q_types, num_warps=4,
+                                       num_stages=1, config=dict(BLOCK_M=2 * Q_HALF_M, **tile), head_dim=head_dim,
+                                       maxnreg=WS_MAX_REGISTERS))
     return jobs

@@ -626,6 +626,11 @@ GLUON_BACKWARD = True
 # (gqa_split_probe.json, GPU time from CUDA graphs) the causal backward was fastest with ~4 per SM (MQA: 16 splits,
 # 0.50 ms against 0.59 ms at ~1 per SM), the non-causal one with ~1 per SM (more only added partial sums).
 KV_SPLIT_PROGRAMS_PER_SM = {False: 1, True: 4}
+# Where the Gluon dQ kernel runs, it also computes delta = rowsum(dO ∘ O) in its prologue (from the dO tiles it loads
+# and O tiles beside them) and runs before the dK/dV kernel, so no delta kernel is launched. Off until timed and
+# checked on an H100/H200 (compiled for sm_90 with 0 B spilled under triton 3.6 and 3.9;
+# tests/test_ch10_gluon_backward.py -m gpu checks it).
+FUSED_DELTA_BACKWARD = False
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
 
@@ -842,11 +847,7 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     block_d = max(16, next_power_of_2(head_dim))
-    delta = torch.empty_like(lse)  # (B, H, Nq) fp32
-    delta_block = 16 if interpreting() else 64
-    _launch(None, _attn_bwd_delta, (cdiv(n_queries, delta_block), batch * n_heads),
-            (out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries),
-            dict(HEAD_DIM=head_dim, BLOCK_D=block_d, WIDE=needs_wide_offsets(out, do)), {"BLOCK_M": delta_block})
+    delta = torch.empty_like(lse)  # (B, H, Nq) fp32: rowsum(dO ∘ O), from the delta kernel or the Gluon dQ kernel
     group = n_heads // n_kv_heads
     if kv_splits is None:
         kv_splits = kv_splits_for(batch, n_kv_heads, n_keys, group, q.device, causal)
@@ -859,11 +860,19 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     gluon_q = hopper and (tile_q or tile) is None
     if gluon_kv or gluon_q:
         from attention_lab.flash import gluon_backward
+    # delta in the Gluon dQ kernel's prologue (one launch fewer; it runs first, then dK/dV reads delta)
+    fused_delta = gluon_q and FUSED_DELTA_BACKWARD and gluon_backward.tma_reason("out", out) is None
+    if not fused_delta:
+        delta_block = 16 if interpreting() else 64
+        _launch(None, _attn_bwd_delta, (cdiv(n_queries, delta_block), batch * n_heads),
+                (out, do, delta, *out.stride()[:3], *do.stride()[:3], n_heads, n_queries),
+                dict(HEAD_DIM=head_dim, BLOCK_D=block_d, WIDE=needs_wide_offsets(out, do)), {"BLOCK_M": delta_block})
+    if gluon_q:
+        dq = gluon_backward.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale,
+                                                              out=out if fused_delta else None)
     if gluon_kv:
         dk, dv = gluon_backward.flash_attention_backward_kv_hopper(do, q, k, v, lse, delta, causal, scale,
                                                                    kv_splits=kv_splits)
-    if gluon_q:
-        dq = gluon_backward.flash_attention_backward_q_hopper(do, q, k, v, lse, delta, causal, scale)
     if gluon_kv and gluon_q:
         return dq, dk, dv
     # the teaching kernels write into these (where a Gluon kernel ran, its own result is kept)
