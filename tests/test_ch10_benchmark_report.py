@@ -1,5 +1,7 @@
 """Reading the committed flash benchmark results: ratios against any baseline, tables of measured methods only."""
 
+import pytest
+
 from attention_lab.book.results import load
 from attention_lab.flash import benchmark_report as br
 
@@ -87,6 +89,12 @@ def test_chapter_10_reading_of_the_gqa_training_run():
         broken(batch=1, n_kv_heads=4))
     assert "from a CUDA graph the library's forward+backward is at least 0.9x cuDNN at every batch and kv-head " \
            "count" in broken(batch=8, n_kv_heads=16)
+    without_graphs = copy.deepcopy(results)
+    for row in without_graphs["rows"]:
+        row.pop("graph_ms", None)
+    with pytest.raises(ValueError, match="without CUDA-graph times .* run benchmarks/gqa_training.py without "
+                                         "--no-graphs"):
+        br.gqa_training_reading(without_graphs)
     no_host = copy.deepcopy(results)
     for row in br.rows(no_host, batch=1, mode="fwd_bwd", method="triton"):
         row["ms"] = row["graph_ms"]

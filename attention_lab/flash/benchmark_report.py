@@ -399,6 +399,13 @@ def gqa_training_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
         found = rows(results, batch=batch, n_kv_heads=n_kv_heads, mode="fwd_bwd", method=method)
         return found[0] if found else None
 
+    needed = ("triton", "triton_unsplit", "sdpa_cudnn_gqa", "flex")
+    missing = sorted({(r["batch"], r["n_kv_heads"], r["method"]) for r in results["rows"]
+                      if r["mode"] == "fwd_bwd" and r["method"] in needed and not r.get("graph_ms")})
+    if missing:
+        raise ValueError(f"gqa_training results without CUDA-graph times for (batch, kv heads, method) {missing[:4]}: "
+                         f"run benchmarks/gqa_training.py without --no-graphs")
+
     keys = sorted({(r["batch"], r["n_kv_heads"]) for r in results["rows"]}, key=lambda k: (-k[0], -k[1]))
     lines, graph_cudnn, graph_flex, eager_over_graph, small_over_large, split_gain = [], [], [], [], [], []
     for batch, n_kv_heads in keys:
