@@ -717,7 +717,7 @@ print("\n".join(benchmark_report.gluon_backward_lines(load_results("flash_gluon_
 # block is seen by every query and the last by few, so shorter programs even out the SMs.
 
 # %%
-gqa_training = load_results("gqa_training")  # benchmarks/gqa_training.py --graphs, package data
+gqa_training = load_results("gqa_training")  # benchmarks/gqa_training.py on an H200, package data
 print(f"{gqa_training['environment']['card']}, torch {gqa_training['environment']['torch']}, triton "
       f"{gqa_training['environment']['triton']}: causal forward+backward, H={gqa_training['heads']}, "
       f"D={gqa_training['head_dim']}, N=4k")
