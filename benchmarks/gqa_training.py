@@ -280,10 +280,15 @@ def plot(results: dict, path: Path) -> None:
             flops = [r["tflops"] * r["ms"] if r["tflops"] else 0.0 for r in rows]  # TFLOP/s · ms = const per shape
             low = [v - f / max(r["runs_ms"]) if r["tflops"] else 0.0 for v, f, r in zip(values, flops, rows)]
             high = [f / min(r["runs_ms"]) - v if r["tflops"] else 0.0 for v, f, r in zip(values, flops, rows)]
-            ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, yerr=[low, high], capsize=2, label=m)
+            at = x + (i - (len(methods) - 1) / 2) * width
+            ax.bar(at, values, width, yerr=[low, high], capsize=2, label=m)
+            graph = [r.get("graph_tflops") for r in rows]
+            if any(graph):  # the same step replayed from a CUDA graph: the GPU's time alone
+                ax.scatter([a for a, g in zip(at, graph) if g], [g for g in graph if g], marker="D", s=14,
+                           color="black", zorder=3, label="from a CUDA graph" if i == 0 else None)
         ax.set_xticks(x, [f"B={b}\nHkv={h}" for b, _, h in keys])
         ax.set_title(f"{'forward' if mode == 'fwd' else 'forward + backward'}, causal, N={keys[0][1]}, "
-                     f"H={results['heads']}, D={results['head_dim']}")
+                     f"H={results['heads']}, D={results['head_dim']} (bars: eager)")
         ax.set_ylabel("TFLOP/s")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
