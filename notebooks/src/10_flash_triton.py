@@ -713,8 +713,8 @@ print("\n".join(benchmark_report.gluon_backward_lines(load_results("flash_gluon_
 # kv heads (causal, D=128, N=4k) at batch 8 and at batch 1, against SDPA with `enable_gqa` and FlexAttention, timed
 # two ways: eagerly, as a Python loop runs it, and replayed from a CUDA graph, which removes the host's work and
 # leaves the GPU's. How many programs share a kv head's query heads at batch 1 was measured too
-# (`benchmarks/kv_split_probe.py`): about one per SM without a mask, about four per SM causal, where the first key
-# block is seen by every query and the last by few, so shorter programs even out the SMs.
+# (`benchmarks/kv_split_probe.py`): about one per SM when not causal, about four per SM when causal, where the first
+# key block is seen by every query and the last by few, so shorter programs even out the SMs.
 
 # %%
 gqa_training = load_results("gqa_training")  # benchmarks/gqa_training.py on an H200, package data
