@@ -832,8 +832,9 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     kernel is not launched (None: :data:`FUSED_DQ_BACKWARD`).
 
     On an H100/H200 dK, dV and dQ come from the Gluon kernels (:mod:`attention_lab.flash.gluon_backward`) where
-    :func:`uses_gluon_backward` and :func:`uses_gluon_dq` say so; ``hopper_path``: None follows
-    :data:`GLUON_BACKWARD`, False forces the teaching kernels.
+    :func:`uses_gluon_backward` and :func:`uses_gluon_dq` say so (the dQ kernel first; with
+    :data:`FUSED_DELTA_BACKWARD` it also computes delta, and the delta kernel is not launched); ``hopper_path``: None
+    follows :data:`GLUON_BACKWARD`, False forces the teaching kernels.
     """
     check_tile(tile)
     check_tile(tile_q, "tile_q")
