@@ -81,8 +81,8 @@ def test_the_split_rule_picks_what_the_probe_measured_fastest(monkeypatch):
         rows = {r["kv_splits"]: r["backward_ms"] for r in probe["rows"]
                 if (r["n_kv_heads"], r["causal"]) == (n_kv_heads, causal)}
         group = probe["heads"] // n_kv_heads
-        chosen = ta.kv_splits_for(probe["batch"], n_kv_heads, probe["n"], group, torch.device("cuda"), causal)
-        chosen = -(-group // -(-group // chosen))  # as the kernels round it: 5 splits of 16 heads run as 4 of 4
+        chosen, _ = ta.split_query_heads(group, ta.kv_splits_for(probe["batch"], n_kv_heads, probe["n"], group,
+                                                                  torch.device("cuda"), causal))
         assert rows[chosen] <= 1.03 * min(rows.values()), (n_kv_heads, causal, chosen, rows)
         if n_kv_heads == 1:
             assert rows[chosen] < 0.5 * rows[1], (causal, rows)  # MQA: 32 programs on 132 SMs without a split

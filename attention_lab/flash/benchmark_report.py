@@ -391,7 +391,7 @@ def gluon_backward_lines(probe: dict) -> list[str]:
 
 
 def gqa_training_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
-    """Chapter 10's reading of ``gqa_training.json`` (``benchmarks/gqa_training.py --graphs``: H=16 query heads of
+    """Chapter 10's reading of ``gqa_training.json`` (``benchmarks/gqa_training.py``: H=16 query heads of
     D=128 over 16 / 4 / 1 kv heads, causal, bf16, at B=8 and B=1 with N=4k): per (batch, kv heads), forward+backward
     of the library (``triton``) over cuDNN's and FlexAttention's, timed eagerly and replayed from a CUDA graph (the
     GPU's time alone), and the statements the chapter's prose relies on (tested against the file)."""
@@ -421,7 +421,7 @@ def gqa_training_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
         if batch == 1:
             large = one(8, n_kv_heads, "triton")
             small_over_large.append(ours["graph_tflops"] / large["graph_tflops"])
-            if n_kv_heads < 16:
+            if n_kv_heads < results["heads"]:  # GQA/MQA: a group to split
                 split_gain.append(one(1, n_kv_heads, "triton_unsplit")["graph_ms"] / graph)
     claims = {
         "from a CUDA graph the library's forward+backward is at least 0.9x cuDNN at every batch and kv-head count":

@@ -36,6 +36,7 @@ import torch
 
 from attention_lab.flash.gluon_attention import GLUON_AVAILABLE, HEAD_DIMS, WS_CONSUMER_REGISTERS, WS_MAX_REGISTERS, \
     WS_PRODUCER_REGISTERS
+from attention_lab.flash.triton_attention import split_query_heads
 from attention_lab.kernels.common import LOG2_E, device_capability
 from attention_lab.kernels.optional_triton import cdiv
 from attention_lab.validation import check_int_range
@@ -484,8 +485,7 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
         return dk.zero_(), dv.zero_()
     if (n_keys + BLOCK_N) * head_dim >= 2 ** 31:  # the partial sums' 32-bit row offsets (never at real lengths)
         kv_splits = 1
-    heads_per_split = cdiv(group, kv_splits)
-    kv_splits = cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
+    kv_splits, heads_per_split = split_query_heads(group, kv_splits)
     if kv_splits > 1:
         dk_part = torch.empty((kv_splits, *k.shape), dtype=torch.float32, device=k.device)
         dv_part = torch.empty((kv_splits, *v.shape), dtype=torch.float32, device=v.device)
@@ -529,9 +529,12 @@ def flash_attention_backward_q_hopper(do: torch.Tensor, q: torch.Tensor, k: torc
     """
     refuse_unsupported("dQ", do, q, k, v, lse, delta, causal, scale)
     if out is not None:
-        reason = tma_reason("out", out) if isinstance(out, torch.Tensor) and out.shape == q.shape and \
-            out.dtype == q.dtype and out.device == q.device else f"out must be shaped like q {tuple(q.shape)} " \
-            f"with q's dtype {q.dtype}, got {getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}"
+        if not (isinstance(out, torch.Tensor) and out.shape == q.shape and out.dtype == q.dtype
+                and out.device == q.device):
+            reason = (f"out must be shaped like q {tuple(q.shape)} with q's dtype {q.dtype}, got "
+                      f"{getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}")
+        else:
+            reason = tma_reason("out", out)
         if reason is not None:
             raise ValueError(f"the Gluon dQ kernel cannot run these inputs: {reason}")
     batch, n_heads, n_queries, head_dim = q.shape

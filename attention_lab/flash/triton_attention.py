@@ -788,6 +788,15 @@ def kv_splits_for(batch: int, n_kv_heads: int, n_keys: int, group: int, device: 
     return max(1, min(group, round(target / programs)))
 
 
+def split_query_heads(group: int, kv_splits: int) -> tuple[int, int]:
+    """``(splits, heads per split)`` as the dK/dV kernels (teaching and Gluon) run ``kv_splits`` programs over one kv
+    head's ``group`` query heads: each takes ``ceil(group / kv_splits)`` heads, the last what is left, so a count that
+    does not divide the group shrinks to the splits that get heads (5 asked of 16 heads run as 4 of 4; 3 of 8 as
+    3 + 3 + 2)."""
+    heads_per_split = cdiv(group, kv_splits)
+    return cdiv(group, heads_per_split), heads_per_split
+
+
 def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, fused_dq, hopper_path) -> bool:
     """Whether :func:`flash_attention_backward` takes dK, dV from the Gluon kernel for Hopper: the Hopper backward
     applies (:func:`hopper_backward_applies`) and no fixed tile is given — with or without a query-head split
@@ -853,8 +862,7 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     if kv_splits is None:
         kv_splits = kv_splits_for(batch, n_kv_heads, n_keys, group, q.device, causal)
     check_int_range("kv_splits", kv_splits, 1, group + 1)
-    heads_per_split = cdiv(group, kv_splits)
-    kv_splits = cdiv(group, heads_per_split)  # e.g. 3 splits of 8 heads: 3 + 3 + 2
+    kv_splits, heads_per_split = split_query_heads(group, kv_splits)
     fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
     hopper = hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
     gluon_kv = hopper and tile is None  # as uses_gluon_backward, uses_gluon_dq (one check)
