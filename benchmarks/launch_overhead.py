@@ -2,6 +2,7 @@
 
     export PYTHONPATH=$PWD; python3 benchmarks/launch_overhead.py
     python3 benchmarks/launch_overhead.py --trace OUT/eager_step.json   # torch.profiler of eager MQA steps only
+    python3 benchmarks/launch_overhead.py --profile   # only cProfile of eager MQA forward and forward+backward
 
 At a batch of one (B=1, H=16, N=4k, D=128, causal, bf16) the forward runs ~0.2 ms on an H200, and
 ``do_bench`` times a call from an event recorded before it is launched: when the host needs longer to launch a
@@ -96,7 +97,8 @@ def trace_eager_steps(q, k, v, steps: int = 20, path: str | None = None) -> None
         torch.cuda.synchronize()
         wall = (time.perf_counter() - start) / steps * 1e3
     events = prof.key_averages()
-    kernel_ms = sum(e.self_device_time_total for e in events) / steps / 1e3
+    from torch.autograd import DeviceType  # count the kernels themselves, not the operators that launched them too
+    kernel_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / steps / 1e3
     print(f"  traced: {wall:.3f} ms per step (profiler on), GPU kernels {kernel_ms:.3f} ms per step")
     print(events.table(sort_by="self_cpu_time_total", row_limit=25))
     if path:
@@ -143,18 +145,26 @@ def main() -> None:
         for x in (q, k, v):
             x.grad = None
     launcher_host_times(q.detach(), k.detach(), v.detach())
-    for label, calls in (("forward", lambda: ta.flash_attention(q.detach(), k.detach(), v.detach(), causal=True)),
-                         ("forward+backward", steps["triton"])):
+    profile_python(q.detach(), k.detach(), v.detach(), steps["triton"])
+
+
+def profile_python(q, k, v, step, calls: int = 100) -> None:
+    """cProfile of ``calls`` eager forwards and ``calls`` eager forward+backward ``step()`` calls: the costliest
+    Python functions, cumulative and by their own time."""
+    for label, call in (("forward", lambda: ta.flash_attention(q, k, v, causal=True)), ("forward+backward", step)):
+        call()
+        torch.cuda.synchronize()
         profile = cProfile.Profile()
         profile.enable()
-        for _ in range(100):
-            calls()
+        for _ in range(calls):
+            call()
         profile.disable()
         torch.cuda.synchronize()
         for order in ("cumulative", "tottime"):
             text = io.StringIO()
             pstats.Stats(profile, stream=text).sort_stats(order).print_stats(22)
-            print(f"--- {label}, 100 calls (MQA), by {order}\n" + text.getvalue()[-6000:])
+            print(f"--- {label}, {calls} calls (B=1, Hkv={k.shape[1]}), by {order}\n" + text.getvalue()[-6000:])
+
 
 if __name__ == "__main__":
     if "--trace" in sys.argv:  # only the profiler trace of eager MQA steps at batch 1 (a Chrome trace beside it)
@@ -163,5 +173,13 @@ if __name__ == "__main__":
         k = torch.randn(1, 1, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
         trace_eager_steps(q, k, torch.randn_like(k), path=sys.argv[sys.argv.index("--trace") + 1]
                           if len(sys.argv) > sys.argv.index("--trace") + 1 else None)
+    elif "--profile" in sys.argv:  # only the cProfile of eager MQA calls at batch 1
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(1, 16, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+        k = torch.randn(1, 1, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn_like(k)
+        qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+        grad = torch.randn_like(q)
+        profile_python(q, k, v, lambda: ta.flash_attention(qg, kg, vg, causal=True).backward(grad))
     else:
         main()

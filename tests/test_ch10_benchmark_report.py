@@ -1,5 +1,7 @@
 """Reading the committed flash benchmark results: ratios against any baseline, tables of measured methods only."""
 
+import copy
+
 import pytest
 
 from attention_lab.book.results import load
@@ -37,7 +39,6 @@ def test_chapter_10_reading_of_the_flex_run():
     """What chapter 10 says about the committed FlexAttention run (library ahead of Flex at every shape, forward
     level with cuDNN at D=128 N >= 4k, forward+backward within 10 % of cuDNN there and behind it everywhere) holds in
     the file, and each statement fails on a run where it is false."""
-    import copy
 
     results = load("flash_flex")
     assert results is not None, "attention_lab/results/flash_flex.json must ship with the package"
@@ -68,7 +69,6 @@ def test_chapter_10_reading_of_the_gqa_training_run():
     and ahead of Flex on the GPU at every batch and kv-head count, no cliff at batch 1 on the GPU, the head split
     paying there, and the eager batch-1 step being the host's — each true in the file and false on a run where it
     is not."""
-    import copy
 
     results = load("gqa_training")
     assert results is not None and results["environment"]["capability"] == "9.0"
@@ -133,3 +133,23 @@ def test_the_d64_rule_of_the_backward_is_what_the_probe_measured():
     for row in probe["timing"]:
         assert row["D"] == 64
         assert faster_than_teaching(64, row["N"]) == (row["backward_speedup"] > 1), row["N"]
+
+
+def test_the_fused_delta_switch_follows_what_the_probe_measured():
+    """Chapter 10 says delta in the dQ kernel's prologue moved the backward by under 5 % either way and was slower
+    somewhere, so the switch is off; the numbers it prints come from the file, and altered copies flip the claims."""
+    from attention_lab.flash import triton_attention as ta
+
+    probe = load("flash_gluon_backward_probe")
+    line, claims = br.fused_delta_reading(probe)
+    assert all(claims.values()), claims
+    assert ta.FUSED_DELTA_BACKWARD is False  # what the chapter states, because of the claim above
+    for row in probe["timing"]:
+        assert f"×{row['fused_delta_speedup']:.2f}" in line
+        assert row["fused_delta_speedup"] == row["gluon_backward"]["ms"] / row["gluon_fused_delta_backward"]["ms"]
+    faster = copy.deepcopy(probe)
+    for row in faster["timing"]:
+        row["fused_delta_speedup"] = 1.08
+    assert not any(br.fused_delta_reading(faster)[1].values())
+    with pytest.raises(ValueError, match="no fused-delta timing"):
+        br.fused_delta_reading(load("flash_gluon_backward_probe_d64"))

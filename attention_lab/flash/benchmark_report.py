@@ -390,6 +390,23 @@ def gluon_backward_lines(probe: dict) -> list[str]:
     return lines
 
 
+def fused_delta_reading(probe: dict) -> tuple[str, dict[str, bool]]:
+    """The probe's measurement of delta = rowsum(dO ∘ O) computed in the Gluon dQ kernel's prologue
+    (``FUSED_DELTA_BACKWARD``: one launch fewer, dQ before dK/dV) against the delta kernel, as whole-backward time
+    ratios (> 1: the fused variant is faster), and the statements chapter 10 makes about it."""
+    rows = [r for r in probe["timing"] if "fused_delta_speedup" in r]
+    if not rows:
+        raise ValueError("the probe has no fused-delta timing: run benchmarks/gluon_backward_probe.py again")
+    ratios = [r["fused_delta_speedup"] for r in rows]
+    line = "delta in the dQ kernel's prologue, whole backward: " + ", ".join(
+        f"N={r['N']} {'causal' if r['causal'] else 'full'} ×{r['fused_delta_speedup']:.2f}" for r in rows)
+    claims = {
+        "it changes the backward by less than 5 % either way": all(0.95 < x < 1.05 for x in ratios),
+        "it is slower at one shape at least": min(ratios) < 1.0,
+    }
+    return line, claims
+
+
 def gqa_training_reading(results: dict) -> tuple[list[str], dict[str, bool]]:
     """Chapter 10's reading of ``gqa_training.json`` (``benchmarks/gqa_training.py``: H=16 query heads of
     D=128 over 16 / 4 / 1 kv heads, causal, bf16, at B=8 and B=1 with N=4k): per (batch, kv heads), forward+backward

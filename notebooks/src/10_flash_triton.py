@@ -699,6 +699,7 @@ print(f"{gluon_backward_probe['device']}, torch {gluon_backward_probe['torch']},
       f"bf16: teaching → Gluon")
 print("\n".join(benchmark_report.gluon_backward_lines(gluon_backward_probe)))
 print("\n".join(benchmark_report.gluon_backward_lines(load_results("flash_gluon_backward_probe_d64"))))
+print(benchmark_report.fused_delta_reading(gluon_backward_probe)[0])
 
 # %% [markdown]
 # At D=128 each kernel gains over its teaching twin, and the whole backward with them (the last ratio of each line;
@@ -707,6 +708,11 @@ print("\n".join(benchmark_report.gluon_backward_lines(load_results("flash_gluon_
 # is mostly structure: FlashAttention-3 computes the backward in one kernel with five matrix products, these two
 # kernels have seven, because the dQ kernel recomputes $S$ and $dP$ — the price of writing dQ once, without atomic
 # adds into an fp32 buffer.
+#
+# The last line tried one launch fewer: the dQ kernel loads $dO$'s rows anyway, so with $O$'s rows beside them it
+# can compute $\delta = \text{rowsum}(dO \circ O)$ itself, and the separate delta kernel goes. It changed the whole
+# backward by a few percent either way and was slower at one shape, so the library keeps the delta kernel
+# (`triton_attention.FUSED_DELTA_BACKWARD = False`; the fused variant stays, tested, behind the switch).
 #
 # **Training with fewer kv heads.** The benchmarks above give q, k and v the same head count; a GQA or MQA model
 # does not. `benchmarks/gqa_training.py` times the attention of a training step with 16 query heads over 16, 4 or 1
