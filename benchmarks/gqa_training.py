@@ -23,7 +23,8 @@ where the dK/dV kernel has the fewest programs (it owns the keys of one kv head:
 Each time is the median of ``triton.testing.do_bench`` (L2 flushed), measured in 3 interleaved runs (median
 of the runs reported, every run recorded); every step is also replayed from a CUDA graph (``graph_ms``, the kernels'
 time without the host's — at batch 1 the host's launches take longer than the GPU's work; chapter 10 reads both;
-``--no-graphs`` skips it). TFLOP/s count 4·B·H·N²·D/2 for the causal forward and 3.5× that for forward+backward.
+``--no-graphs`` skips it). The graph's step takes the gradients with ``torch.autograd.grad``, so nothing is added
+into ``.grad`` inside it (the eager steps set ``.grad`` to None instead). TFLOP/s count 4·B·H·N²·D/2 for the causal forward and 3.5× that for forward+backward.
 Writes ``attention_lab/results/gqa_training.json`` and ``gqa_training.png``.
 """
 
@@ -110,15 +111,21 @@ def inputs(batch, n, n_kv_heads, dtype, seed=0):
     return [t.requires_grad_(True) for t in (q, k, v)]
 
 
-def step_fn(method, q, k, v, grad_out, mode):
+def step_fn(method, q, k, v, grad_out, mode, accumulate: bool = True):
+    """One step of ``method``: the forward (no grad) or forward+backward. ``accumulate=False`` takes the gradients
+    with ``torch.autograd.grad`` instead of ``.backward``: nothing is added into ``.grad`` (the eager timing sets
+    ``.grad`` to None between steps instead; inside a CUDA graph it would add three additions to every method)."""
     fn = METHODS[method]
     if mode == "fwd":
         def step():
             with torch.no_grad():
                 fn(q, k, v)
-    else:
+    elif accumulate:
         def step():
             fn(q, k, v).backward(grad_out)
+    else:
+        def step():
+            torch.autograd.grad(fn(q, k, v), (q, k, v), grad_out)
     return step
 
 
@@ -150,7 +157,7 @@ def graph_times(q, k, v, grad_out, mode: str, failed: set) -> dict[str, float]:
     for method in METHODS:
         if method in failed:
             continue
-        step = step_fn(method, q, k, v, grad_out, mode)
+        step = step_fn(method, q, k, v, grad_out, mode, accumulate=False)
         try:
             step()  # warm up outside the capture (autotuning, compiles, the gradient buffers)
             torch.cuda.synchronize()

@@ -53,18 +53,25 @@ def with_prefetch(prefetch: bool | None, call, *args, **kwargs):
         decode_attention.PREFETCH_BLOCK_IDS = None
 
 
-def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, seed: int):
-    """q (B, H, 1, D); a pool (num_blocks, 16, Hkv, D) whose blocks are handed out in random order."""
+def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, seed: int, block_size: int = BLOCK_SIZE):
+    """q (B, H, 1, D); a pool (num_blocks, block_size, Hkv, D) whose blocks are handed out in random order."""
     g = torch.Generator(device="cuda").manual_seed(seed)
-    blocks_per_seq = context // BLOCK_SIZE
+    blocks_per_seq = context // block_size
     num_blocks = BATCH * blocks_per_seq
-    shape = (num_blocks, BLOCK_SIZE, n_kv_heads, HEAD_DIM)
+    shape = (num_blocks, block_size, n_kv_heads, HEAD_DIM)
     key_blocks = torch.randn(shape, device="cuda", dtype=dtype, generator=g)
     value_blocks = torch.randn(shape, device="cuda", dtype=dtype, generator=g)
     tables = torch.randperm(num_blocks, device="cuda", generator=g).view(BATCH, blocks_per_seq).to(torch.int32)
     lens = torch.full((BATCH,), context, device="cuda", dtype=torch.int32)
     q = torch.randn(BATCH, HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype, generator=g)
     return q, key_blocks, value_blocks, tables, lens
+
+
+def head_major(blocks: torch.Tensor) -> torch.Tensor:
+    """The same pool ``(num_blocks, block_size, Hkv, D)`` stored head-major: each kv head's ``block_size`` rows
+    of a block are one contiguous run (``block_size · D`` elements) instead of rows ``Hkv · D`` apart. The
+    kernel reads the pool through its strides, so only the addresses change."""
+    return blocks.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def check(q, key_blocks, value_blocks, tables, lens, k, v) -> dict:
@@ -90,6 +97,9 @@ def check(q, key_blocks, value_blocks, tables, lens, k, v) -> dict:
         ref = scaled_dot_product_attention(q[b:b + 1].float(), k[b:b + 1, :, :n].float(), v[b:b + 1, :, :n].float())
         worst = max(worst, relative_error(out[b:b + 1], ref))
     errors["paged_random_lengths_vs_fp32"] = worst
+    errors["head_major_vs_token_major"] = relative_error(
+        paged_decode(q, head_major(key_blocks), head_major(value_blocks), tables, lens),
+        paged_decode(q, key_blocks, value_blocks, tables, lens))
     return errors
 
 
@@ -110,7 +120,8 @@ def main() -> None:
         k, v = k.contiguous(), v.contiguous()  # the contiguous cache (B, Hkv, N, D) holding the same tokens
         kv_bytes = 2 * k.numel() * k.element_size()
         errors = check(q, key_blocks, value_blocks, tables, lens, k, v)
-        ok = errors["paged_vs_fp32"] < 1e-2 and errors["paged_random_lengths_vs_fp32"] < 1e-2
+        ok = (errors["paged_vs_fp32"] < 1e-2 and errors["paged_random_lengths_vs_fp32"] < 1e-2
+              and errors["head_major_vs_token_major"] == 0.0)  # the same sums in the same order
         gqa = n_kv_heads != HEADS
         copies = copies_for(kv_bytes)
         if copies > 1:  # a small cache fits L2: rotate among several pools (the same tokens, other storage)
@@ -120,7 +131,14 @@ def main() -> None:
                                              for e in extra]
         else:
             paged_sets, contiguous_sets = [(q, key_blocks, value_blocks, tables, lens)], [(q, k, v)]
-        times = time_runs({
+        head_major_sets = [(s[0], head_major(s[1]), head_major(s[2]), *s[3:]) for s in paged_sets]
+        # where the paged kernel's few percent go: the same pool with each sequence's blocks in order (no scatter),
+        # and the contiguous kernel reading a (B, N, Hkv, D) cache (the paged pool's token-major order, unpaged)
+        in_order_sets = [(s[0], s[1], s[2], torch.arange(s[3].numel(), device="cuda", dtype=torch.int32).view_as(s[3]),
+                          s[4]) for s in paged_sets]
+        bnhd_sets = [(s[0], s[1].transpose(1, 2).contiguous().transpose(1, 2),
+                      s[2].transpose(1, 2).contiguous().transpose(1, 2)) for s in contiguous_sets]
+        calls = {
             "paged_triton": [lambda s=s: paged_decode(*s, max_len=context) for s in paged_sets],
             "paged_triton_lookup_per_tile": [lambda s=s: with_prefetch(False, paged_decode, *s, max_len=context)
                                              for s in paged_sets],
@@ -128,7 +146,19 @@ def main() -> None:
                                           for s in paged_sets],
             "contiguous_triton": [lambda s=s: contiguous_decode(*s) for s in contiguous_sets],
             "sdpa_contiguous": [lambda s=s: F.scaled_dot_product_attention(*s, enable_gqa=gqa) for s in contiguous_sets],
-        }, replays=15 if kv_bytes < 4.5e9 else 8)
+            "paged_triton_head_major": [lambda s=s: paged_decode(*s, max_len=context) for s in head_major_sets],
+            "paged_triton_blocks_in_order": [lambda s=s: paged_decode(*s, max_len=context) for s in in_order_sets],
+            "contiguous_triton_bnhd": [lambda s=s: contiguous_decode(*s) for s in bnhd_sets],
+        }
+        if n_kv_heads == 1:  # MQA: one kv head's block is 16 rows of 256 B; larger blocks mean fewer lookups
+            big = [make_inputs(n_kv_heads, context, dtype, seed=context + i, block_size=64) for i in range(copies)]
+            calls["paged_triton_block64"] = [lambda s=s: paged_decode(*s, max_len=context) for s in big]
+            bq, bk, bv, bt, bl = big[0]
+            errors["block64_vs_fp32"] = relative_error(paged_decode(*big[0]), paged_attention_reference(
+                bq.float(), bk.float(), bv.float(), bt, bl, attend=torch_attention))
+            ok = ok and errors["block64_vs_fp32"] < 1e-2
+        times = time_runs(calls, replays=15 if kv_bytes < 4.5e9 else 8)
+        del head_major_sets, in_order_sets, bnhd_sets
         times["gather_reference"] = time_eager(lambda: paged_attention_reference(q, key_blocks, value_blocks, tables, lens,
                                                                                  attend=torch_attention))
         row = {"n_kv_heads": n_kv_heads, "context": context, "batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM,

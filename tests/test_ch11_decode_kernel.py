@@ -73,6 +73,19 @@ def test_paged_decode_equals_reference_and_contiguous_kernel():
     torch.testing.assert_close(paged, contiguous, **tolerance("fp32_kernel_paths"))
 
 
+def test_paged_decode_reads_a_head_major_pool_through_its_strides():
+    """A pool stored head-major (each kv head's rows of a block contiguous, ``benchmarks/paged_decode.py``'s
+    ``paged_triton_head_major``) viewed as ``(num_blocks, block_size, Hkv, D)``: the kernel reads it through its
+    strides, so the same sums run in the same order and the output is bit-identical to the token-major pool's."""
+    q, key_blocks, value_blocks, tables, lens = random_pool([37, 80, 5], 6, 3, 24, 8, seed=11)
+    head_major = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (key_blocks, value_blocks)]
+    assert head_major[0].stride() == (3 * 8 * 24, 24, 8 * 24, 1) and not head_major[0].is_contiguous()
+    out = paged_decode(q, *head_major, tables, lens, partition_size=32)
+    assert torch.equal(out, paged_decode(q, key_blocks, value_blocks, tables, lens, partition_size=32))
+    torch.testing.assert_close(out.double(), expected_fp64(q, key_blocks, value_blocks, tables, lens),
+                               atol=TOLERANCES[torch.float32][0], rtol=TOLERANCES[torch.float32][1])
+
+
 def test_contiguous_decode_matches_float64_with_and_without_lengths():
     g = torch.Generator().manual_seed(5)
     q = torch.randn(2, 8, 1, 16, generator=g)
