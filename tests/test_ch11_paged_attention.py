@@ -470,3 +470,41 @@ def test_block_table_entries_are_range_checked(entry):
         paged_attention_reference(q, cache.keys[0], cache.values[0], tables.bool(), lens)
     with pytest.raises(ValueError, match="context_lens must be an integer tensor"):
         paged_attention_reference(q, cache.keys[0], cache.values[0], tables, lens.float())
+
+
+def test_chapter_11s_reading_of_what_paging_costs_the_kernel():
+    """The statements chapter 11 prints about the committed paged_decode.json hold, each one fails on an altered
+    copy of the results, and a file from an older benchmark (no diagnostic columns) is refused by name."""
+    import copy
+
+    from attention_lab.book.results import load
+    from attention_lab.caches.paged_cost import misses_target, paged_cost_reading
+
+    bench = load("paged_decode")
+    lines, claims = paged_cost_reading(bench)
+    assert len(lines) == len(bench["rows"]) and all(claims.values()), claims
+    first = bench["rows"][0]["ms"]
+    assert f"{first['paged_triton'] / first['paged_triton_blocks_in_order']:.3f}" in lines[0]
+
+    def altered(column, factor, where=lambda r: True):
+        changed = copy.deepcopy(bench)
+        for r in changed["rows"]:
+            if where(r):
+                r["ms"][column] *= factor
+        return paged_cost_reading(changed)[1]
+
+    assert not altered("paged_triton_blocks_in_order", 0.9)["handing the blocks out in order saves at most 3 %"]
+    assert not altered("paged_triton_head_major", 0.9)["storing the pool head-major saves at most 3 %"]
+    assert not altered("contiguous_triton_bnhd", 1.1)["the token-major order costs the contiguous kernel at most 3 %"]
+    assert not altered("contiguous_triton", 1.5)[
+        "the paged kernel is slower than the same kernel on a contiguous cache at every shape"]
+    long_miss = copy.deepcopy(bench)
+    longest = max(long_miss["rows"], key=lambda r: r["context"])
+    longest["of_copy"]["paged_triton"] = 0.5
+    assert misses_target(longest)
+    assert not paged_cost_reading(long_miss)[1]["every shape that misses a target has at most 4k tokens of context"]
+    old = copy.deepcopy(bench)
+    for r in old["rows"]:
+        del r["ms"]["paged_triton_head_major"]
+    with pytest.raises(ValueError, match="paged_triton_head_major"):
+        paged_cost_reading(old)

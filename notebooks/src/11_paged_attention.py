@@ -42,6 +42,7 @@ from attention_lab.caches.fragmentation import TraceRequest, compare_allocators,
 from attention_lab.generate import generate
 from attention_lab.caches.contiguous import kv_cache_bytes
 from attention_lab.caches.paged import PagedKVCache, blocks_needed, gather_kv, paged_attention_reference, slot_of
+from attention_lab.caches.paged_cost import paged_cost_reading
 from attention_lab.caches.serving import Request, ServingEngine
 from attention_lab.train import train
 
@@ -491,11 +492,31 @@ if torch.cuda.is_available():  # a quick live check on this GPU
 # With 32 or 8 KV heads the paged kernel reads the scattered blocks at about the copy bandwidth of the card
 # and stays close to SDPA on a contiguous cache: the indirection through the block table costs almost nothing,
 # because a block of 16 tokens × 128 dimensions is already a long, contiguous read. Where a shape misses a
-# target (printed above) it is one KV head at short context: the whole step reads a few tens of MiB in tens
-# of microseconds, so what a step costs whatever its size — the launch, the block-table lookups, the split-K
+# target (printed above) it is a short context, mostly with one KV head: the whole step takes tens of
+# microseconds, so what a step costs whatever its size — the launch, the block-table lookups, the split-K
 # merge of the partitions — is no longer small beside the read. The gather reference is several times slower:
 # it copies the whole cache before attending to it. `benchmarks/decode_gqa.py` uses the same kernel on a
 # contiguous cache for chapter 05's comparison across GQA ratios.
+#
+# **Where do the last few percent go?** The same run timed the same tokens four more ways: the pool with each
+# sequence's blocks in order (no scatter), the pool stored head-major (each KV head's 16 rows of a block one
+# contiguous run instead of rows `Hkv · D` apart), and the same kernel without a block table on a
+# `(B, Hkv, N, D)` and on a `(B, N, Hkv, D)` cache. If scattered blocks cost bandwidth (memory pages, address
+# translation), the in-order pool would be faster; if the token-major rows did, the head-major pool would be.
+# Each ratio is the first time over the second (1.02: 2 % slower).
+
+# %%
+paged_cost_lines, paged_cost_claims = paged_cost_reading(bench)  # attention_lab/caches/paged_cost.py
+print("\n".join(paged_cost_lines))
+for claim, holds in paged_cost_claims.items():
+    print(f"{'yes' if holds else 'NO '}: {claim}")
+
+# %% [markdown]
+# Neither is the cause: blocks in order or a head-major pool change the time by a few percent at most, and the
+# token-major order costs the contiguous kernel no more. What is left is the indirection itself: before each
+# tile's reads the kernel loads that tile's block numbers and builds every row's address from them, which the
+# contiguous kernel never does. It weighs most where a step is shortest (one KV head), and it is why the
+# paged kernel trails SDPA's contiguous decode by a few percent even where both read at copy speed.
 
 # %% [markdown]
 # ## Summary
