@@ -9,7 +9,11 @@ KV blocks of 16 tokens scattered at random over the pool. For each shape:
 2. time per step (CUDA graphs, inputs rotated so that L2 cannot serve repeats; 3 interleaved runs, the
    median reported and every run recorded), the effective
    KV-read bandwidth ``2·B·Hkv·N·D·bytes / time`` and its ratio to the copy bandwidth measured in
-   the same run.
+   the same run;
+3. where the paged kernel's last percent goes, on the same tokens: the pool with each sequence's blocks in
+   order (``paged_triton_blocks_in_order``), stored head-major (``paged_triton_head_major``), the contiguous
+   kernel on a ``(B, N, Hkv, D)`` cache (``contiguous_triton_bnhd``) and, for one kv head, a pool of 64-token
+   blocks (``paged_triton_block64``); chapter 11 reads them (``attention_lab.caches.paged_cost``).
 
     PYTHONPATH=. python benchmarks/paged_decode.py [--out DIR] [--sweep]
 
