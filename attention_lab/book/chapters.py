@@ -27,7 +27,7 @@ CHAPTER_MODULES: dict[str, tuple[str, ...]] = {
            "flash.gluon_attention", "flash.gluon_backward", "flash.hopper",
            "kernels.common", "kernels.interpreter", "kernels.optional_triton",
            "kernels.compile_check"),
-    "11": ("caches.paged", "caches.serving", "caches.fragmentation", "kernels.decode_attention", "kernels.split_k"),
+    "11": ("caches.paged", "caches.paged_cost", "caches.serving", "caches.fragmentation", "kernels.decode_attention", "kernels.split_k"),
     "12": ("mla", "mla_study", "rope", "kernels.latent_decode"),
     "13": ("side_by_side", "recall", "quality"),
 }
