@@ -166,18 +166,20 @@ def profile_python(q, k, v, step, calls: int = 100) -> None:
             print(f"--- {label}, {calls} calls (B=1, Hkv={k.shape[1]}), by {order}\n" + text.getvalue()[-6000:])
 
 
+def mqa_inputs():
+    """q (1, 16, 4k, 128) and one kv head's k, v, bf16: the eager MQA step at batch 1 that --trace and --profile study."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 16, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, 1, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    return q, k, torch.randn_like(k)
+
+
 if __name__ == "__main__":
     if "--trace" in sys.argv:  # only the profiler trace of eager MQA steps at batch 1 (a Chrome trace beside it)
-        g = torch.Generator(device="cuda").manual_seed(0)
-        q = torch.randn(1, 16, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        k = torch.randn(1, 1, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        trace_eager_steps(q, k, torch.randn_like(k), path=sys.argv[sys.argv.index("--trace") + 1]
-                          if len(sys.argv) > sys.argv.index("--trace") + 1 else None)
+        after = sys.argv.index("--trace") + 1
+        trace_eager_steps(*mqa_inputs(), path=sys.argv[after] if len(sys.argv) > after else None)
     elif "--profile" in sys.argv:  # only the cProfile of eager MQA calls at batch 1
-        g = torch.Generator(device="cuda").manual_seed(0)
-        q = torch.randn(1, 16, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        k = torch.randn(1, 1, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-        v = torch.randn_like(k)
+        q, k, v = mqa_inputs()
         qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
         grad = torch.randn_like(q)
         profile_python(q, k, v, lambda: ta.flash_attention(qg, kg, vg, causal=True).backward(grad))
