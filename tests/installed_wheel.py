@@ -38,7 +38,11 @@ path = sys.argv[1]
 notebook = nbformat.read(path, as_version=4)
 probe = nbformat.v4.new_code_cell("import attention_lab, torch; print('ATTENTION_LAB_FROM', attention_lab.__file__)")
 notebook.cells.append(probe)
-NotebookClient(notebook, timeout=900, kernel_name="python3", allow_errors=True,
+# IPC sockets in the chapter's own empty folder, not TCP ports: two test workers starting kernels at the same moment
+# could pick the same free port (ZMQError: Address already in use, seen once in CI)
+from jupyter_client.manager import KernelManager
+manager = KernelManager(kernel_name="python3", transport="ipc", ip="kernel")  # relative: short socket paths
+NotebookClient(notebook, km=manager, timeout=900, kernel_name="python3", allow_errors=True,
                resources={"metadata": {"path": sys.argv[2]}}).execute()
 nbformat.write(notebook, path)
 """
