@@ -71,11 +71,12 @@ def make_inputs(n_kv_heads: int, context: int, dtype: torch.dtype, seed: int, bl
     return q, key_blocks, value_blocks, tables, lens
 
 
-def head_major(blocks: torch.Tensor) -> torch.Tensor:
-    """The same pool ``(num_blocks, block_size, Hkv, D)`` stored head-major: each kv head's ``block_size`` rows
-    of a block are one contiguous run (``block_size · D`` elements) instead of rows ``Hkv · D`` apart. The
-    kernel reads the pool through its strides, so only the addresses change."""
-    return blocks.transpose(1, 2).contiguous().transpose(1, 2)
+def dims_1_2_swapped_in_memory(t: torch.Tensor) -> torch.Tensor:
+    """The same values and shape as ``t`` (4-D), stored with dims 1 and 2 swapped: a pool ``(num_blocks, block_size,
+    Hkv, D)`` becomes head-major (each kv head's ``block_size`` rows of a block one contiguous run instead of rows
+    ``Hkv · D`` apart), a cache ``(B, Hkv, N, D)`` becomes token-major ``(B, N, Hkv, D)`` memory. The kernels read
+    through strides, so only the addresses change."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def check(q, key_blocks, value_blocks, tables, lens, k, v) -> dict:
@@ -102,7 +103,7 @@ def check(q, key_blocks, value_blocks, tables, lens, k, v) -> dict:
         worst = max(worst, relative_error(out[b:b + 1], ref))
     errors["paged_random_lengths_vs_fp32"] = worst
     errors["head_major_vs_token_major"] = relative_error(
-        paged_decode(q, head_major(key_blocks), head_major(value_blocks), tables, lens),
+        paged_decode(q, *map(dims_1_2_swapped_in_memory, (key_blocks, value_blocks)), tables, lens),
         paged_decode(q, key_blocks, value_blocks, tables, lens))
     return errors
 
@@ -135,13 +136,12 @@ def main() -> None:
                                              for e in extra]
         else:
             paged_sets, contiguous_sets = [(q, key_blocks, value_blocks, tables, lens)], [(q, k, v)]
-        head_major_sets = [(s[0], head_major(s[1]), head_major(s[2]), *s[3:]) for s in paged_sets]
+        head_major_sets = [(s[0], *map(dims_1_2_swapped_in_memory, s[1:3]), *s[3:]) for s in paged_sets]
         # where the paged kernel's few percent go: the same pool with each sequence's blocks in order (no scatter),
         # and the contiguous kernel reading a (B, N, Hkv, D) cache (the paged pool's token-major order, unpaged)
         in_order_sets = [(s[0], s[1], s[2], torch.arange(s[3].numel(), device="cuda", dtype=torch.int32).view_as(s[3]),
                           s[4]) for s in paged_sets]
-        bnhd_sets = [(s[0], s[1].transpose(1, 2).contiguous().transpose(1, 2),
-                      s[2].transpose(1, 2).contiguous().transpose(1, 2)) for s in contiguous_sets]
+        bnhd_sets = [(s[0], *map(dims_1_2_swapped_in_memory, s[1:3])) for s in contiguous_sets]
         calls = {
             "paged_triton": [lambda s=s: paged_decode(*s, max_len=context) for s in paged_sets],
             "paged_triton_lookup_per_tile": [lambda s=s: with_prefetch(False, paged_decode, *s, max_len=context)
