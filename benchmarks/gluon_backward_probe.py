@@ -2,7 +2,7 @@
 dV, dQ against the teaching backward and float64 autograd on odd shapes), then a timing of the Gluon dK/dV and dQ
 kernels against the teaching ones (``_attn_bwd_kv``, ``_attn_bwd_q``), alone and inside the whole backward (delta
 kernel + dK/dV + dQ; and with delta computed in the dQ kernel's prologue, ``FUSED_DELTA_BACKWARD``), at bf16, D=128 (``--head-dim 64``: D=64), H·D = 2048, B·N = 32k, N ∈ {1k, 4k}, causal and
-not (one process, 3 interleaved do_bench medians); both kernels also with other tiles (``Q_TILES``, ``KV_TILES``).
+not (one process, 3 interleaved do_bench medians); both kernels also with other tiles (``Q_TILES``, ``KV_TILES``); ``--ns`` other key counts.
 Prints a table; ``--json PATH`` also writes what it measured. About a minute on an H200 (the teaching kernels
 autotune at each shape first).
 
@@ -42,13 +42,13 @@ CASES = [  # (B, H, Hkv, Nq, Nk, D, causal, layout, dtype)
 ]
 Q_TILES = {128: [{"BLOCK_N": 64, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 3}, {"BLOCK_N": 128, "NUM_STAGES": 2}],
            64: [{"BLOCK_N": 128, "NUM_STAGES": 2}, {"BLOCK_N": 64, "NUM_STAGES": 2}, {"BLOCK_N": 128, "NUM_STAGES": 3}]}
-KV_TILES = {128: [{"BLOCK_M": 64, "NUM_STAGES": 2}],  # the default first; at D=128 nothing else fits without spills
-            64: [{"BLOCK_M": 64, "NUM_STAGES": 2}, {"BLOCK_M": 64, "NUM_STAGES": 3}, {"BLOCK_M": 128, "NUM_STAGES": 2}]}
+# the dK/dV kernel's tiles timed beside its default (gb.kv_tile_for); at D=128 nothing else fits without spills
+KV_TILES = {128: [], 64: [{"BLOCK_M": 64, "NUM_STAGES": 2}, {"BLOCK_M": 128, "NUM_STAGES": 2}]}
 
 
-def timed_shapes(head_dim: int) -> list[tuple]:
+def timed_shapes(head_dim: int, ns=(1024, 4096)) -> list[tuple]:
     """(B, H, N, causal): B·N = 32k tokens, H·D = 2048."""
-    return [(32768 // n, 2048 // head_dim, n, causal) for n in (1024, 4096) for causal in (False, True)]
+    return [(32768 // n, 2048 // head_dim, n, causal) for n in ns for causal in (False, True)]
 
 
 def make(b, h, hkv, nq, nk, d, layout, dtype, seed=0):
@@ -122,10 +122,10 @@ def recorded_launches(do, q, k, v, out, lse, causal, scale) -> dict:
     return launches
 
 
-def timing(report: dict, d: int) -> None:
+def timing(report: dict, d: int, ns=(1024, 4096)) -> None:
     from triton.testing import do_bench
 
-    for b, h, n, causal in timed_shapes(d):
+    for b, h, n, causal in timed_shapes(d, ns):
         do, q, k, v = make(b, h, h, n, n, d, "bhnd", torch.bfloat16)
         scale = d ** -0.5
         out, lse, delta = forward_state(do, q, k, v, causal, scale)
@@ -141,7 +141,7 @@ def timing(report: dict, d: int) -> None:
         methods = {
             "teaching_kv": teaching["_attn_bwd_kv"],
             "gluon_kv": gluon_kv(),
-            **{"gluon_kv_{BLOCK_M}x{NUM_STAGES}".format(**tile): gluon_kv(tile) for tile in KV_TILES[d][1:]},
+            **{"gluon_kv_{BLOCK_M}x{NUM_STAGES}".format(**tile): gluon_kv(tile) for tile in KV_TILES[d]},
             "teaching_q": teaching["_attn_bwd_q"],
             **{"gluon_q_{BLOCK_N}x{NUM_STAGES}".format(**tile): gluon_q(tile) for tile in Q_TILES[d]},
             "teaching_backward": lambda: (kv_delta(), teaching["_attn_bwd_kv"](), teaching["_attn_bwd_q"]()),
@@ -158,7 +158,8 @@ def timing(report: dict, d: int) -> None:
                 runs[m].append(do_bench(fn, warmup=10, rep=40, return_mode="median"))
         pairs = b * h * n * n * (0.5 if causal else 1.0)  # (query, key) pairs seen
         products = {"kv": 4, "q": 3, "backward": 7}  # matrix products of 2·pairs·D each
-        row = {"B": b, "H": h, "N": n, "D": d, "causal": causal, "default_q_tile": gb.q_tile_for(d)}
+        row = {"B": b, "H": h, "N": n, "D": d, "causal": causal, "default_q_tile": gb.q_tile_for(d),
+               "default_kv_tile": gb.kv_tile_for(d, causal, False)}
         for m, times in runs.items():
             ms = statistics.median(times)
             kind = "backward" if m.endswith("backward") else m.split("_")[1]
@@ -188,6 +189,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-timing", action="store_true", help="correctness only")
     parser.add_argument("--head-dim", type=int, default=128, choices=sorted(Q_TILES), help="of the timed shapes")
+    parser.add_argument("--ns", type=int, nargs="+", default=[1024, 4096], help="key counts of the timed shapes")
     args = parser.parse_args()
     if not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)):
         sys.exit("needs an sm_90 GPU (H100/H200)")
@@ -197,7 +199,7 @@ def main() -> None:
               "checks": [], "timing": []}
     ok = check(report)
     if ok and not args.no_timing:  # a wrong kernel is not timed
-        timing(report, args.head_dim)
+        timing(report, args.head_dim, args.ns)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     sys.exit(0 if ok else 1)

@@ -313,12 +313,16 @@ def hopper_claims(results: dict) -> dict[str, bool]:
 
 def library_choice(results: dict, head_dim: int, n: int, causal: bool, mode: str) -> dict | None:
     """The row of what ``flash_attention`` runs today at this shape, in a run that measured the library's choice at
-    the time (``triton``) and the teaching kernels alone (``triton_teaching``): at D=64 with few keys the library
-    runs the teaching kernels, forward and backward
-    (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`), and so that row is its row."""
+    the time (``triton``) and the teaching kernels alone (``triton_teaching``): where the library runs only teaching
+    kernels — the forward at D=64 with few keys (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`),
+    and forward+backward there when causal too (:func:`attention_lab.flash.gluon_backward.faster_than_teaching`) —
+    that row is its row."""
+    from attention_lab.flash import gluon_backward
     from attention_lab.flash.gluon_attention import faster_than_teaching
 
-    method = "triton" if faster_than_teaching(head_dim, n) else "triton_teaching"
+    gluon = faster_than_teaching(head_dim, n) or mode == "fwd_bwd" and any(
+        gluon_backward.faster_than_teaching(kernel, head_dim, n, causal) for kernel in ("dkdv", "dq"))
+    method = "triton" if gluon else "triton_teaching"
     found = rows(results, head_dim=head_dim, n=n, causal=causal, mode=mode, method=method) or \
         rows(results, head_dim=head_dim, n=n, causal=causal, mode=mode, method="triton")
     return found[0] if found and found[0]["tflops"] else None

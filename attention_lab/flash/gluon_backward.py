@@ -9,7 +9,8 @@ query block that sees them, in every query head of the kv head's group (GQA: the
 or, where too few programs would leave SMs idle (``kv_splits``: MQA at batch 1), in a slice of the group's heads, its
 dK, dV then fp32 partial sums that the host adds:
 
-    producer warp          K, V (128 rows, two halves of 64) once; then Q and dO tiles of 64 query rows into a ring
+    producer warp          K, V (128 rows, two halves of 64) once; then Q and dO tiles of BLOCK_M query rows (64; 128
+                           at D=64 not causal: kv_tile_for) into a ring
     consumer warpgroup w   keys n0 + 64·w ... +64, for each (query head, query block):
         Sᵀ  = K Qᵀ                          (wgmma, both operands in shared memory)
         dPᵀ = V dOᵀ                         (issued right after Sᵀ: it does not need Pᵀ)
@@ -36,6 +37,7 @@ import torch
 
 from attention_lab.flash.gluon_attention import GLUON_AVAILABLE, HEAD_DIMS, WS_CONSUMER_REGISTERS, WS_MAX_REGISTERS, \
     WS_PRODUCER_REGISTERS
+from attention_lab.flash.gluon_attention import faster_than_teaching as gluon_faster_than_teaching
 from attention_lab.flash.triton_attention import split_query_heads
 from attention_lab.kernels.common import LOG2_E, device_capability
 from attention_lab.kernels.optional_triton import cdiv
@@ -466,7 +468,7 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
     lse ``(B, H, Nq)`` fp32, the forward's base-2 log-sum-exp (``P = 2^(S·scale·log2 e − lse)``, +inf for a row
     that sees no key); delta ``(B, H, Nq)`` fp32, ``rowsum(dO ∘ O)``. ``causal``: queries aligned to the end of
     the keys. ``tile``: ``{"BLOCK_M": .., "NUM_STAGES": ..}``, query rows per step and (Q, dO) ring slots (default
-    :data:`BLOCK_M`, :data:`NUM_STAGES`). ``kv_splits``: the group's query heads are split over that many programs per
+    :func:`kv_tile_for`). ``kv_splits``: the group's query heads are split over that many programs per
     key block (``triton_attention.kv_splits_for``: when B·Hkv·Nk/128 programs would leave SMs idle), each writing fp32
     partial sums ``(kv_splits, B, Hkv, Nk, D)`` that are then added (one reduction per tensor). Raises ValueError
     where :func:`unsupported_reason` names a reason, or for a ``kv_splits`` outside 1 … group.
@@ -474,18 +476,18 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
     refuse_unsupported("dK/dV", do, q, k, v, lse, delta, causal, scale)
     group = q.shape[1] // k.shape[1]
     check_int_range("kv_splits", kv_splits, 1, group + 1)
-    tile = dict({"BLOCK_M": BLOCK_M, "NUM_STAGES": NUM_STAGES}, **(tile or {}))
     batch, n_heads, n_queries, head_dim = q.shape
     n_kv_heads, n_keys = k.shape[1], k.shape[2]
+    if (n_keys + BLOCK_N) * head_dim >= 2 ** 31:  # the partial sums' 32-bit row offsets (never at real lengths)
+        kv_splits = 1
+    kv_splits, heads_per_split = split_query_heads(group, kv_splits)
+    tile = dict(kv_tile_for(head_dim, causal, kv_splits > 1), **(tile or {}))
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)  # (B, Hkv, Nk, D)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)  # (B, Hkv, Nk, D)
     if dk.numel() == 0:
         return dk, dv
     if n_queries == 0:
         return dk.zero_(), dv.zero_()
-    if (n_keys + BLOCK_N) * head_dim >= 2 ** 31:  # the partial sums' 32-bit row offsets (never at real lengths)
-        kv_splits = 1
-    kv_splits, heads_per_split = split_query_heads(group, kv_splits)
     if kv_splits > 1:
         dk_part = torch.empty((kv_splits, *k.shape), dtype=torch.float32, device=k.device)
         dv_part = torch.empty((kv_splits, *v.shape), dtype=torch.float32, device=v.device)
@@ -503,6 +505,30 @@ def flash_attention_backward_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: tor
         dk.copy_(dk_part.sum(0))  # fp32 sums, rounded once to k's dtype (sum(out=dk) would round each part first)
         dv.copy_(dv_part.sum(0))
     return dk, dv
+
+
+def faster_than_teaching(kernel: str, head_dim: int, n_keys: int, causal: bool) -> bool:
+    """Whether the Gluon ``kernel`` (``"dkdv"`` or ``"dq"``) beats the teaching one at this shape on an H200: as the
+    forward (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`: not at D=64 with at most 1k keys),
+    except that the dK/dV kernel with 128 query rows per step (:func:`kv_tile_for`) wins there too when not causal
+    (1.208 against 1.297 ms at N=1k, ``flash_gluon_backward_probe_d64.json``). Causal at D=64 with 1k keys the
+    teaching kernels were 11-13 % faster (dK/dV 0.785 against 0.887 ms, dQ 0.512 against 0.589)."""
+    if gluon_faster_than_teaching(head_dim, n_keys):
+        return True
+    return kernel == "dkdv" and not causal
+
+
+def kv_tile_for(head_dim: int, causal: bool, split: bool) -> dict:
+    """The dK/dV kernel's query rows per step ``BLOCK_M`` and (Q, dO) ring slots ``NUM_STAGES``: 64 rows in 2 slots,
+    except at D=64 not causal and not split, where 128 rows halve the steps, the barriers and the lse/delta loads per
+    query row. There the products are half as long as at D=128 and the per-step overhead weighs twice as much; on an
+    H200 (``flash_gluon_backward_probe_d64.json``, B·N = 32k, H=32) 128 rows took 1.208 ms against 1.393 at N=1k and
+    4.100 against 4.502 at 4k, and beat the teaching kernel (1.297, 4.869). It is the one Gluon kernel that spills:
+    ptxas keeps Sᵀ, dPᵀ (64 fp32 registers each), dK, dV (32 each) and the 128 rows' lse, delta live together and
+    stores 52 B per thread to local memory under Triton 3.6 (28 B under 3.9) — measured faster with them. Causal it
+    spills 3-4× more and was no faster (0.908 against 0.887 ms at 1k), so causal and split programs keep 64 rows."""
+    wide = head_dim == 64 and not causal and not split
+    return {"BLOCK_M": 128 if wide else BLOCK_M, "NUM_STAGES": NUM_STAGES}
 
 
 def q_tile_for(head_dim: int) -> dict:
@@ -572,17 +598,19 @@ def compile_jobs(capability: int) -> list:
     jobs = []
     for head_dim in HEAD_DIMS:
         rows = torch.empty(1, 1, BLOCK_N, head_dim, dtype=torch.bfloat16)
-        q_type, kv_type = mangle_type(_descriptor(rows, BLOCK_M)), mangle_type(_descriptor(rows, HALF_N))
-        types = {"q_desc": q_type, "do_desc": q_type, "k_desc": kv_type, "v_desc": kv_type, "dk_desc": kv_type,
-                 "dv_desc": kv_type, "LSE": "*fp32", "DELTA": "*fp32", "DK_PART": "*fp32", "DV_PART": "*fp32",
-                 "qk_scale": "fp32", "scale": "fp32"}
+        kv_type = mangle_type(_descriptor(rows, HALF_N))
         for causal, split in ((False, False), (True, False), (True, True)):
-            constexprs = dict(HEAD_DIM=head_dim, NUM_STAGES=NUM_STAGES, CAUSAL=causal, SPLIT=split,
+            kv_tile = kv_tile_for(head_dim, causal, split)
+            q_type = mangle_type(_descriptor(rows, kv_tile["BLOCK_M"]))
+            types = {"q_desc": q_type, "do_desc": q_type, "k_desc": kv_type, "v_desc": kv_type, "dk_desc": kv_type,
+                     "dv_desc": kv_type, "LSE": "*fp32", "DELTA": "*fp32", "DK_PART": "*fp32", "DV_PART": "*fp32",
+                     "qk_scale": "fp32", "scale": "fp32"}
+            constexprs = dict(HEAD_DIM=head_dim, NUM_STAGES=kv_tile["NUM_STAGES"], CAUSAL=causal, SPLIT=split,
                               CONSUMER_REGISTERS=WS_CONSUMER_REGISTERS, PRODUCER_REGISTERS=WS_PRODUCER_REGISTERS,
                               num_warps=4)
             jobs.append(CompileJob(family="gluon_backward", kernel="dkdv_ws" + "+causal" * causal + "+split" * split,
                                    fn=_attn_bwd_kv_hopper_ws, constexprs=constexprs, types=types, num_warps=4,
-                                   num_stages=1, config=dict(BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, NUM_STAGES=NUM_STAGES),
+                                   num_stages=1, config=dict(BLOCK_N=BLOCK_N, **kv_tile),
                                    head_dim=head_dim, maxnreg=WS_MAX_REGISTERS))
             if split:
                 continue

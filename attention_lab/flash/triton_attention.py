@@ -797,34 +797,41 @@ def split_query_heads(group: int, kv_splits: int) -> tuple[int, int]:
     return cdiv(group, heads_per_split), heads_per_split
 
 
-def uses_gluon_backward(do, q, k, v, lse, delta, mask, window, tile, fused_dq, hopper_path) -> bool:
+def uses_gluon_backward(do, q, k, v, lse, delta, mask, causal, window, tile, fused_dq, hopper_path) -> bool:
     """Whether :func:`flash_attention_backward` takes dK, dV from the Gluon kernel for Hopper: the Hopper backward
-    applies (:func:`hopper_backward_applies`) and no fixed tile is given — with or without a query-head split
+    applies (:func:`hopper_backward_applies`), no fixed tile is given and the Gluon kernel is the faster one at this
+    shape (:func:`attention_lab.flash.gluon_backward.faster_than_teaching`) — with or without a query-head split
     (``kv_splits``: the Gluon kernel splits the group's heads as the teaching one does)."""
-    return tile is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
+    return tile is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path) \
+        and _gluon_faster("dkdv", q, k, causal)
 
 
-def uses_gluon_dq(do, q, k, v, lse, delta, mask, window, tile_q, fused_dq, hopper_path) -> bool:
+def uses_gluon_dq(do, q, k, v, lse, delta, mask, causal, window, tile_q, fused_dq, hopper_path) -> bool:
     """Whether :func:`flash_attention_backward` takes dQ from the Gluon dQ kernel for Hopper: the Hopper backward
-    applies (:func:`hopper_backward_applies`) and ``tile_q``, the dQ kernel's fixed tile, is None (the dQ grid has
-    one program per 128 query rows of each head, enough at any batch)."""
-    return tile_q is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
+    applies (:func:`hopper_backward_applies`), ``tile_q``, the dQ kernel's fixed tile, is None (the dQ grid has
+    one program per 128 query rows of each head, enough at any batch) and the Gluon kernel is the faster one at this
+    shape (:func:`attention_lab.flash.gluon_backward.faster_than_teaching`)."""
+    return tile_q is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path) \
+        and _gluon_faster("dq", q, k, causal)
+
+
+def _gluon_faster(kernel: str, q, k, causal: bool) -> bool:
+    from attention_lab.flash import gluon_backward
+
+    return gluon_backward.faster_than_teaching(kernel, q.shape[-1], k.shape[-2], causal)
 
 
 def hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path) -> bool:
     """What both Gluon backward kernels need, checked once per backward: the switch (``hopper_path``, else
-    :data:`GLUON_BACKWARD`) is on, no mask or window, no fused dQ, not D=64 with few keys (there the teaching kernels
-    are the faster ones, as for the forward: :func:`attention_lab.flash.gluon_attention.faster_than_teaching`; the
-    teaching backward measured 3-8 % faster on an H200, ``flash_gluon_backward_probe_d64.json``), and
-    :func:`attention_lab.flash.gluon_backward.unsupported_reason` names no reason."""
+    :data:`GLUON_BACKWARD`) is on, no mask or window, no fused dQ, and
+    :func:`attention_lab.flash.gluon_backward.unsupported_reason` names no reason. Whether each kernel is also the
+    faster one at the shape is :func:`attention_lab.flash.gluon_backward.faster_than_teaching`'s to say."""
     if not (GLUON_BACKWARD if hopper_path is None else hopper_path) or _compile_only:
         return False
     if mask is not None or window is not None or fused_dq:
         return False
-    from attention_lab.flash import gluon_attention, gluon_backward
+    from attention_lab.flash import gluon_backward
 
-    if not gluon_attention.faster_than_teaching(q.shape[-1], k.shape[-2]):
-        return False
     return gluon_backward.unsupported_reason(do, q, k, v, lse, delta) is None
 
 
@@ -865,8 +872,9 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     kv_splits, heads_per_split = split_query_heads(group, kv_splits)
     fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
     hopper = hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
-    gluon_kv = hopper and tile is None  # as uses_gluon_backward, uses_gluon_dq (one check)
-    gluon_q = hopper and (tile_q or tile) is None
+    # as uses_gluon_backward, uses_gluon_dq (one check of what both need)
+    gluon_kv = hopper and tile is None and _gluon_faster("dkdv", q, k, causal)
+    gluon_q = hopper and (tile_q or tile) is None and _gluon_faster("dq", q, k, causal)
     if gluon_kv or gluon_q:
         from attention_lab.flash import gluon_backward
     # delta in the Gluon dQ kernel's prologue (one launch fewer; it runs first, then dK/dV reads delta)
