@@ -111,7 +111,8 @@ def main(argv=None) -> None:
                "hidden": fb.HIDDEN, "flops": "fwd 4·B·H·N²·D (÷2 causal), fwd_bwd 3.5 × fwd",
                "timing": f"triton.testing.do_bench median, L2 flushed; FlexAttention compiled before timing; "
                          f"{RUNS} interleaved runs per shape, median of the runs",
-               "methods_note": "triton: the library's choice (on an H100/H200 the Gluon forward, dK/dV and dQ kernels); "
+               "methods_note": "triton: the library's choice (on an H100/H200 the Gluon forward, dK/dV and dQ kernels, each where "
+                               "its faster_than_teaching rule says so, else the teaching one); "
                                "triton_teaching: chapter 10's teaching kernels alone (hopper_path=False)",
                "rows": [], "errors": []}
     for head_dim in args.head_dims:
