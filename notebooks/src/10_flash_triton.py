@@ -689,8 +689,10 @@ show_source(gluon_attention, "_consume", start_at="for j in range(1, n_blocks)")
 # so that P's exponentials run while $dP$ is still on the tensor cores. The library takes both wherever the inputs
 # suit them; where one program per key block would leave SMs idle (MQA at batch 1: 32 programs for 132 SMs), the
 # dK/dV kernel splits a kv head's query heads over several programs, each adding its slice into fp32 partial sums
-# that one reduction adds up, as the teaching kernel does. At D=64 with 1k keys both stay the teaching kernels, as
-# the forward does: there they measured faster (the D=64 lines below). Measured on the same GPU
+# that one reduction adds up, as the teaching kernel does. At D=64 with 1k keys the dQ kernel stays the teaching
+# one, as the forward does, and so does dK/dV when causal: there they measured faster (the D=64 lines below). Not
+# causal at D=64, the dK/dV kernel takes 128 query rows per step instead of 64 (half the steps, barriers and row
+# loads; it spills a few registers and is faster anyway) and runs at every length. Measured on the same GPU
 # (`benchmarks/gluon_backward_probe.py`, teaching launches replayed beside them):
 
 # %%
@@ -704,7 +706,8 @@ print(benchmark_report.fused_delta_reading(gluon_backward_probe)[0])
 # %% [markdown]
 # At D=128 each kernel gains over its teaching twin, and the whole backward with them (the last ratio of each line;
 # the tests check all three against the file). At D=64 the products are half as long and the gain is small at 4k
-# keys, a loss at 1k — hence the rule above (also tested against the file). What is left of cuDNN's lead in forward + backward (section 4's lines)
+# keys, a loss at 1k — hence the rule above (also tested against the file, kernel by kernel, with each kernel's
+# own tile). What is left of cuDNN's lead in forward + backward (section 4's lines)
 # is mostly structure: FlashAttention-3 computes the backward in one kernel with five matrix products, these two
 # kernels have seven, because the dQ kernel recomputes $S$ and $dP$ — the price of writing dQ once, without atomic
 # adds into an fp32 buffer.
