@@ -802,8 +802,8 @@ def uses_gluon_backward(do, q, k, v, lse, delta, mask, causal, window, tile, fus
     applies (:func:`hopper_backward_applies`), no fixed tile is given and the Gluon kernel is the faster one at this
     shape (:func:`attention_lab.flash.gluon_backward.faster_than_teaching`) — with or without a query-head split
     (``kv_splits``: the Gluon kernel splits the group's heads as the teaching one does)."""
-    return tile is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path) \
-        and _gluon_faster("dkdv", q, k, causal)
+    hopper = hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
+    return gluon_backward_kernels(hopper, q, k, causal, tile, None)[0]
 
 
 def uses_gluon_dq(do, q, k, v, lse, delta, mask, causal, window, tile_q, fused_dq, hopper_path) -> bool:
@@ -811,14 +811,22 @@ def uses_gluon_dq(do, q, k, v, lse, delta, mask, causal, window, tile_q, fused_d
     applies (:func:`hopper_backward_applies`), ``tile_q``, the dQ kernel's fixed tile, is None (the dQ grid has
     one program per 128 query rows of each head, enough at any batch) and the Gluon kernel is the faster one at this
     shape (:func:`attention_lab.flash.gluon_backward.faster_than_teaching`)."""
-    return tile_q is None and hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path) \
-        and _gluon_faster("dq", q, k, causal)
+    hopper = hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
+    return gluon_backward_kernels(hopper, q, k, causal, None, tile_q)[1]
 
 
-def _gluon_faster(kernel: str, q, k, causal: bool) -> bool:
+def gluon_backward_kernels(hopper: bool, q, k, causal: bool, tile, tile_q) -> tuple[bool, bool]:
+    """(dK/dV, dQ): whether each comes from its Gluon kernel, given ``hopper`` (:func:`hopper_backward_applies`,
+    checked once per backward) and the fixed tiles (``tile`` fixes both kernels' unless ``tile_q`` is given): a fixed
+    tile keeps that teaching kernel, and each Gluon kernel runs only where it is the faster one
+    (:func:`attention_lab.flash.gluon_backward.faster_than_teaching`)."""
+    if not hopper:
+        return False, False
     from attention_lab.flash import gluon_backward
 
-    return gluon_backward.faster_than_teaching(kernel, q.shape[-1], k.shape[-2], causal)
+    head_dim, n_keys = q.shape[-1], k.shape[-2]
+    return (tile is None and gluon_backward.faster_than_teaching("dkdv", head_dim, n_keys, causal),
+            (tile_q or tile) is None and gluon_backward.faster_than_teaching("dq", head_dim, n_keys, causal))
 
 
 def hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path) -> bool:
@@ -872,9 +880,7 @@ def flash_attention_backward(do, q, k, v, out, lse, mask, causal, window, scale,
     kv_splits, heads_per_split = split_query_heads(group, kv_splits)
     fused_dq = FUSED_DQ_BACKWARD if fused_dq is None else fused_dq
     hopper = hopper_backward_applies(do, q, k, v, lse, delta, mask, window, fused_dq, hopper_path)
-    # as uses_gluon_backward, uses_gluon_dq (one check of what both need)
-    gluon_kv = hopper and tile is None and _gluon_faster("dkdv", q, k, causal)
-    gluon_q = hopper and (tile_q or tile) is None and _gluon_faster("dq", q, k, causal)
+    gluon_kv, gluon_q = gluon_backward_kernels(hopper, q, k, causal, tile, tile_q)
     if gluon_kv or gluon_q:
         from attention_lab.flash import gluon_backward
     # delta in the Gluon dQ kernel's prologue (one launch fewer; it runs first, then dK/dV reads delta)
