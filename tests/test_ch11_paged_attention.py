@@ -495,7 +495,8 @@ def test_chapter_11s_reading_of_what_paging_costs_the_kernel():
 
     assert not altered("paged_triton_blocks_in_order", 0.9)["handing the blocks out in order saves at most 3 %"]
     assert not altered("paged_triton_head_major", 0.9)["storing the pool head-major saves at most 3 %"]
-    assert not altered("contiguous_triton_bnhd", 1.1)["the token-major order costs the contiguous kernel at most 3 %"]
+    assert not altered("contiguous_triton_bnhd", 1.1)[
+        "the token-major order costs the contiguous kernel less than the paged kernel trails it, at every shape"]
     assert not altered("contiguous_triton", 1.5)[
         "the paged kernel is slower than the same kernel on a contiguous cache at every shape"]
     long_miss = copy.deepcopy(bench)

@@ -217,7 +217,11 @@ def test_decode_figure_plots_the_committed_rows(bench, sweep):
 
 
 def test_decode_figure_without_a_kernel_sweep_has_two_panels(bench):
-    assert len(plot_mla_decode(bench).axes) == 2
+    """A decode file without kernel rows and no sweep: two panels; one that carries its own kernel rows: three."""
+    without_kernel = {key: value for key, value in bench.items() if key != "kernel_rows"}
+    assert len(plot_mla_decode(without_kernel).axes) == 2
+    assert len(plot_mla_decode({**without_kernel, "kernel_rows": bench["kernel_rows"],
+                                "kernel_copy_tb_s": bench["kernel_copy_tb_s"]}).axes) == 3
 
 
 def test_the_benchmark_saves_the_librarys_figure(tmp_path, bench):

@@ -6,7 +6,7 @@
 # *more* arithmetic than standard attention and still runs several times faster, because standard
 # attention is limited by memory traffic, not by arithmetic. This chapter builds the picture needed to
 # see why: the parts of a GPU, the roofline model, and a byte count of attention run as separate kernels
-# versus one fused kernel — checked against a real H100.
+# versus one fused kernel — checked against a real Hopper GPU.
 
 # %%
 import os
@@ -437,7 +437,7 @@ check_softmax_bytes(softmax_bytes)
 # %% [markdown]
 # ## Summary
 #
-# Printed above, from the table, the driver, the committed H100 run and this machine:
+# Printed above, from the table, the driver, the committed GPU run and this machine:
 #
 # * The blog's three sentences, corrected: a warp is `WARP_SIZE` threads (the CUDA guide's and the driver's
 #   number); an SM keeps as many blocks resident as its threads, registers and shared memory allow — several
@@ -447,15 +447,15 @@ check_softmax_bytes(softmax_bytes)
 #   per SM × the A100's SMs × its clock; HBM is slower by the printed factor, host DRAM slower still.
 # * A GPU-to-CPU bandwidth ratio describes two machines at two moments: this run's spread, and the gap
 #   between one thread and every core, are printed above.
-# * The card that ran the benchmark reports its SM count and a measured copy bandwidth: an H100 SXM, not
-#   the lecture's row, which mixes the full die's SM count with the PCIe card's bandwidth.
+# * The card that ran the benchmark reports its SM count and a measured copy bandwidth, and neither is the
+#   lecture's row, which mixes the full die's SM count with the PCIe card's bandwidth.
 # * The measured bandwidth is below the datasheet's: datasheet rates are ceilings; roofline estimates
 #   should use measured ones.
 # * At head size 64 every step of attention, the matrix products included, sits left of the ridge point:
 #   attention as separate kernels is memory-bound.
 # * The unfused chain moves a multiple of the fused kernel's bytes that grows with $N$ (the $6N^2$ term);
 #   the slides' "fused" kernel, which still writes $A''$ to HBM, only shrinks the $N^2$ term (to $2N^2$, or
-#   $N^2$ with $\cdot V$ inside) — FlashAttention removes it. Timed on the H100, the fused SDPA kernel beats
+#   $N^2$ with $\cdot V$ inside) — FlashAttention removes it. Timed on that card, the fused SDPA kernel beats
 #   the chain by the factors printed above.
 #
 # Next: to fuse the softmax into one kernel, it must be computed without ever holding a whole row of

@@ -414,7 +414,7 @@ print(f"FlashAttention moves fewer bytes than standard attention from M = {cross
 # count of the standard chain (chapter 07's model plus the backward's six kernels) lands near its HBM figure;
 # for FlashAttention, two counts bracket the measurement: the floor (every tensor read or written once)
 # and the tiled loop's count with no cache hits at all (one head's K and V, whose size is printed below, are
-# mostly re-read from the much larger L2 in practice). The committed H100 run timed the same shape:
+# mostly re-read from the much larger L2 in practice). The committed GPU run timed the same shape:
 
 # %%
 standard_model = total_bytes(unfused_forward_kernels(n, d, batch_heads) + unfused_backward_kernels(n, d, batch_heads)) / 1e9

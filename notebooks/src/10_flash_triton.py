@@ -9,12 +9,12 @@
 # the online softmax in registers, the output normalised once at the end.
 #
 # Plan: (1) PyTorch's `scaled_dot_product_attention` and how to choose its backend; (2) the kernel built
-# up in four steps, each timed on an H100; (3) the backward pass; (4) speed and memory against SDPA.
+# up in four steps, each timed on a Hopper GPU; (3) the backward pass; (4) speed and memory against SDPA.
 #
 # **Without a GPU** the very same kernels run under Triton's *interpreter* (`TRITON_INTERPRET=1`, set
 # before the kernels are imported): numpy executes each program of the grid in turn — slow, but exact,
 # which is how this chapter's tests check the kernels on a CPU. The speed plots then show the committed
-# results of `benchmarks/flash.py` on an H100.
+# results of `benchmarks/flash.py` on a Hopper GPU (the card and versions are printed with them).
 #
 # **What the kernel cells need:** the `triton` package, which installs on Linux only (`pip install triton`;
 # Colab has it). On macOS or Windows, without it, every cell still runs: the kernel cells compare the
@@ -58,7 +58,7 @@ from attention_lab.kernels.optional_triton import TRITON_AVAILABLE, tl, triton  
 ON_GPU = torch.cuda.is_available()
 KERNELS = TRITON_AVAILABLE  # compiled on a GPU, interpreted on a CPU; without triton the PyTorch path
 torch.set_num_threads(1)  # the interpreter's tiles are tiny: one CPU thread is fastest
-results = load_results("flash_benchmark")  # the committed H100 run of benchmarks/flash.py (package data)
+results = load_results("flash_benchmark")  # the committed GPU run of benchmarks/flash.py (package data)
 env = results["environment"]
 
 
@@ -146,7 +146,7 @@ for causal in (False, True):
 # `BLOCK_M` queries of one (batch, head) and loops over the keys `BLOCK_N` at a time. Query head `h`
 # reads kv head `h // group` (GQA/MQA without copying K and V); a head dimension that is not a power of
 # two is padded inside the kernel with masked loads. Below, the kernel is built in four steps, each a
-# complete kernel; all four are checked here against the reference and were timed on the H100.
+# complete kernel; all four are checked here against the reference and were timed on the committed run's GPU.
 
 # %%
 device = torch.device("cuda" if ON_GPU else "cpu")
@@ -672,7 +672,9 @@ for claim, holds in claims.items():
 # needs a barrier of the whole block. That barrier keeps the two warpgroups in step: their exponentials run at
 # the same moment, and the tensor cores wait for both. Warp specialisation, (e), removes that barrier and is the
 # step that counts, bringing the forward to within a few percent of cuDNN (the tests check the claims printed
-# last against the same file). The consumer's loop, as the library has it:
+# last against the same file). Not at every shape: at D=64 with 1k keys a program walks only 8 key blocks, the
+# pipeline's fill and drain are not paid back, and the teaching kernel is the faster one, so the library runs the
+# teaching kernel there. The consumer's loop, as the library has it:
 
 # %%
 from attention_lab.flash import gluon_attention  # noqa: E402  (the fast path's module; its source reads without a GPU)
