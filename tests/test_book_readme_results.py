@@ -81,3 +81,25 @@ def test_notebooks_paragraph_counts_and_names_what_did_not_pass():
     assert "1 of 3 chapters executed top to bottom and passed on one NVIDIA H100 80GB HBM3" in text
     assert "failed: 01_b; not in the report: 02_c" in text and "more than one run" not in text
     assert "more than one run" in rr.notebooks_paragraph({**report, "runs": 2}, env, True, chapters=["00_a", "01_b"])
+
+
+def _hopper(slow_short_d64: float) -> dict:
+    """A step run with gluon_ws at 100 TFLOP/s everywhere but D=64 with 1k keys (``slow_short_d64``), each
+    baseline at 50."""
+    rows = []
+    for head_dim, n in ((64, 1024), (64, 4096), (128, 1024)):
+        ws = slow_short_d64 if (head_dim, n) == (64, 1024) else 100.0
+        rows += [{"head_dim": head_dim, "n": n, "causal": False, "method": "gluon_ws", "tflops": ws}]
+        rows += [{"head_dim": head_dim, "n": n, "causal": False, "method": m, "tflops": 50.0}
+                 for m in ("sdpa_cudnn", "flex", "triton")]
+    return {"rows": rows}
+
+
+def test_hopper_paragraph_counts_only_the_shapes_the_library_takes_the_fast_path():
+    env = rr.Environment("NVIDIA H200", "2.11", "3.6", "13.0")
+    text = " ".join(rr.hopper_paragraph(_hopper(10.0), env, True).split())
+    assert "not at D = 64 with 1k keys, where the teaching kernel measured faster" in text
+    assert "100 TFLOP/s, **2.00× SDPA's cuDNN backend**, 2.00× FlexAttention and 2.00× the teaching kernel" in text
+    assert text == " ".join(rr.hopper_paragraph(_hopper(1000.0), env, True).split())  # that shape is not counted
+    without = {"rows": [r for r in _hopper(10.0)["rows"] if (r["head_dim"], r["n"]) != (64, 1024)]}
+    assert "not at" not in rr.hopper_paragraph(without, env, True)
