@@ -512,11 +512,10 @@ for claim, holds in paged_cost_claims.items():
 
 # %% [markdown]
 # Neither is the cause: blocks in order or a head-major pool change the time by a few percent at most. The
-# token-major order costs the contiguous kernel a little (most with 32 KV heads), but less than the paged kernel
-# trails that kernel at every shape, and storing the pool head-major does not win it back for the paged kernel.
-# What is left is the indirection itself: before each
-# tile's reads the kernel loads that tile's block numbers and builds every row's address from them, which the
-# contiguous kernel never does. It weighs most where a step is shortest (one KV head), and it is why the
+# token-major order costs the contiguous kernel a little, but less than the paged kernel trails that kernel at
+# every shape, and storing the pool head-major does not win it back for the paged kernel. What is left is the
+# indirection itself: before each tile's reads the kernel loads that tile's block numbers and builds every row's
+# address from them, which the contiguous kernel never does. It weighs most where a step is shortest (one KV head), and it is why the
 # paged kernel trails SDPA's contiguous decode by a few percent even where both read at copy speed.
 
 # %% [markdown]
