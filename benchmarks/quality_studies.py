@@ -7,6 +7,7 @@
     python benchmarks/quality_studies.py ch05 --smoke --out /tmp/q   # seconds: checks the code path only
     python benchmarks/quality_studies.py ch06 --jobs 3        # one process (one thread each) per seed, merged
     python benchmarks/quality_studies.py ch05 --estimate      # time a few steps, print the full run's time
+    python benchmarks/quality_studies.py ch05 --merge q/0 q/1 q/2   # seeds run apart (--seeds S --out q/S), one file
 
 The studies themselves (variants, budgets, seeds) live in :data:`attention_lab.quality.STUDIES`, so a
 chapter can run the same code at a small budget live. A smoke run writes ``quality_<chapter>_smoke.json``
@@ -77,6 +78,38 @@ def run_in_processes(name: str, args: argparse.Namespace) -> dict:
     return merge_reports(parts)
 
 
+def command_line(argv: list[str] | None) -> str:
+    """How this run was started, as recorded in its report."""
+    return " ".join(["python", "benchmarks/quality_studies.py", *(argv if argv is not None else sys.argv[1:])])
+
+
+def merge_folders(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--merge``: one study's reports from several folders (each a run on its own seeds, e.g. one GPU process per
+    seed) merged into one file by :func:`attention_lab.quality.merge_reports`. Reports of different code (their
+    ``git_commit``) or machines are refused; ``wall_seconds`` is the longest part's, ``merged_from`` their commands."""
+    if args.study == "all":
+        raise SystemExit("--merge takes one study, not 'all'")
+    name = results_name(args.study, args.smoke)
+    parts = []
+    for folder in args.merge:
+        if not (Path(folder) / name).is_file():
+            raise SystemExit(f"--merge: no {name} in {folder}")
+        parts.append(results.load(name, folder))
+    for key in ("git_commit", "device", "gpu", "torch"):
+        found = {part["environment"].get(key) for part in parts}
+        if len(found) > 1:
+            raise SystemExit(f"--merge: the parts differ in {key} ({sorted(map(str, found))}): run them on one machine "
+                             "at one commit")
+    report = merge_reports(parts)
+    report["wall_seconds"] = max(part.get("wall_seconds", 0.0) for part in parts)
+    report["merged_from"] = [part.get("command") for part in parts]
+    report["command"] = command_line(argv)
+    path = results.save(name, report, args.out)
+    print_report(report)
+    print(f"  wrote {path} (merged from {len(parts)} folders)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=[*STUDIES, "all"])
@@ -92,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, nargs="+", help="ch06: the G values to convert to (default 1 2)")
     parser.add_argument("--part", choices=["uptrained", "scratch"],
                         help="ch06: run one part of each seed (merge the parts with attention_lab.quality.merge_reports)")
+    parser.add_argument("--merge", nargs="+", metavar="FOLDER",
+                        help="merge this study's results from these folders (runs on disjoint seeds); no run")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_folders(args, argv)
 
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -116,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                                        uptraining=uptraining or None)
         report["wall_seconds"] = time.perf_counter() - started
         report["environment"]["git_commit"] = git_commit()
-        report["command"] = " ".join(["python", "benchmarks/quality_studies.py", *(argv if argv is not None else sys.argv[1:])])
+        report["command"] = command_line(argv)
         path = results.save(results_name(name, args.smoke), report, args.out)
         print_report(report)
         print(f"  wrote {path} ({time.perf_counter() - started:.0f} s)")

@@ -343,3 +343,29 @@ def test_the_uptraining_study_split_in_parts_gives_the_numbers_of_one_run():
     for bad in (("both",), ("uptrained", "bogus"), ()):  # an unknown part is refused, not dropped
         with pytest.raises(ValueError, match="parts must be"):
             run_chapter_study("ch06", uptraining={"parts": bad}, **options)
+
+
+def test_the_script_merges_seeds_run_in_separate_folders_and_refuses_mixed_code(tmp_path):
+    """--merge: seeds run apart (one process each, maybe on a GPU call each) become the file one run would write."""
+    script = _load_script()
+    threads = torch.get_num_threads()
+    for seed in (0, 1):
+        assert script.main(["ch04", "--smoke", "--seeds", str(seed), "--out", str(tmp_path / str(seed)),
+                            "--no-progress"]) == 0
+    torch.set_num_threads(threads)
+    name = results_name("ch04", smoke=True)
+    parts = [results.load(name, tmp_path / str(seed)) for seed in (0, 1)]
+    assert script.main(["ch04", "--smoke", "--merge", str(tmp_path / "0"), str(tmp_path / "1"),
+                        "--out", str(tmp_path / "merged")]) == 0
+    merged = results.load(name, tmp_path / "merged")
+    expected = quality.merge_reports(parts)
+    assert merged["seeds"] == [0, 1] and merged["summary"] == expected["summary"]
+    assert [c["sentence"] for c in merged["conclusions"]] == [c["sentence"] for c in expected["conclusions"]]
+    assert merged["merged_from"] == [p["command"] for p in parts] and "--merge" in merged["command"]
+    assert merged["wall_seconds"] == max(p["wall_seconds"] for p in parts)
+    other = {**parts[1], "environment": {**parts[1]["environment"], "git_commit": "0" * 40}}
+    results.save(name, other, tmp_path / "other")
+    with pytest.raises(SystemExit, match="differ in git_commit"):
+        script.main(["ch04", "--smoke", "--merge", str(tmp_path / "0"), str(tmp_path / "other")])
+    with pytest.raises(SystemExit, match="no quality_ch04_smoke.json in"):
+        script.main(["ch04", "--smoke", "--merge", str(tmp_path / "0"), str(tmp_path / "missing")])
