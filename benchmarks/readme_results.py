@@ -274,14 +274,13 @@ def flex_paragraph(results: dict, env: Environment, shared: bool) -> str:
 def hopper_paragraph(results: dict, env: Environment, shared: bool) -> str:
     """Chapter 10's Hopper fast path (the warp-specialised Gluon forward, the library's choice on sm_90) against
     cuDNN, FlexAttention and the teaching kernel, measured in one run, at the shapes where the library takes it
-    (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`); the others are named."""
-    from attention_lab.flash.gluon_attention import faster_than_teaching
-
+    (:func:`attention_lab.flash.benchmark_report.fast_path_shapes`); the others are named."""
     head_dims = sorted({row["head_dim"] for row in results["rows"]})
     ns = sorted({row["n"] for row in results["rows"]})
-    taken = [row for row in br.rows(results, method="gluon_ws") if faster_than_teaching(row["head_dim"], row["n"])]
-    not_taken = sorted({(row["head_dim"], row["n"]) for row in results["rows"]
-                        if not faster_than_teaching(row["head_dim"], row["n"])})
+    taken_shapes, other_shapes = br.fast_path_shapes(results)
+    taken = [row for row in br.rows(results, method="gluon_ws")
+             if (row["head_dim"], row["n"], row["causal"]) in taken_shapes]
+    not_taken = sorted({(head_dim, n) for head_dim, n, _ in other_shapes})
 
     def span(baseline: str) -> str:
         ratios = []

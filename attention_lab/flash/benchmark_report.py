@@ -285,13 +285,21 @@ def plot_hopper_steps(results: dict):
     return fig
 
 
+def fast_path_shapes(results: dict) -> tuple[list[tuple[int, int, bool]], list[tuple[int, int, bool]]]:
+    """The (head_dim, n, causal) shapes of a step run split in two: where the library takes the warp-specialised
+    forward (:func:`attention_lab.flash.gluon_attention.faster_than_teaching`) and where it runs the teaching kernel."""
+    from attention_lab.flash.gluon_attention import faster_than_teaching
+
+    shapes = sorted({(r["head_dim"], r["n"], r["causal"]) for r in results["rows"]})
+    taken = [shape for shape in shapes if faster_than_teaching(shape[0], shape[1])]
+    return taken, [shape for shape in shapes if shape not in taken]
+
+
 def hopper_claims(results: dict) -> dict[str, bool]:
     """What chapter 10 says of the committed step run, as statements that hold or not (tested against the file).
 
-    "Where the library takes it" is :func:`attention_lab.flash.gluon_attention.faster_than_teaching`: every shape
-    but D=64 with 1k keys, where the fourth statement says why not (it is False for a run without that shape)."""
-    from attention_lab.flash.gluon_attention import faster_than_teaching
-
+    "Where the library takes it" is :func:`fast_path_shapes`: every shape but D=64 with 1k keys, where the fourth
+    statement says why not (it is False for a run without that shape)."""
     shapes = sorted({(r["head_dim"], r["n"], r["causal"]) for r in results["rows"]})
     ours = [m for m in HOPPER_STEPS if m not in ("sdpa_cudnn", "sdpa_flash", "flex")]
 
@@ -300,8 +308,7 @@ def hopper_claims(results: dict) -> dict[str, bool]:
         return a / b if a and b else None
 
     long = [shape for shape in shapes if shape[1] >= 4096]
-    taken = [shape for shape in shapes if faster_than_teaching(shape[0], shape[1])]  # where the library runs (e)
-    short_d64 = [shape for shape in shapes if not faster_than_teaching(shape[0], shape[1])]
+    taken, short_d64 = fast_path_shapes(results)
     return {
         "(e) warp-specialised is the fastest of this book's kernels at every N >= 4k": bool(long) and all(
             forward_tflops(results, "gluon_ws", *shape) == max(forward_tflops(results, m, *shape) or 0 for m in ours)
