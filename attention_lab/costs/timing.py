@@ -181,21 +181,27 @@ def fixed_and_per_unit(sizes: Sequence[float], seconds: Sequence[float]) -> tupl
 
 
 def faster_from(sizes: Sequence[float], baseline: Sequence[float], candidate: Sequence[float],
-                margin: float = 0.1) -> float | None:
-    """The smallest size from which ``candidate`` takes less than ``1 − margin`` of ``baseline``'s time, at that
-    size and at every larger one (``sizes`` ascending); None if it is not so at the largest size.
+                below: float = 0.9) -> float | None:
+    """The smallest size from which ``candidate`` takes less than ``below`` × ``baseline``'s time, at that size
+    and at every larger one (``sizes`` ascending); None if it is not so at the largest size.
 
-    The margin keeps two equal costs, which differ only by timing noise, from being called faster."""
+    ``below`` under 1 keeps two equal costs, which differ only by timing noise, from being called faster
+    (0.9: faster by more than 10 %). It may exceed 1 (a candidate that starts slower and must only overtake
+    its own starting ratio) and it may be 0 or less: no positive time is below that, so the answer is None —
+    what a threshold swallowed by the noise should say."""
     if not len(sizes) == len(baseline) == len(candidate) or not sizes:
         raise ValueError(f"sizes, baseline and candidate must be non-empty lists of one length, got "
                          f"{len(sizes)}, {len(baseline)} and {len(candidate)}")
     if list(sizes) != sorted(sizes):
         raise ValueError(f"sizes must be ascending, got {list(sizes)}")
-    if not 0.0 <= margin < 1.0:
-        raise ValueError(f"margin must lie in [0, 1), got {margin}")
+    times = [*baseline, *candidate]
+    if not all(math.isfinite(t) and t > 0 for t in times):
+        raise ValueError(f"baseline and candidate must be positive finite times, got {list(baseline)} and {list(candidate)}")
+    if not math.isfinite(below):
+        raise ValueError(f"below must be a finite number, got {below}")
     since = None
     for size, slow, fast in zip(reversed(sizes), reversed(baseline), reversed(candidate)):
-        if fast >= (1.0 - margin) * slow:
+        if fast >= below * slow:
             break
         since = size
     return since
