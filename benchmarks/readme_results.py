@@ -30,7 +30,7 @@ README = ROOT / "README.md"
 CHAPTERS = ROOT / "notebooks" / "src"  # one source per chapter: what "the whole book" means
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 FILES = ("flash_benchmark.json", "flash_flex.json", "flash_hopper.json", "paged_decode.json", "decode_gqa.json", "mla_decode.json",
-         "hbm_traffic.json", "side_by_side.json", "notebooks_gpu.json")
+         "hbm_traffic.json", "side_by_side.json", "notebooks_gpu.json", "installed_wheel_gpu.json")
 MIN_N = 4096  # the flash headline is about long sequences (DESIGN §5: "D=128, N ≥ 4k")
 WIDTH = 118  # README paragraphs are wrapped at this width
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -396,14 +396,19 @@ def side_by_side_paragraph(results: dict, env: Environment, shared: bool) -> str
         f"{results['steps']} steps each.")
 
 
+def chapter_outcomes(rows: list[dict], key: str, chapters: list[str] | None) -> tuple[list[str], ...]:
+    """``(chapters, passed, failed, absent)`` for a report whose ``rows`` name a chapter under ``key`` and have a
+    ``status``; ``chapters`` defaults to the book's sources (or, without them, the report's own chapters)."""
+    if chapters is None:
+        chapters = sorted(p.stem for p in CHAPTERS.glob("*.py")) or [r[key] for r in rows]
+    passed = [r[key] for r in rows if r["status"] == "passed"]
+    failed = [r[key] for r in rows if r["status"] != "passed"]
+    return chapters, passed, failed, [c for c in chapters if c not in {r[key] for r in rows}]
+
+
 def notebooks_paragraph(results: dict, env: Environment, shared: bool, chapters: list[str] | None = None) -> str:
     """The whole-book run: how many chapters passed, which did not, and whether the report joins several runs."""
-    rows = results["notebooks"]
-    if chapters is None:
-        chapters = sorted(p.stem for p in CHAPTERS.glob("*.py")) or [r["notebook"] for r in rows]
-    passed = [r["notebook"] for r in rows if r["status"] == "passed"]
-    failed = [r["notebook"] for r in rows if r["status"] != "passed"]
-    absent = [c for c in chapters if c not in {r["notebook"] for r in rows}]
+    chapters, passed, failed, absent = chapter_outcomes(results["notebooks"], "notebook", chapters)
     text = (f"**The whole book on a GPU** — `python3 benchmarks/run_all_notebooks.py`: {len(passed)} of "
             f"{len(chapters)} chapters executed top to bottom and passed {on(env, shared)}")
     notes = []
@@ -416,6 +421,20 @@ def notebooks_paragraph(results: dict, env: Environment, shared: bool, chapters:
     if notes:
         text += f" ({'; '.join(notes)})"
     return wrap(text + "; see [attention_lab/results/notebooks_gpu.md](attention_lab/results/notebooks_gpu.md).")
+
+
+def wheel_paragraph(results: dict, env: Environment, shared: bool, chapters: list[str] | None = None) -> str:
+    """The installed-wheel test on a GPU: how many chapters ran alone from the wheel, which did not, which are absent."""
+    chapters, passed, failed, absent = chapter_outcomes([r for r in results["tests"] if r["chapter"]], "chapter", chapters)
+    others = [r for r in results["tests"] if not r["chapter"]]
+    text = (f"**Each chapter alone from the installed wheel, on a GPU** — `python3 benchmarks/installed_wheel_gpu.py`: "
+            f"{len(passed)} of {len(chapters)} chapters opened alone in an empty folder, offline, against the package "
+            f"installed from its wheel, ran and passed {on(env, shared)} (commit {results['commit'][:7]}), the way a "
+            f"Colab GPU student meets them")
+    notes = ([f"failed: {', '.join(failed)}"] if failed else []) + ([f"not run: {', '.join(absent)}"] if absent else [])
+    notes += [f"{sum(r['status'] == 'passed' for r in others)} of {len(others)} packaging checks passed"] if others else []
+    return wrap(f"{text} ({'; '.join(notes)}); see "
+                "[attention_lab/results/installed_wheel_gpu.md](attention_lab/results/installed_wheel_gpu.md).")
 
 
 def opening(envs: list[Environment]) -> str:
@@ -463,6 +482,7 @@ def results_section(results_dir: Path = RESULTS, chapters: list[str] | None = No
         side_by_side_paragraph(*args("side_by_side.json")),
         image(f"TinyGPT variants {on_alt(envs['side_by_side.json'])}", "attention_lab/results/side_by_side.png"),
         notebooks_paragraph(*args("notebooks_gpu.json"), chapters=chapters),
+        wheel_paragraph(*args("installed_wheel_gpu.json"), chapters=chapters),
     ]
     return "\n\n".join(blocks)
 

@@ -83,6 +83,18 @@ def test_notebooks_paragraph_counts_and_names_what_did_not_pass():
     assert "more than one run" in rr.notebooks_paragraph({**report, "runs": 2}, env, True, chapters=["00_a", "01_b"])
 
 
+def test_wheel_paragraph_counts_chapters_not_packaging_checks_and_names_what_did_not_pass():
+    env = rr.Environment("NVIDIA H200", "2.11", "3.6", "13.0")
+    report = {"commit": "88ef30f0000", "tests": [
+        {"test": "t::ships", "chapter": None, "status": "passed"},
+        {"test": "t::halves", "chapter": None, "status": "failed"},
+        {"test": "t::c[00_a]", "chapter": "00_a", "status": "passed"},
+        {"test": "t::c[01_b]", "chapter": "01_b", "status": "failed"}]}
+    text = " ".join(rr.wheel_paragraph(report, env, True, chapters=["00_a", "01_b", "02_c"]).split())
+    assert "1 of 3 chapters opened alone" in text and "on one NVIDIA H200 (commit 88ef30f)" in text
+    assert "(failed: 01_b; not run: 02_c; 1 of 2 packaging checks passed)" in text
+
+
 def _hopper(slow_short_d64: float) -> dict:
     """A step run with gluon_ws at 100 TFLOP/s everywhere but D=64 with 1k keys (``slow_short_d64``), each
     baseline at 50."""
