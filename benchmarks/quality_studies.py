@@ -40,6 +40,18 @@ def git_commit() -> str | None:
         return None
 
 
+def git_clean(folder: Path = Path(__file__).resolve().parent) -> bool | None:
+    """Whether the tracked files in ``folder``'s checkout are exactly its HEAD's (None outside a git checkout). A copied working
+    tree — a lent GPU machine's — can carry an older ``.git`` than its files: then this is False, and the
+    commit recorded is not the code that ran."""
+    try:
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 cwd=folder, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return not changed.strip()
+
+
 def print_report(report: dict) -> None:
     """The summary table and the conclusions of a finished study."""
     print(f"\n{report['study']}: {report['title']} — seeds {report['seeds']}, {report['seconds']:.0f} s "
@@ -95,7 +107,7 @@ def merge_folders(args: argparse.Namespace, argv: list[str] | None) -> int:
         if not (Path(folder) / name).is_file():
             raise SystemExit(f"--merge: no {name} in {folder}")
         parts.append(results.load(name, folder))
-    for key in ("git_commit", "device", "gpu", "torch"):
+    for key in ("git_commit", "git_clean", "device", "gpu", "torch"):
         found = {part["environment"].get(key) for part in parts}
         if len(found) > 1:
             raise SystemExit(f"--merge: the parts differ in {key} ({sorted(map(str, found))}): run them on one machine "
@@ -152,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                        tokenizer=args.tokenizer, progress=not args.no_progress,
                                        uptraining=uptraining or None)
         report["wall_seconds"] = time.perf_counter() - started
-        report["environment"]["git_commit"] = git_commit()
+        report["environment"]["git_commit"], report["environment"]["git_clean"] = git_commit(), git_clean()
         report["command"] = command_line(argv)
         path = results.save(results_name(name, args.smoke), report, args.out)
         print_report(report)

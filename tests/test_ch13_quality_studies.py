@@ -3,6 +3,7 @@ conclusions' wording from given numbers, and smoke runs that write the JSON the 
 
 import doctest
 import json
+import subprocess
 from dataclasses import replace
 
 import pytest
@@ -163,6 +164,26 @@ def _load_script():
     return load_benchmark("quality_studies")
 
 
+def test_git_clean_says_whether_the_files_are_the_commit_recorded(tmp_path):
+    """A lent GPU machine gets the working tree with an older .git: the report must not claim that commit ran."""
+    git_clean = _load_script().git_clean
+    assert git_clean(tmp_path) is None  # not a checkout
+
+    def run(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    run("init", "-q")
+    (tmp_path / "study.py").write_text("steps = 1\n")
+    run("add", "study.py")
+    run("commit", "-qm", "one")
+    assert git_clean(tmp_path) is True
+    (tmp_path / "notes.txt").write_text("untracked files do not change the code that ran\n")
+    assert git_clean(tmp_path) is True
+    (tmp_path / "study.py").write_text("steps = 2\n")
+    assert git_clean(tmp_path) is False
+
+
 def test_smoke_run_of_the_script_writes_json_whose_claims_match_its_numbers(tmp_path):
     threads = torch.get_num_threads()
     assert _load_script().main(["ch05", "--smoke", "--out", str(tmp_path), "--no-progress"]) == 0
@@ -171,7 +192,7 @@ def test_smoke_run_of_the_script_writes_json_whose_claims_match_its_numbers(tmp_
     assert report == results.load(results_name("ch05", smoke=True), tmp_path)
     assert report["study"] == "ch05" and report["smoke"] is True and report["seeds"] == [0, 1, 2]
     assert report["steps"] == {"corpus": 3, "recall": 3}
-    for key in ("device", "threads", "torch", "python", "machine", "numpy", "attention_lab", "git_commit"):
+    for key in ("device", "threads", "torch", "python", "machine", "numpy", "attention_lab", "git_commit", "git_clean"):
         assert key in report["environment"]
     assert report["environment"]["threads"] == 1 and report["command"].endswith("--no-progress")
     names = ["MHA", "GQA-4", "GQA-2", "MQA"]
