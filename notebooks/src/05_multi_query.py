@@ -290,7 +290,8 @@ print(f"MHA − MQA = {one['MHA'] - one['MQA']:.3f} ms: larger key/value project
 print("share of MHA's step that grows with the context (the step minus its fixed cost): " +
       ", ".join(f"{n}: {1 - fixed_ms / ms['MHA'][i]:.0%}" for i, n in enumerate(contexts) if i > 0))
 # The cache pays where MQA gains more than its one-token advantage and the noise explain. On a busy machine the
-# one-token ratio can exceed 1 and the noise reach 100 %: then no context can be called faster, and we say so.
+# one-token ratio can exceed 1 (the bar MQA must get under then lies above 1) and the noise can reach 100 %: then no
+# context can be called faster, and we say so.
 one_token = ms["MQA"][0] / ms["MHA"][0]
 since = faster_from(contexts, ms["MHA"], ms["MQA"], below=one_token * (1 - noise))
 print(f"MQA ÷ MHA falls below its one-token value ({one_token:.2f}) by more than the noise ({noise:.0%}) " +
