@@ -30,7 +30,8 @@ README = ROOT / "README.md"
 CHAPTERS = ROOT / "notebooks" / "src"  # one source per chapter: what "the whole book" means
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 FILES = ("flash_benchmark.json", "flash_flex.json", "flash_hopper.json", "paged_decode.json", "decode_gqa.json", "mla_decode.json",
-         "hbm_traffic.json", "side_by_side.json", "notebooks_gpu.json", "installed_wheel_gpu.json")
+         "hbm_traffic.json", "side_by_side.json", "notebooks_gpu.json", "gpu_tests.json",
+         "installed_wheel_gpu.json")
 MIN_N = 4096  # the flash headline is about long sequences (DESIGN §5: "D=128, N ≥ 4k")
 WIDTH = 118  # README paragraphs are wrapped at this width
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -423,11 +424,26 @@ def notebooks_paragraph(results: dict, env: Environment, shared: bool, chapters:
     return wrap(text + "; see [attention_lab/results/notebooks_gpu.md](attention_lab/results/notebooks_gpu.md).")
 
 
+def gpu_tests_paragraph(results: dict, env: Environment, shared: bool) -> str:
+    """The GPU tests: how many passed out of how many, in how many test files, which failed, at which commit."""
+    files = sorted({r["file"] for r in results["tests"]})
+    failed = [r["test"] for r in results["tests"] if r["status"] == "failed"]
+    text = (f"**The GPU tests** — `{results['command']}`, reported by "
+            f"`python3 benchmarks/gpu_test_report.py`: {results['passed']} of {len(results['tests'])} passed "
+            f"{on(env, shared)} (commit {results['commit'][:7]}), in {len(files)} test files: the kernels against "
+            f"float64 over head dims, odd and unequal lengths, causal, windows, masks, GQA, fp16 and bf16, strided "
+            f"inputs' gradients, the Hopper paths, decode and MLA")
+    notes = ([f"{len(failed)} failed: {', '.join(failed)}"] if failed else []) + (
+        [f"{results['skipped']} skipped"] if results["skipped"] else [])
+    return wrap(text + (f" ({'; '.join(notes)})" if notes else "") +
+                "; see [attention_lab/results/gpu_tests.md](attention_lab/results/gpu_tests.md).")
+
+
 def wheel_paragraph(results: dict, env: Environment, shared: bool, chapters: list[str] | None = None) -> str:
     """The installed-wheel test on a GPU: how many chapters ran alone from the wheel, which did not, which are absent."""
     chapters, passed, failed, absent = chapter_outcomes([r for r in results["tests"] if r["chapter"]], "chapter", chapters)
     others = [r for r in results["tests"] if not r["chapter"]]
-    text = (f"**Each chapter alone from the installed wheel, on a GPU** — `python3 benchmarks/installed_wheel_gpu.py`: "
+    text = (f"**Each chapter alone from the installed wheel, on a GPU** — `python3 benchmarks/gpu_test_report.py`: "
             f"{len(passed)} of {len(chapters)} chapters opened alone in an empty folder, offline, against the package "
             f"installed from its wheel, ran and passed {on(env, shared)} (commit {results['commit'][:7]}), the way a "
             f"Colab GPU student meets them")
@@ -482,6 +498,7 @@ def results_section(results_dir: Path = RESULTS, chapters: list[str] | None = No
         side_by_side_paragraph(*args("side_by_side.json")),
         image(f"TinyGPT variants {on_alt(envs['side_by_side.json'])}", "attention_lab/results/side_by_side.png"),
         notebooks_paragraph(*args("notebooks_gpu.json"), chapters=chapters),
+        gpu_tests_paragraph(*args("gpu_tests.json")),
         wheel_paragraph(*args("installed_wheel_gpu.json"), chapters=chapters),
     ]
     return "\n\n".join(blocks)

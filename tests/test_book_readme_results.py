@@ -95,6 +95,20 @@ def test_wheel_paragraph_counts_chapters_not_packaging_checks_and_names_what_did
     assert "(failed: 01_b; not run: 02_c; 1 of 2 packaging checks passed)" in text
 
 
+def test_gpu_tests_paragraph_counts_files_and_names_what_failed():
+    env = rr.Environment("NVIDIA H100 80GB HBM3", "2.11", "3.6", "13.0")
+    report = {"commit": "0cf78d70000", "command": "pytest -m gpu", "passed": 2, "failed": 1, "skipped": 1, "tests": [
+        {"test": "tests.test_a::x", "file": "tests/test_a.py", "status": "passed"},
+        {"test": "tests.test_a::y", "file": "tests/test_a.py", "status": "failed"},
+        {"test": "tests.test_b::z", "file": "tests/test_b.py", "status": "passed"},
+        {"test": "tests.test_b::w", "file": "tests/test_b.py", "status": "skipped"}]}
+    text = " ".join(rr.gpu_tests_paragraph(report, env, True).split())
+    assert "`pytest -m gpu`" in text and "2 of 4 passed on one NVIDIA H100 80GB HBM3 (commit 0cf78d7), in 2 test files" in text
+    assert "(1 failed: tests.test_a::y; 1 skipped)" in text
+    clean = {**report, "passed": 4, "failed": 0, "skipped": 0, "tests": [{**r, "status": "passed"} for r in report["tests"]]}
+    assert "4 of 4 passed" in rr.gpu_tests_paragraph(clean, env, True) and "failed" not in rr.gpu_tests_paragraph(clean, env, True)
+
+
 def _hopper(slow_short_d64: float) -> dict:
     """A step run with gluon_ws at 100 TFLOP/s everywhere but D=64 with 1k keys (``slow_short_d64``), each
     baseline at 50."""
